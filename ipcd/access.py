@@ -1,0 +1,141 @@
+"""Who may do what: a control peer's role from its credentials.
+
+A connection's peer is known from SO_PEERCRED (pid, uid, gid) and, where the
+kernel has it, SO_PEERGROUPS (supplementary groups, Linux >= 4.13); else its
+groups are read from /proc/<pid>/status.  Roles are ordered read < write <
+admin (DESIGN.md "Access"):
+
+- admin: root, the daemon's own uid, `admin_uids`, members of `admin_groups`;
+- write: `write_uids`, members of `write_groups`;
+- read:  anyone who can connect to the socket.
+
+Names in the config are resolved to ids when the config is loaded, so a
+connection costs no NSS lookup.  Which method needs which role is the
+registry's business (`methods`).
+"""
+
+from __future__ import annotations
+
+import grp
+import pwd
+import socket
+import struct
+from dataclasses import dataclass, field
+
+from .config import AccessConfig
+from .errors import ConfigError, PermissionDenied
+
+ROLES = ("read", "write", "admin")
+RANK = {name: n for n, name in enumerate(ROLES)}
+
+SO_PEERGROUPS = getattr(socket, "SO_PEERGROUPS", 59)  # asm-generic/socket.h
+_UCRED = struct.Struct("3i")
+
+
+@dataclass(frozen=True)
+class Peer:
+    pid: int
+    uid: int
+    gid: int
+    groups: tuple[int, ...] = ()
+    comm: str | None = None
+    role: str = "read"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The access section with names resolved to ids."""
+
+    daemon_uid: int
+    admin_uids: frozenset[int] = frozenset()
+    admin_gids: frozenset[int] = frozenset()
+    write_uids: frozenset[int] = frozenset()
+    write_gids: frozenset[int] = frozenset()
+    warnings: tuple[str, ...] = field(default=())
+
+    def role(self, uid: int, gid: int, groups: tuple[int, ...] = ()) -> str:
+        gids = {gid, *groups}
+        if uid == 0 or uid == self.daemon_uid or uid in self.admin_uids or gids & self.admin_gids:
+            return "admin"
+        if uid in self.write_uids or gids & self.write_gids:
+            return "write"
+        return "read"
+
+
+def make_policy(cfg: AccessConfig, daemon_uid: int) -> Policy:
+    """Resolve names; an unknown user or group is a config error."""
+
+    def ids(values: list[int | str], lookup: str) -> frozenset[int]:
+        out = set()
+        for v in values:
+            if isinstance(v, int):
+                out.add(v)
+                continue
+            try:
+                out.add(pwd.getpwnam(v).pw_uid if lookup == "user" else grp.getgrnam(v).gr_gid)
+            except KeyError:
+                raise ConfigError(f"no such {lookup} {v!r}", key="access") from None
+        return frozenset(out)
+
+    return Policy(
+        daemon_uid=daemon_uid,
+        admin_uids=ids(cfg.admin_uids, "user"),
+        admin_gids=ids(cfg.admin_groups, "group"),
+        write_uids=ids(cfg.write_uids, "user"),
+        write_gids=ids(cfg.write_groups, "group"),
+    )
+
+
+def require(role: str, needed: str, method: str) -> None:
+    if RANK[role] < RANK[needed]:
+        raise PermissionDenied(f"{method} needs the {needed} role (you have {role})", needed)
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process that connected (socket(7), SO_PEERCRED)."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size)
+    pid, uid, gid = _UCRED.unpack(raw)
+    return pid, uid, gid
+
+
+def peer_groups(sock: socket.socket, pid: int) -> tuple[int, ...]:
+    """Supplementary groups: SO_PEERGROUPS, else /proc/<pid>/status (best effort)."""
+    size = 64 * 4
+    for _ in range(4):
+        try:
+            raw = sock.getsockopt(socket.SOL_SOCKET, SO_PEERGROUPS, size)
+        except OSError as e:
+            if e.errno == 34 and size < 65536 * 4:  # ERANGE: the list is longer
+                size *= 4
+                continue
+            break
+        return tuple(struct.unpack(f"{len(raw) // 4}I", raw))
+    return proc_groups(pid)
+
+
+def proc_groups(pid: int) -> tuple[int, ...]:
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+            for line in f:
+                if line.startswith("Groups:"):
+                    return tuple(int(g) for g in line.split()[1:])
+    except OSError:
+        pass
+    return ()
+
+
+def proc_comm(pid: int) -> str | None:
+    """The command name of `pid` (proc(5), /proc/pid/comm); None if it is gone."""
+    if pid <= 0:
+        return None
+    try:
+        with open(f"/proc/{pid}/comm", "rb") as f:
+            return f.read().rstrip(b"\n").decode("utf-8", "replace")
+    except OSError:
+        return None
+
+
+def identify(sock: socket.socket, policy: Policy) -> Peer:
+    pid, uid, gid = peer_credentials(sock)
+    groups = peer_groups(sock, pid)
+    return Peer(pid, uid, gid, groups, proc_comm(pid), policy.role(uid, gid, groups))

@@ -1,0 +1,287 @@
+"""ipcd's settings: the `Config` dataclass, the directory rules, the TOML file.
+
+Everything here is pure: the environment and the uid are passed in, the
+file is read once.  DESIGN.md "Processes and sockets" fixes the order in
+which directories are chosen and "Config" the keys.  A key the file does not
+know, or a value of the wrong type or out of range, is a `ConfigError`
+naming the file, the line and the key.  Who reads the values (servers, the
+store, access) is not this module's business.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+MiB = 1024 * 1024
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+def _opt(default: Any, kind: str, lo: float | None = None, hi: float | None = None, doc: str = "") -> Any:
+    meta = {"kind": kind, "min": lo, "max": hi, "doc": doc}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class DaemonConfig:
+    log_level: str = _opt("info", "level", doc="ipcd's own diagnostics on stderr")
+    status_interval_s: float = _opt(5.0, "float", 0.1, 3600, "how often STATUS= is refreshed")
+
+
+@dataclass
+class ControlConfig:
+    max_connections: int = _opt(256, "int", 1, 65536)
+    max_connections_per_uid: int = _opt(64, "int", 1, 65536, "not applied to admins")
+    max_request_bytes: int = _opt(MiB, "int", 64, 64 * MiB)
+    idle_timeout_s: float = _opt(300.0, "float", 0.05, 86400)
+    stream_queue: int = _opt(1024, "int", 1, 1_000_000, "notifications held for a slow reader")
+    socket_mode: int = _opt(0o660, "mode")
+    socket_group: str = _opt("ipcd", "str")
+
+
+@dataclass
+class LogConfig:
+    max_datagram_bytes: int = _opt(65536, "int", 64, 16 * MiB)
+    rate_limit_burst: int = _opt(10000, "int", 0, 10**9, "0 turns rate limiting off")
+    rate_limit_interval_s: float = _opt(30.0, "float", 0.001, 86400)
+    receive_buffer_bytes: int = _opt(8 * MiB, "int", 4096, 1024 * MiB)
+    queue_entries: int = _opt(65536, "int", 16, 10**8, "entries waiting for the writer")
+    socket_mode: int = _opt(0o666, "mode")
+
+
+@dataclass
+class StoreConfig:
+    max_entries: int = _opt(1_000_000, "int", 1, 10**12)
+    max_bytes: int = _opt(1024 * MiB, "int", MiB, 2**50)
+    max_age_s: float = _opt(0.0, "float", 0, 10**10, "0: no age limit")
+    commit_interval_ms: int = _opt(50, "int", 1, 60_000)
+    commit_batch: int = _opt(10000, "int", 1, 10**7)
+    retention_interval_s: float = _opt(10.0, "float", 0.01, 86400)
+
+
+@dataclass
+class KvConfig:
+    max_value_bytes: int = _opt(MiB, "int", 1, 64 * MiB)
+    max_keys: int = _opt(100_000, "int", 1, 10**8)
+
+
+@dataclass
+class AccessConfig:
+    admin_uids: list[int | str] = _opt([], "ids")
+    admin_groups: list[int | str] = _opt([], "ids")
+    write_uids: list[int | str] = _opt([], "ids")
+    write_groups: list[int | str] = _opt([], "ids")
+
+
+SECTIONS: dict[str, type] = {
+    "daemon": DaemonConfig,
+    "control": ControlConfig,
+    "log": LogConfig,
+    "store": StoreConfig,
+    "kv": KvConfig,
+    "access": AccessConfig,
+}
+
+
+@dataclass
+class Config:
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    kv: KvConfig = field(default_factory=KvConfig)
+    access: AccessConfig = field(default_factory=AccessConfig)
+    path: str | None = None  # the file it came from, if any
+    explicit: frozenset[str] = frozenset()  # "section.key" set by the file
+
+
+# -- directories (DESIGN.md "Processes and sockets") -----------------------
+
+
+def runtime_dir(option: str | None, env: Mapping[str, str], uid: int) -> Path:
+    for value in (option, env.get("IPCD_RUNTIME_DIR"), _first(env.get("RUNTIME_DIRECTORY"))):
+        if value:
+            return Path(value)
+    if uid == 0:
+        return Path("/run/ipcd")
+    if env.get("XDG_RUNTIME_DIR"):
+        return Path(env["XDG_RUNTIME_DIR"]) / "ipcd"
+    return Path(f"/tmp/ipcd-{uid}")
+
+
+def state_dir(option: str | None, env: Mapping[str, str], uid: int) -> Path:
+    for value in (option, env.get("IPCD_STATE_DIR"), _first(env.get("STATE_DIRECTORY"))):
+        if value:
+            return Path(value)
+    if uid == 0:
+        return Path("/var/lib/ipcd")
+    if env.get("XDG_STATE_HOME"):
+        return Path(env["XDG_STATE_HOME"]) / "ipcd"
+    return Path(env.get("HOME") or os.path.expanduser("~")) / ".local/state/ipcd"
+
+
+def config_path(option: str | None, env: Mapping[str, str], uid: int) -> tuple[Path | None, bool]:
+    """The config file to read, and whether it was named (then it must exist)."""
+    for value in (option, env.get("IPCD_CONFIG")):
+        if value:
+            return Path(value), True
+    if env.get("CONFIGURATION_DIRECTORY"):
+        return Path(_first(env["CONFIGURATION_DIRECTORY"]) or "") / "ipcd.toml", False
+    if uid == 0:
+        return Path("/etc/ipcd/ipcd.toml"), False
+    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or os.path.expanduser("~")) / ".config")
+    return Path(base) / "ipcd" / "ipcd.toml", False
+
+
+def _first(value: str | None) -> str | None:
+    # systemd joins several directories with ":" (systemd.exec(5), RuntimeDirectory=).
+    return value.split(":")[0] if value else None
+
+
+# -- the TOML file ----------------------------------------------------------
+
+
+def load(path: Path | None, named: bool = False) -> Config:
+    """Read `path`; a missing default file means defaults."""
+    if path is None:
+        return Config()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if named:
+            raise ConfigError("no such file", str(path)) from None
+        return Config()
+    except OSError as e:
+        raise ConfigError(e.strerror or str(e), str(path)) from None
+    return parse(raw, str(path))
+
+
+def parse(raw: bytes, path: str = "<config>") -> Config:
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"not UTF-8 at byte {e.start}", path) from None
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        m = re.search(r"\(at line (\d+)", str(e))
+        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
+        raise ConfigError(f"TOML syntax: {msg}", path, int(m.group(1)) if m else None) from None
+    cfg = Config(path=path)
+    explicit: set[str] = set()
+    for name, value in doc.items():
+        cls = SECTIONS.get(name)
+        if cls is None:
+            known = ", ".join(f"[{s}]" for s in SECTIONS)
+            raise ConfigError(f"unknown section (known: {known})", path, _line_of(text, None, name), name)
+        if not isinstance(value, dict):
+            raise ConfigError("must be a table", path, _line_of(text, None, name), name)
+        setattr(cfg, name, _section(cls, name, value, text, path))
+        explicit.update(f"{name}.{k}" for k in value)
+    cfg.explicit = frozenset(explicit)
+    return cfg
+
+
+def _section(cls: type, name: str, values: dict[str, Any], text: str, path: str) -> Any:
+    specs = {f.name: f for f in fields(cls)}
+    out = cls()
+    for key, value in values.items():
+        dotted = f"{name}.{key}"
+        f = specs.get(key)
+        if f is None:
+            known = ", ".join(specs)
+            raise ConfigError(f"unknown key (known: {known})", path, _line_of(text, name, key), dotted)
+        try:
+            setattr(out, key, _check(value, f.metadata))
+        except ValueError as e:
+            raise ConfigError(str(e), path, _line_of(text, name, key), dotted) from None
+    return out
+
+
+def _check(value: Any, meta: Mapping[str, Any]) -> Any:
+    kind, lo, hi = meta["kind"], meta["min"], meta["max"]
+    if kind == "int":
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ValueError(f"must be an integer, not {_tname(value)}")
+    elif kind == "float":
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise ValueError(f"must be a number, not {_tname(value)}")
+        value = float(value)
+    elif kind == "str":
+        if not isinstance(value, str) or not value:
+            raise ValueError("must be a non-empty string")
+    elif kind == "level":
+        if value not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    elif kind == "mode":
+        value = parse_mode(value)
+    elif kind == "ids":
+        if not isinstance(value, list) or not all(
+            (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (isinstance(v, str) and v)
+            for v in value
+        ):
+            raise ValueError("must be a list of ids (numbers) or names (strings)")
+    if lo is not None and value < lo:
+        raise ValueError(f"must be at least {lo:g}, not {value}")
+    if hi is not None and value > hi:
+        raise ValueError(f"must be at most {hi:g}, not {value}")
+    return value
+
+
+def parse_mode(value: Any) -> int:
+    """A file mode as `"0660"` (octal string) or `0o660` (TOML integer)."""
+    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
+        return int(value, 8)
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
+        return value
+    raise ValueError(f'must be an octal mode such as "0660", not {value!r}')
+
+
+def _tname(value: Any) -> str:
+    return {str: "a string", bool: "a boolean", list: "an array", dict: "a table", float: "a float"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _line_of(text: str, section: str | None, key: str) -> int | None:
+    """Best-effort line of `key` in `[section]` (or of the table `key` itself)."""
+    current: str | None = None
+    header = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
+    for n, line in enumerate(text.splitlines(), 1):
+        m = header.match(line)
+        if m:
+            current = m.group(1)
+            if section is None and current == key:
+                return n
+            continue
+        m = re.match(r"^\s*([A-Za-z0-9_-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*)\s*=", line)
+        if not m:
+            continue
+        dotted = re.sub(r"\s+", "", m.group(1)).split(".")
+        full = ([current] if current else []) + dotted
+        if section is None and full[0] == key:
+            return n
+        if section is not None and full[:2] == [section, key]:
+            return n
+    return None
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    """The effective settings, as `ipcd --print-config` shows them."""
+    out: dict[str, Any] = {}
+    for name in SECTIONS:
+        sec = getattr(cfg, name)
+        out[name] = {
+            f.name: (f"{getattr(sec, f.name):04o}" if f.metadata["kind"] == "mode" else getattr(sec, f.name))
+            for f in fields(sec)
+        }
+    return out

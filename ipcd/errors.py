@@ -1,0 +1,137 @@
+"""Every error ipcd raises on purpose.
+
+`IpcdError` is the root.  `RpcError` and its subclasses each carry the
+JSON-RPC 2.0 error code they map to (DESIGN.md "Control protocol"), so that
+`server` can turn any of them into a reply without a lookup table.  Errors
+that never cross the wire (a bad config file, a failed start) have their own
+classes and carry what the operator needs to fix them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class IpcdError(Exception):
+    """Base class of every error ipcd raises on purpose."""
+
+
+class RpcError(IpcdError):
+    """An error that becomes a JSON-RPC error object."""
+
+    code: ClassVar[int] = -32603
+
+    def __init__(self, message: str, data: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+    def to_json(self) -> dict[str, Any]:
+        err: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.data is not None:
+            err["data"] = self.data
+        return err
+
+
+class ParseError(RpcError):
+    code = -32700
+
+
+class InvalidRequest(RpcError):
+    code = -32600
+
+
+class MethodNotFound(RpcError):
+    code = -32601
+
+
+class InvalidParams(RpcError):
+    code = -32602
+
+    def __init__(self, message: str, param: str | None = None) -> None:
+        super().__init__(message, {"param": param} if param is not None else None)
+        self.param = param
+
+
+class InternalError(RpcError):
+    code = -32603
+
+
+class PermissionDenied(RpcError):
+    code = -32001
+
+    def __init__(self, message: str, required_role: str) -> None:
+        super().__init__(message, {"required_role": required_role})
+        self.required_role = required_role
+
+
+class LimitReached(RpcError):
+    code = -32002
+
+    def __init__(self, message: str, limit: str, value: Any = None) -> None:
+        data: dict[str, Any] = {"limit": limit}
+        if value is not None:
+            data["value"] = value
+        super().__init__(message, data)
+        self.limit = limit
+
+
+class NotFound(RpcError):
+    code = -32003
+
+
+class Conflict(RpcError):
+    code = -32004
+
+
+# Codes by number, for clients that turn a reply back into an exception.
+RPC_ERRORS: dict[int, type[RpcError]] = {
+    cls.code: cls
+    for cls in (
+        ParseError,
+        InvalidRequest,
+        MethodNotFound,
+        InvalidParams,
+        InternalError,
+        PermissionDenied,
+        LimitReached,
+        NotFound,
+        Conflict,
+    )
+}
+
+
+class ConfigError(IpcdError):
+    """A config file or option that cannot be used; names file, line and key."""
+
+    def __init__(
+        self,
+        message: str,
+        path: str | None = None,
+        line: int | None = None,
+        key: str | None = None,
+    ) -> None:
+        where = ""
+        if path is not None:
+            where = path
+            if line is not None:
+                where += f":{line}"
+            where += ": "
+        if key is not None:
+            message = f"{key}: {message}"
+        super().__init__(where + message)
+        self.path = path
+        self.line = line
+        self.key = key
+
+
+class StartupError(IpcdError):
+    """ipcd cannot start: another instance runs, a path is unusable, ..."""
+
+
+class AlreadyRunning(StartupError):
+    def __init__(self, path: str, pid: int | None) -> None:
+        who = f"pid {pid}" if pid else "pid unknown"
+        super().__init__(f"ipcd is already running on {path} ({who})")
+        self.pid = pid
+

@@ -1,0 +1,234 @@
+"""The control protocol's wire format, sans-IO: bytes in, messages out.
+
+One JSON value per line, UTF-8, ``\\n``-terminated, in both directions
+(JSON-RPC 2.0, https://www.jsonrpc.org/specification)::
+
+    client -> ipcd   {"jsonrpc":"2.0","id":1,"method":"ping"}\\n
+    ipcd -> client   {"jsonrpc":"2.0","id":1,"result":{"pong":true,...}}\\n
+
+    client -> ipcd   [{"jsonrpc":"2.0","id":1,...},{"jsonrpc":"2.0","method":...}]\\n
+    ipcd -> client   [{"jsonrpc":"2.0","id":1,...}]\\n        (no reply to notifications)
+
+    client -> ipcd   kv.get greeting\\n                       (a plain command, for socat)
+    ipcd -> client   {"jsonrpc":"2.0","id":null,"result":{...}}\\n
+
+    ipcd -> client   {"jsonrpc":"2.0","method":"logs.entry","params":{...}}\\n
+                     (a stream's notifications, after the subscribing call's result)
+
+`LineFramer` cuts a byte stream into lines and enforces the line limit;
+`parse_line` turns one line into a `Request`, an `Invalid` (answered with
+its error) or a batch of those; `encode` and the reply helpers build what
+goes back.  The module never sees a socket, a thread or a clock: `server`
+and `client` do the I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shlex
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from .errors import InvalidRequest, LimitReached, ParseError, RpcError
+
+JSONRPC = "2.0"
+
+
+class LineTooLong(LimitReached):
+    def __init__(self, max_line_bytes: int) -> None:
+        super().__init__(
+            f"request line longer than {max_line_bytes} bytes", "max_request_bytes", max_line_bytes
+        )
+
+
+class LineFramer:
+    """Cuts a byte stream into lines; a trailing ``\\r`` is dropped (socat crlf).
+
+    A line may hold at most `max_line_bytes` bytes, its newline not counted.
+    Past that, `feed` raises `LineTooLong`, whether the newline came or not:
+    the peer is not allowed to make ipcd buffer more.
+    """
+
+    def __init__(self, max_line_bytes: int) -> None:
+        self.max_line_bytes = max_line_bytes
+        self._buf = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes of an unfinished line held back."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[bytes]:
+        lines: list[bytes] = []
+        start = len(self._buf)
+        self._buf += data
+        buf = self._buf
+        begin = 0
+        while True:
+            nl = buf.find(b"\n", start)
+            if nl < 0:
+                break
+            if nl - begin > self.max_line_bytes:
+                raise LineTooLong(self.max_line_bytes)
+            line = bytes(buf[begin:nl])
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            lines.append(line)
+            begin = start = nl + 1
+        if begin:
+            del buf[:begin]
+        if len(buf) > self.max_line_bytes:
+            raise LineTooLong(self.max_line_bytes)
+        return lines
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A call.  `notification` calls get no reply; `plain` ones came as text."""
+
+    method: str
+    params: dict[str, Any] | list[Any] | None = None
+    id: Any = None
+    notification: bool = False
+    plain: bool = False
+    # For a plain command, the args as typed, before JSON decoding: a string
+    # param given `007` gets "007", not the number 7.
+    raw_args: tuple[str, ...] = field(default=())
+
+
+@dataclass(frozen=True, slots=True)
+class Invalid:
+    """A message that could not become a request; it is answered with `error`."""
+
+    error: RpcError
+    id: Any = None
+
+
+Message = Union[Request, Invalid]
+Parsed = Union[Message, list[Message]]
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError(f"number out of range: {text[:40]}")
+    return value
+
+
+def loads(data: bytes | str) -> Any:
+    """Strict JSON: UTF-8 only, no NaN/Infinity, no float overflow to inf."""
+    if isinstance(data, bytes):
+        data = data.decode("utf-8")
+    return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+
+
+def parse_line(line: bytes) -> Parsed | None:
+    """One line in; None for a blank line, else what to dispatch or answer."""
+    stripped = line.strip()
+    if not stripped:
+        return None
+    if stripped[:1] not in (b"{", b"["):
+        return _parse_plain(stripped)
+    try:
+        value = loads(stripped)
+    except RecursionError:
+        return Invalid(ParseError("parse error: nesting too deep"))
+    except UnicodeDecodeError:
+        return Invalid(ParseError("parse error: not UTF-8"))
+    except ValueError as e:
+        return Invalid(ParseError(f"parse error: {_short(e)}"))
+    if isinstance(value, list):
+        if not value:
+            return Invalid(InvalidRequest("invalid request: empty batch"))
+        return [to_message(item) for item in value]
+    return to_message(value)
+
+
+def _short(e: Exception) -> str:
+    text = str(e)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+def _valid_id(value: Any) -> bool:
+    return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
+
+
+def to_message(obj: Any) -> Message:
+    """Validate one decoded request object (JSON-RPC 2.0 §4)."""
+    if not isinstance(obj, dict):
+        return Invalid(InvalidRequest("invalid request: not an object"))
+    has_id = "id" in obj
+    req_id = obj.get("id")
+    if has_id and not _valid_id(req_id):
+        return Invalid(InvalidRequest("invalid request: id must be a string, a number or null"))
+    if obj.get("jsonrpc") != JSONRPC:
+        return Invalid(InvalidRequest('invalid request: "jsonrpc" must be "2.0"'), req_id)
+    method = obj.get("method")
+    if not isinstance(method, str):
+        return Invalid(InvalidRequest('invalid request: "method" must be a string'), req_id)
+    params = obj.get("params")
+    if "params" in obj and not isinstance(params, (dict, list)):
+        return Invalid(InvalidRequest('invalid request: "params" must be an object or an array'), req_id)
+    return Request(method, params, req_id, notification=not has_id)
+
+
+def _parse_plain(line: bytes) -> Message:
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError:
+        return Invalid(ParseError("parse error: not UTF-8"))
+    try:
+        words = shlex.split(text)
+    except ValueError as e:
+        return Invalid(ParseError(f"parse error: {e}"))
+    if not words:
+        return Invalid(ParseError("parse error: empty command"))
+    method, args = words[0], words[1:]
+    return Request(method, [_plain_arg(a) for a in args], None, plain=True, raw_args=tuple(args))
+
+
+def _plain_arg(word: str) -> Any:
+    # Each ARG is read as JSON when it is valid JSON, else taken as a string:
+    # `kv.set n 42` stores a number, `kv.set name alice` a string.
+    try:
+        return loads(word)
+    except (ValueError, RecursionError):
+        return word
+
+
+def encode(message: Any) -> bytes:
+    """One message (or batch) as one line."""
+    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:
+        # A lone surrogate ("\ud800" in a client's JSON) has no UTF-8 form:
+        # send it escaped, as it came.
+        return json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
+def result(req_id: Any, value: Any) -> dict[str, Any]:
+    return {"jsonrpc": JSONRPC, "id": req_id, "result": value}
+
+
+def error(req_id: Any, err: RpcError) -> dict[str, Any]:
+    return {"jsonrpc": JSONRPC, "id": req_id, "error": err.to_json()}
+
+
+def notification(method: str, params: Any) -> dict[str, Any]:
+    return {"jsonrpc": JSONRPC, "method": method, "params": params}
+
+
+def request(method: str, params: Any = None, req_id: Any = None) -> dict[str, Any]:
+    """A request object; `req_id=None` makes a notification."""
+    msg: dict[str, Any] = {"jsonrpc": JSONRPC, "method": method}
+    if params is not None:
+        msg["params"] = params
+    if req_id is not None:
+        msg["id"] = req_id
+    return msg

@@ -1,0 +1,570 @@
+"""The socket servers: the only server code that touches sockets.
+
+`ControlServer` is a `ThreadingUnixStreamServer`: a thread per connection,
+each running `ControlHandler`, which frames lines (`jsonrpc.LineFramer`),
+dispatches them through the method registry and writes replies in order.
+A connection that opens a stream (logs.follow, subscribe, kv.watch) gets an
+`Outbox`: a bounded queue and a pump thread, so that a slow reader costs
+only itself.  `LogServer` (in `logserver`) is the datagram side.
+
+Binding is here too: `bind_unix` creates a socket file with its final mode
+and group before it becomes visible (bind in a private directory, chmod,
+rename into place), so there is no window in which the path is open wider.
+What to bind, when to stop and what to unlink is `daemon`'s business.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import select
+import socket
+import socketserver
+import stat
+import struct
+import tempfile
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import jsonrpc
+from .access import Peer, identify
+from .errors import InternalError, LimitReached, RpcError, StartupError
+from .methods import REGISTRY, App, Call, check_role
+
+log = logging.getLogger("ipcd")
+
+SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 for the NUL (unix(7))
+
+
+# -- binding -----------------------------------------------------------------
+
+
+@dataclass
+class Bound:
+    """A socket file ipcd created; `daemon` unlinks it only if it is still ours."""
+
+    path: str
+    dev: int
+    ino: int
+
+    def unlink_if_ours(self) -> bool:
+        try:
+            st = os.lstat(self.path)
+            if (st.st_dev, st.st_ino) == (self.dev, self.ino):
+                os.unlink(self.path)
+                return True
+        except FileNotFoundError:
+            pass
+        return False
+
+
+def check_path_length(path: str) -> None:
+    n = len(os.fsencode(path))
+    if n > SUN_PATH_MAX:
+        raise StartupError(
+            f"socket path {path!r} is {n} bytes; AF_UNIX allows at most {SUN_PATH_MAX} (unix(7)): "
+            "choose a shorter --runtime-dir"
+        )
+
+
+def probe(path: str, kind: int) -> str:
+    """What sits at `path`: "absent", "stale", "live", or "other" (not a socket)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return "absent"
+    if not stat.S_ISSOCK(st.st_mode):
+        return "other"
+    s = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
+    try:
+        s.settimeout(2.0)
+        s.connect(path)
+        return "live"
+    except ConnectionRefusedError:
+        return "stale"
+    except FileNotFoundError:
+        return "absent"
+    except OSError as e:
+        if e.errno == errno.EPROTOTYPE:  # a socket of the other type: not ours, in use or not
+            return "other"
+        raise StartupError(f"cannot probe {path}: {e.strerror}") from None
+    finally:
+        s.close()
+
+
+def bind_unix(sock: socket.socket, path: str, mode: int, gid: int = -1, backlog: int | None = None) -> Bound:
+    """Bind `sock` so that `path` appears with `mode` and group `gid` at once.
+
+    The socket is bound inside a fresh 0700 directory beside `path`, given
+    its mode and group there, made to listen (stream sockets: the path never
+    exists without a listener), then renamed over `path`: rename(2) is
+    atomic and replaces a stale file in the same step.
+    """
+    check_path_length(path)
+    tmpdir = tempfile.mkdtemp(prefix=".bind-", dir=os.path.dirname(path) or ".")
+    dfd = os.open(tmpdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        staged = os.path.join(tmpdir, "s")
+        if len(os.fsencode(staged)) > SUN_PATH_MAX:
+            staged = f"/proc/self/fd/{dfd}/s"  # the same directory, by a shorter name
+        sock.bind(staged)
+        if backlog is not None:
+            sock.listen(backlog)
+        if gid != -1:
+            os.chown("s", -1, gid, dir_fd=dfd)
+        os.chmod("s", mode, dir_fd=dfd)
+        os.rename("s", path, src_dir_fd=dfd)
+    finally:
+        try:
+            os.unlink("s", dir_fd=dfd)
+        except OSError:
+            pass
+        os.close(dfd)
+        os.rmdir(tmpdir)
+    st = os.lstat(path)
+    return Bound(path, st.st_dev, st.st_ino)
+
+
+def adopt(server: socketserver.BaseServer, fd_sock: socket.socket) -> None:
+    """Serve an inherited socket: replace the placeholder the constructor made."""
+    server.socket.close()
+    server.socket = fd_sock
+
+
+# -- streams -----------------------------------------------------------------
+
+
+class Outbox:
+    """Notifications waiting for one connection's reader.
+
+    `push` never blocks: past `maxlen` queued notifications it drops and
+    counts per stream, and the reader later gets one `lagged` notification
+    (`stream`, `missed`) in the place of what it missed.  The pump thread
+    writes while no reply is being prepared (`hold`), so that a subscribing
+    call's result always comes before its first notification.
+    """
+
+    def __init__(self, conn: ClientConnection, maxlen: int) -> None:
+        self.conn = conn
+        self.maxlen = maxlen
+        self._q: deque[dict[str, Any]] = deque()
+        self._missed: dict[str, int] = {}
+        self._cv = threading.Condition()
+        self._held = 0
+        self._closed = False
+        self.sent = 0
+        self.dropped = 0
+        self._thread = threading.Thread(target=self._pump, name=f"ipcd-outbox-{conn.peer.pid}", daemon=True)
+        self._thread.start()
+
+    def push(self, stream: str, message: dict[str, Any]) -> bool:
+        with self._cv:
+            if self._closed:
+                return False
+            if len(self._q) >= self.maxlen:
+                self._missed[stream] = self._missed.get(stream, 0) + 1
+                self.dropped += 1
+                return False
+            self._flush_missed(stream)
+            self._q.append(message)
+            self._cv.notify()
+            return True
+
+    def _flush_missed(self, stream: str) -> None:
+        n = self._missed.pop(stream, 0)
+        if n:
+            self._q.append(jsonrpc.notification("lagged", {"stream": stream, "missed": n}))
+
+    def hold(self) -> None:
+        with self._cv:
+            self._held += 1
+
+    def release(self) -> None:
+        with self._cv:
+            self._held -= 1
+            self._cv.notify()
+
+    def close(self) -> None:
+        with self._cv:
+            self._closed = True
+            self._cv.notify()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    def _pump(self) -> None:
+        while True:
+            with self._cv:
+                while not self._closed and (self._held or not (self._q or self._missed)):
+                    self._cv.wait()
+                if self._closed:
+                    return
+                if not self._q:
+                    for stream in list(self._missed):
+                        self._flush_missed(stream)
+                batch = [self._q.popleft() for _ in range(min(len(self._q), 256))]
+            try:
+                self.conn.send(b"".join(jsonrpc.encode(m) for m in batch))
+                self.sent += len(batch)
+            except (OSError, ValueError):
+                # The reader is gone or stalled past the send timeout: cut it off.
+                self.conn.abort()
+                return
+
+
+class Stream:
+    """One subscription on a connection, as a handler holds it."""
+
+    def __init__(self, conn: ClientConnection, name: str) -> None:
+        self.conn = conn
+        self.name = name
+        self.closed = False
+
+    def push(self, method: str, params: Any) -> bool:
+        outbox = self.conn.outbox
+        if self.closed or outbox is None:
+            return False
+        return outbox.push(self.name, jsonrpc.notification(method, params))
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.conn.stream_closed(self)
+
+
+# -- the control server ------------------------------------------------------
+
+
+class ClientConnection:
+    """One accepted control connection: its socket, peer, streams, counters.
+
+    socketserver passes it to the handler as `request`.
+    """
+
+    def __init__(self, sock: socket.socket, peer: Peer, server: ControlServer) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.server = server
+        self.connected_at = time.time()
+        self.requests = 0
+        self.outbox: Outbox | None = None
+        self.streams: set[Stream] = set()
+        self._closers: list[Callable[[], None]] = []
+        self._wlock = threading.Lock()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, data: bytes) -> None:
+        with self._wlock:
+            self.sock.sendall(data)
+
+    def open_stream(self, name: str) -> Stream:
+        with self._lock:
+            if self.outbox is None:
+                self.outbox = Outbox(self, self.server.app.config.control.stream_queue)
+                self.outbox.hold()  # released once the subscribing reply is out
+            stream = Stream(self, name)
+            self.streams.add(stream)
+            return stream
+
+    def stream_closed(self, stream: Stream) -> None:
+        with self._lock:
+            self.streams.discard(stream)
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if self._closed:
+                run_now = True
+            else:
+                self._closers.append(fn)
+                run_now = False
+        if run_now:
+            fn()
+
+    def stop(self) -> None:
+        """Stop reading (graceful stop): queued requests are still answered."""
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def abort(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            closers, self._closers = self._closers, []
+            for s in self.streams:
+                s.closed = True
+            self.streams.clear()
+        for fn in closers:
+            try:
+                fn()
+            except Exception:
+                log.exception("error while closing a connection's subscriptions")
+        if self.outbox is not None:
+            self.outbox.close()
+            self.abort()
+            self.outbox.join(5.0)
+        self.sock.close()
+
+
+class ControlHandler(socketserver.BaseRequestHandler):
+    """Reads lines, answers each in order; exits on EOF, idle timeout or stop."""
+
+    request: ClientConnection
+    server: ControlServer
+
+    def handle(self) -> None:
+        conn = self.request
+        app = self.server.app
+        framer = jsonrpc.LineFramer(app.config.control.max_request_bytes)
+        poller = select.poll()
+        poller.register(conn.sock, select.POLLIN)
+        deadline = time.monotonic() + app.config.control.idle_timeout_s
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                if conn.streams:  # a follower may be silent for as long as it likes
+                    deadline = time.monotonic() + app.config.control.idle_timeout_s
+                    continue
+                self._send_error(LimitReached(
+                    f"idle for {app.config.control.idle_timeout_s:g} s: closing",
+                    "idle_timeout_s",
+                    app.config.control.idle_timeout_s,
+                ))
+                return
+            if not poller.poll(left * 1000 + 1):
+                continue
+            try:
+                data = conn.sock.recv(65536)
+            except OSError:
+                return
+            if not data:
+                return
+            try:
+                lines = framer.feed(data)
+            except RpcError as e:  # LineTooLong: answer, then close
+                self._send_error(e)
+                return
+            for line in lines:
+                if not self._handle_line(line):
+                    return
+            if lines:
+                deadline = time.monotonic() + app.config.control.idle_timeout_s
+
+    def _handle_line(self, line: bytes) -> bool:
+        parsed = jsonrpc.parse_line(line)
+        if parsed is None:
+            return True
+        conn = self.request
+        outbox = conn.outbox
+        if outbox is not None:
+            outbox.hold()
+        try:
+            if isinstance(parsed, list):
+                replies = [r for r in (self._dispatch(m) for m in parsed) if r is not None]
+                out = replies or None
+            else:
+                out = self._dispatch(parsed)
+            if out is not None:
+                conn.send(self._encode(out))
+            return True
+        except OSError:
+            return False
+        finally:
+            if outbox is not None:
+                outbox.release()
+            elif conn.outbox is not None:  # this call opened the first stream
+                conn.outbox.release()
+
+    def _encode(self, out: Any) -> bytes:
+        try:
+            return jsonrpc.encode(out)
+        except (TypeError, ValueError):
+            log.exception("cannot encode a reply")
+            self.server.app.requests.add("errors")
+            return jsonrpc.encode(jsonrpc.error(None, InternalError("internal error: reply not encodable")))
+
+    def _dispatch(self, msg: jsonrpc.Message) -> dict[str, Any] | None:
+        app = self.server.app
+        conn = self.request
+        app.requests.add("total")
+        conn.requests += 1
+        if isinstance(msg, jsonrpc.Invalid):
+            app.requests.add("errors")
+            return jsonrpc.error(msg.id, msg.error)
+        try:
+            method = REGISTRY.get(msg.method)
+            check_role(conn.peer, method)
+            params = method.bind(msg)
+            value = method.handler(Call(app, conn.peer, conn, method), **params)
+        except RpcError as e:
+            app.requests.add("errors")
+            return None if msg.notification else jsonrpc.error(msg.id, e)
+        except Exception:
+            app.requests.add("errors")
+            log.exception("internal error in %s", msg.method)
+            err = InternalError(f"internal error in {msg.method}; ipcd's log has the details")
+            return None if msg.notification else jsonrpc.error(msg.id, err)
+        return None if msg.notification else jsonrpc.result(msg.id, value)
+
+    def _send_error(self, err: RpcError) -> None:
+        try:
+            self.request.send(jsonrpc.encode(jsonrpc.error(None, err)))
+        except OSError:
+            pass
+
+
+class ControlServer(socketserver.ThreadingUnixStreamServer):
+    # Drain on stop: handlers are told to stop (SHUT_RD) and joined.
+    block_on_close = True
+    daemon_threads = False
+    # DESIGN.md: listen with SOMAXCONN, as systemd's Backlog= default.
+    request_queue_size = socket.SOMAXCONN
+
+    def __init__(
+        self,
+        path: str,
+        app: App,
+        *,
+        bind_and_activate: bool = True,
+        mode: int = 0o660,
+        gid: int = -1,
+    ) -> None:
+        self.app = app
+        self.mode = mode
+        self.gid = gid
+        self.bound: Bound | None = None
+        self._conns: set[ClientConnection] = set()
+        self._per_uid: dict[int, int] = {}
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        super().__init__(path, ControlHandler, bind_and_activate)  # type: ignore[arg-type]
+
+    def server_bind(self) -> None:
+        # Bound and made to listen in one step by bind_unix, in server_activate.
+        pass
+
+    def server_activate(self) -> None:
+        self.bound = bind_unix(self.socket, self.server_address, self.mode, self.gid, self.request_queue_size)
+
+    def get_request(self) -> tuple[Any, Any]:
+        sock, addr = self.socket.accept()
+        sock.set_inheritable(False)
+        return sock, addr
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        sock: socket.socket = request
+        try:
+            peer = identify(sock, self.app.policy)
+        except OSError:
+            sock.close()
+            return
+        refused = self._admit(peer)
+        if refused is not None:
+            self.app.connections.add("refused")
+            try:
+                sock.setblocking(False)
+                sock.send(jsonrpc.encode(jsonrpc.error(None, refused)))
+            except OSError:
+                pass
+            sock.close()
+            return
+        conn = ClientConnection(sock, peer, self)
+        # A peer that stops reading gets its writes timed out, not the daemon stuck.
+        timeout_s = self.app.config.control.idle_timeout_s
+        sec = int(timeout_s)
+        usec = int((timeout_s - sec) * 1e6)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(sec, usec))
+        with self._lock:
+            self._conns.add(conn)
+        super().process_request(conn, client_address)
+
+    def _admit(self, peer: Peer) -> LimitReached | None:
+        cfg = self.app.config.control
+        with self._lock:
+            active = len(self._conns)
+            if active >= cfg.max_connections:
+                return LimitReached(
+                    f"too many connections ({active}; max_connections = {cfg.max_connections})",
+                    "max_connections",
+                    cfg.max_connections,
+                )
+            mine = self._per_uid.get(peer.uid, 0)
+            if peer.role != "admin" and mine >= cfg.max_connections_per_uid:
+                return LimitReached(
+                    f"too many connections from uid {peer.uid} "
+                    f"({mine}; max_connections_per_uid = {cfg.max_connections_per_uid})",
+                    "max_connections_per_uid",
+                    cfg.max_connections_per_uid,
+                )
+            # Counted here, in the accepting thread, so that a burst of connects
+            # cannot slip past the limit before the handler threads run.
+            self._per_uid[peer.uid] = mine + 1
+        self.app.connections.add("active")
+        self.app.connections.add("total")
+        return None
+
+    def shutdown_request(self, request: Any) -> None:
+        if not isinstance(request, ClientConnection):
+            super().shutdown_request(request)
+            return
+        request.close()
+        with self._lock:
+            self._conns.discard(request)
+            n = self._per_uid.get(request.peer.uid, 1) - 1
+            if n:
+                self._per_uid[request.peer.uid] = n
+            else:
+                self._per_uid.pop(request.peer.uid, None)
+            self._idle.notify_all()
+        self.app.connections.add("active", -1)
+
+    def live(self) -> list[ClientConnection]:
+        with self._lock:
+            return list(self._conns)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.exception("error on a control connection")
+
+    def stop(self, grace_s: float) -> None:
+        """Stop accepting, let handlers answer what they read, then close all.
+
+        Call after `shutdown()` returned (serve_forever has stopped).
+        """
+        for conn in self.live():
+            conn.stop()
+        if not self._wait_idle(grace_s):
+            for conn in self.live():
+                conn.abort()
+            self._wait_idle(grace_s)
+        self.server_close()
+
+    def _wait_idle(self, timeout_s: float) -> bool:
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._conns:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+
+def _timeval(sec: int, usec: int) -> bytes:
+    return struct.pack("ll", sec, usec)

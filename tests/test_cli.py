@@ -1,0 +1,140 @@
+"""`ipcctl`, run as a real subprocess against a real ipcd: output and exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import threading
+
+from conftest import IS_ROOT, Ipcd, ipcctl, ipcctl_in_process, needs_root, run_as
+
+
+def no_traceback(res) -> None:
+    assert "Traceback" not in res.stderr and "Traceback" not in res.stdout
+
+
+def test_status_human_and_json(ipcd: Ipcd) -> None:
+    res = ipcctl("--socket", ipcd.sock, "status")
+    assert res.returncode == 0, res.stderr
+    assert f"pid {ipcd.proc.pid}" in res.stdout and ipcd.sock in res.stdout
+    res = ipcctl("--socket", ipcd.sock, "--json", "status")
+    doc = json.loads(res.stdout)
+    assert doc["pid"] == ipcd.proc.pid and doc["sockets"]["control"] == ipcd.sock
+
+
+def test_socket_from_environment(ipcd: Ipcd) -> None:
+    res = ipcctl("--json", "status", env={"IPCD_SOCKET": ipcd.sock})
+    assert json.loads(res.stdout)["pid"] == ipcd.proc.pid
+    res = ipcctl("--json", "status", env={"IPCD_RUNTIME_DIR": str(ipcd.run_dir)})
+    assert json.loads(res.stdout)["pid"] == ipcd.proc.pid
+
+
+def test_ping_count(ipcd: Ipcd) -> None:
+    res = ipcctl("--socket", ipcd.sock, "ping", "-c", "3", "-i", "0")
+    assert res.returncode == 0, res.stderr
+    replies = [line for line in res.stdout.splitlines() if line.startswith("reply from")]
+    assert [r.split("seq=")[1].split()[0] for r in replies] == ["1", "2", "3"]
+    assert "3 requests, 3 replies, 0% loss" in res.stdout
+    assert "rtt min/avg/max/mdev" in res.stdout
+    doc = json.loads(ipcctl("--socket", ipcd.sock, "--json", "ping", "-c", "2", "-i", "0").stdout)
+    assert doc["count"] == 2 and doc["rtt_ms"]["min"] <= doc["rtt_ms"]["max"]
+
+
+def test_call_raw(ipcd: Ipcd) -> None:
+    res = ipcctl("--socket", ipcd.sock, "call", "methods")
+    assert res.returncode == 0
+    assert "shutdown" in {m["name"] for m in json.loads(res.stdout)["methods"]}
+    res = ipcctl("--socket", ipcd.sock, "call", "ping", "{}")
+    assert json.loads(res.stdout)["pong"] is True
+
+
+def test_daemon_error_exits_1(ipcd: Ipcd) -> None:
+    res = ipcctl("--socket", ipcd.sock, "call", "no.such.method")
+    assert res.returncode == 1
+    assert "-32601" in res.stderr and "method not found" in res.stderr
+    res = ipcctl("--socket", ipcd.sock, "call", "ping", '{"bogus": 1}')
+    assert res.returncode == 1 and "bogus" in res.stderr
+    no_traceback(res)
+
+
+def test_usage_errors_exit_2(ipcd: Ipcd) -> None:
+    for args in (["call", "ping", "{not json"], ["call", "ping", "42"], ["ping", "-c", "0"], ["no-such-command"]):
+        res = ipcctl("--socket", ipcd.sock, *args)
+        assert res.returncode == 2, (args, res.stderr)
+        no_traceback(res)
+
+
+def test_unreachable_no_socket_exits_3(short_tmp) -> None:
+    path = str(short_tmp / "none.sock")
+    res = ipcctl("--socket", path, "status")
+    assert res.returncode == 3
+    assert path in res.stderr and "is ipcd running?" in res.stderr and "systemctl start ipcd" in res.stderr
+    no_traceback(res)
+
+
+def test_nothing_found_names_paths_tried(short_tmp) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IPCD_")}
+    env["XDG_RUNTIME_DIR"] = str(short_tmp)
+    if os.path.exists("/run/ipcd/ipcd.sock"):
+        return  # a system ipcd runs on this machine: resolution rightly finds it
+    res = ipcctl("status", env=env)
+    assert res.returncode == 3
+    assert "/run/ipcd/ipcd.sock" in res.stderr
+    if not IS_ROOT:
+        assert str(short_tmp / "ipcd" / "ipcd.sock") in res.stderr
+
+
+def test_stale_socket_exits_3(short_tmp) -> None:
+    path = str(short_tmp / "stale.sock")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.bind(path)
+    s.close()
+    res = ipcctl("--socket", path, "ping")
+    assert res.returncode == 3
+    assert "stale socket" in res.stderr and "daemon is down" in res.stderr
+    no_traceback(res)
+
+
+def test_timeout_exits_3(short_tmp) -> None:
+    path = str(short_tmp / "mute.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as srv:
+        srv.bind(path)
+        srv.listen()
+        accepted = []
+        t = threading.Thread(target=lambda: accepted.append(srv.accept()[0]))
+        t.start()
+        res = ipcctl("--socket", path, "--timeout", "0.3", "status")
+        t.join(10)
+        for c in accepted:
+            c.close()
+    assert res.returncode == 3
+    assert "no answer" in res.stderr
+    no_traceback(res)
+
+
+def test_shutdown(ipcd: Ipcd) -> None:
+    res = ipcctl("--socket", ipcd.sock, "shutdown")
+    assert res.returncode == 0 and str(ipcd.proc.pid) in res.stdout
+    assert ipcd.wait() == 0
+
+
+@needs_root
+def test_socket_permission_denied_exits_4(ipcd: Ipcd) -> None:
+    # The control socket is 0600 root: uid 65534 may not connect.
+    code, out = run_as(65534, 65534, lambda: ipcctl_in_process("--socket", ipcd.sock, "status"))
+    assert code == 4, out
+    assert "permission denied" in out and "join group ipcd" in out and "sudo" in out
+    assert "Traceback" not in out
+
+
+@needs_root
+def test_role_refusal_exits_4(make_ipcd) -> None:
+    d: Ipcd = make_ipcd('[control]\nsocket_mode = "0666"\n').start()
+    code, out = run_as(65534, 65534, lambda: ipcctl_in_process("--socket", d.sock, "shutdown"))
+    assert code == 4, out
+    assert "admin" in out
+    code, out = run_as(65534, 65534, lambda: ipcctl_in_process("--socket", d.sock, "--json", "status"))
+    assert code == 0, out
+    assert json.loads(out)["pid"] == d.proc.pid
+    assert d.call("ping")["pong"]  # still running
