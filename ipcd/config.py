@@ -10,6 +10,7 @@ store, access) is not this module's business.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
@@ -54,7 +55,6 @@ class LogConfig:
     rate_limit_burst: int = _opt(10000, "int", 0, 10**9, "0 turns rate limiting off")
     rate_limit_interval_s: float = _opt(30.0, "float", 0.001, 86400)
     receive_buffer_bytes: int = _opt(8 * MiB, "int", 4096, 1024 * MiB)
-    queue_entries: int = _opt(65536, "int", 16, 10**8, "entries waiting for the writer")
     socket_mode: int = _opt(0o666, "mode")
 
 
@@ -66,6 +66,7 @@ class StoreConfig:
     commit_interval_ms: int = _opt(50, "int", 1, 60_000)
     commit_batch: int = _opt(10000, "int", 1, 10**7)
     retention_interval_s: float = _opt(10.0, "float", 0.01, 86400)
+    max_pending: int = _opt(100_000, "int", 1, 10**8, "entries held while the store cannot be written")
 
 
 @dataclass
@@ -169,13 +170,17 @@ def parse(raw: bytes, path: str = "<config>") -> Config:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise ConfigError(f"not UTF-8 at byte {e.start}", path) from None
+        line = raw[: e.start].count(b"\n") + 1
+        raise ConfigError(f"not UTF-8 (byte {e.start})", path, line) from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+)", str(e))
-        msg = re.sub(r"\s*\(at line \d+, column \d+\)", "", str(e))
-        raise ConfigError(f"TOML syntax: {msg}", path, int(m.group(1)) if m else None) from None
+        line = int(m.group(1)) if m else max(1, len(text.splitlines()))  # "at end of document"
+        msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e))
+        raise ConfigError(f"TOML syntax: {msg}", path, line) from None
+    except ValueError as e:  # an integer past the interpreter's int-string limit
+        raise ConfigError(f"TOML value: {e}", path) from None
     cfg = Config(path=path)
     explicit: set[str] = set()
     for name, value in doc.items():
@@ -215,7 +220,12 @@ def _check(value: Any, meta: Mapping[str, Any]) -> Any:
     elif kind == "float":
         if not isinstance(value, (int, float)) or isinstance(value, bool):
             raise ValueError(f"must be a number, not {_tname(value)}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            raise ValueError("number out of range") from None
+        if not math.isfinite(value):
+            raise ValueError(f"must be a finite number, not {value}")
     elif kind == "str":
         if not isinstance(value, str) or not value:
             raise ValueError("must be a non-empty string")
@@ -231,10 +241,14 @@ def _check(value: Any, meta: Mapping[str, Any]) -> Any:
         ):
             raise ValueError("must be a list of ids (numbers) or names (strings)")
     if lo is not None and value < lo:
-        raise ValueError(f"must be at least {lo:g}, not {value}")
+        raise ValueError(f"must be at least {_num(lo)}, not {value}")
     if hi is not None and value > hi:
-        raise ValueError(f"must be at most {hi:g}, not {value}")
+        raise ValueError(f"must be at most {_num(hi)}, not {value}")
     return value
+
+
+def _num(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def parse_mode(value: Any) -> int:
@@ -252,26 +266,39 @@ def _tname(value: Any) -> str:
     )
 
 
+_KEY = r'(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')'
+_HEADER = re.compile(rf"^\s*\[\[?\s*({_KEY}(?:\s*\.\s*{_KEY})*)\s*\]\]?")
+_ASSIGN = re.compile(rf"^\s*({_KEY}(?:\s*\.\s*{_KEY})*)\s*=")
+_INLINE_KEY = re.compile(rf"[{{,]\s*({_KEY})\s*=")
+
+
+def _dotted(text: str) -> list[str]:
+    return [k.strip().strip("\"'") for k in re.findall(_KEY, text)]
+
+
 def _line_of(text: str, section: str | None, key: str) -> int | None:
     """Best-effort line of `key` in `[section]` (or of the table `key` itself)."""
-    current: str | None = None
-    header = re.compile(r"^\s*\[\s*([A-Za-z0-9_.-]+)\s*\]")
+    current: list[str] = []
     for n, line in enumerate(text.splitlines(), 1):
-        m = header.match(line)
+        m = _HEADER.match(line)
         if m:
-            current = m.group(1)
-            if section is None and current == key:
+            current = _dotted(m.group(1))
+            if section is None and current[0] == key:
                 return n
+            if section is not None and current[:2] == [section, key]:
+                return n  # [control.extra]: a table where a key was expected
             continue
-        m = re.match(r"^\s*([A-Za-z0-9_-]+(?:\s*\.\s*[A-Za-z0-9_-]+)*)\s*=", line)
+        m = _ASSIGN.match(line)
         if not m:
             continue
-        dotted = re.sub(r"\s+", "", m.group(1)).split(".")
-        full = ([current] if current else []) + dotted
+        full = current + _dotted(m.group(1))
         if section is None and full[0] == key:
             return n
         if section is not None and full[:2] == [section, key]:
             return n
+        if section is not None and full == [section]:  # an inline table: section = { key = ... }
+            if any(_dotted(k)[0] == key for k in _INLINE_KEY.findall(line)):
+                return n
     return None
 
 

@@ -19,6 +19,7 @@ import os
 import resource
 import signal
 import socket
+import sqlite3
 import sys
 import threading
 import time
@@ -32,8 +33,12 @@ from . import __version__, config
 from .access import make_policy
 from .config import Config
 from .errors import ConfigError, IpcdError, RpcError, StartupError
+from . import logmethods  # noqa: F401  (registers logs.*)
+from .logquery import FollowHub, Reader
+from .logserver import Intake, LogServer
+from .logstore import DB_NAME, Writer
 from .methods import App
-from .server import Bound, ControlServer, probe
+from .server import Bound, ControlServer, check_path_length, probe
 
 log = logging.getLogger("ipcd")
 
@@ -84,6 +89,10 @@ class Daemon:
         self.uid = os.geteuid()
         self.app = App(config=cfg, policy=make_policy(cfg.access, self.uid))
         self.control: ControlServer | None = None
+        self.logserver: LogServer | None = None
+        self.writer: Writer | None = None
+        self.reader: Reader | None = None
+        self.intake: Intake | None = None
         self.bound: list[Bound] = []
         self._threads: list[threading.Thread] = []
         self._lock_fd: int | None = None
@@ -98,12 +107,21 @@ class Daemon:
         _raise_nofile()
         self._prepare_dirs()
         self._take_lock()
+        self._open_store()
+        self._start_log()
         self._start_control()
         log.info(
-            "ipcd %s ready: control %s (pid %d)", __version__, self.app.sockets.get("control"), os.getpid()
+            "ipcd %s ready: control %s, log %s, store %s (pid %d)",
+            __version__,
+            self.app.sockets.get("control"),
+            self.app.sockets.get("log"),
+            self.db_path,
+            os.getpid(),
         )
 
     def _prepare_dirs(self) -> None:
+        for path in (self.paths.control, self.paths.log):
+            check_path_length(path)  # before anything is created
         rd = self.paths.runtime_dir
         try:
             rd.mkdir(mode=0o755, parents=True, exist_ok=True)
@@ -115,6 +133,58 @@ class Daemon:
             raise StartupError(
                 f"runtime dir {rd} is owned by uid {st.st_uid} or writable by all: refusing to use it"
             )
+
+    @property
+    def db_path(self) -> str:
+        return str(self.paths.state_dir / DB_NAME)
+
+    def _open_store(self) -> None:
+        sd = self.paths.state_dir
+        try:
+            sd.mkdir(mode=0o750, parents=True, exist_ok=True)
+        except OSError as e:
+            raise StartupError(f"cannot create state dir {sd}: {e.strerror}") from None
+        try:
+            writer = Writer(self.db_path, self.cfg.store)
+        except sqlite3.Error as e:
+            raise StartupError(f"cannot open the store {self.db_path}: {e}") from None
+        hub = FollowHub()
+        writer.on_commit = hub.publish
+        hub.on_change = lambda any_left: setattr(writer, "want_rows", any_left)
+        self.writer, self.reader = writer, Reader(self.db_path)
+        self.app.services.update(writer=writer, reader=self.reader, follow_hub=hub)
+        self.app.sections["store"] = self._store_status
+
+    def _store_status(self) -> dict[str, Any]:
+        w = self.writer
+        assert w is not None
+        out: dict[str, Any] = {
+            "path": self.db_path,
+            "bytes": w.file_bytes(),
+            "entries": w.entries,
+            "commits": w.commits,
+            "deleted": w.deleted,
+            "writer": "dead" if w.dead else ("failing" if w.error else "ok"),
+        }
+        if w.error or w.dead:
+            out["error"] = w.dead or w.error
+        return out
+
+    def _start_log(self) -> None:
+        assert self.writer is not None
+        path = self.paths.log
+        self._check_free(path, socket.SOCK_DGRAM)
+        self.intake = Intake(self.cfg.log, self.writer)
+        try:
+            server = LogServer(path, self.intake, mode=self.cfg.log.socket_mode)
+        except PermissionError as e:
+            raise StartupError(f"cannot bind {path}: {e.strerror}") from None
+        assert server.bound is not None
+        self.bound.append(server.bound)
+        self.logserver = server
+        self.app.sockets["log"] = path
+        self.app.sections["logs"] = self.intake.status
+        self._spawn("ipcd-log", server.serve_forever, 0.5)
 
     def _take_lock(self) -> None:
         """One ipcd per runtime dir: an flock(2) held for the daemon's life.
@@ -232,6 +302,10 @@ class Daemon:
             self.cfg = new
             self.app.config = new
             self.app.policy = policy
+            if self.intake is not None:
+                self.intake.configure(new.log)
+            if self.writer is not None:
+                self.writer.cfg = new.store
             _set_log_level(new.daemon.log_level)
             log.info("reloaded config from %s", src if src and src.exists() else "defaults")
             return {"reloaded": True, "config": str(src) if src else None}
@@ -241,15 +315,30 @@ class Daemon:
     def stop(self, quiet: bool = False) -> None:
         if self.control is not None:
             self.control.shutdown()  # serve_forever returns: no more accepts
-            for b in self.bound:
-                if b.path == self.app.sockets.get("control"):
-                    b.unlink_if_ours()
+            self._unlink(self.app.sockets.get("control"))
+        if self.logserver is not None:
+            self.logserver.shutdown()
+            self._unlink(self.app.sockets.get("log"))  # new senders now fail at once
+            n = self.logserver.drain()  # what was sent before is still read and kept
+            if n:
+                log.info("read %d queued datagrams from the log socket before stopping", n)
+            self.logserver.server_close()
+        if self.control is not None:
             self.control.stop(grace_s=5.0)
         for t in self._threads:
             t.join()
+        if self.writer is not None:
+            self.writer.close()
+        if self.reader is not None:
+            self.reader.close()
         self.close()
         if not quiet:
             log.info("ipcd stopped")
+
+    def _unlink(self, path: str | None) -> None:
+        for b in self.bound:
+            if b.path == path:
+                b.unlink_if_ours()
 
     def close(self) -> None:
         for b in self.bound:
@@ -342,6 +431,10 @@ def run(runtime: str | None, state: str | None, config_file: str | None, log_lev
         d.start()
     except (IpcdError, OSError) as e:
         log.error("cannot start: %s", e)
+        d.stop(quiet=True)
+        return EXIT_FAILURE
+    except Exception:
+        log.exception("cannot start: unexpected error")
         d.stop(quiet=True)
         return EXIT_FAILURE
     d.run()

@@ -36,18 +36,23 @@ JSONRPC = "2.0"
 
 
 class LineTooLong(LimitReached):
-    def __init__(self, max_line_bytes: int) -> None:
+    """A line over the limit; `lines` holds the complete lines that came before it."""
+
+    def __init__(self, max_line_bytes: int, lines: list[bytes] | None = None) -> None:
         super().__init__(
             f"request line longer than {max_line_bytes} bytes", "max_request_bytes", max_line_bytes
         )
+        self.lines = lines or []
 
 
 class LineFramer:
     """Cuts a byte stream into lines; a trailing ``\\r`` is dropped (socat crlf).
 
-    A line may hold at most `max_line_bytes` bytes, its newline not counted.
-    Past that, `feed` raises `LineTooLong`, whether the newline came or not:
-    the peer is not allowed to make ipcd buffer more.
+    A line may hold at most `max_line_bytes` bytes, its newline (`\n` or
+    `\r\n`) not counted.  Past that, `feed` raises `LineTooLong`, whether the
+    newline came or not: the peer is not allowed to make ipcd buffer more.
+    The complete lines before the long one ride on the exception, so that
+    they are still answered.
     """
 
     def __init__(self, max_line_bytes: int) -> None:
@@ -65,21 +70,23 @@ class LineFramer:
         self._buf += data
         buf = self._buf
         begin = 0
+        limit = self.max_line_bytes
         while True:
             nl = buf.find(b"\n", start)
             if nl < 0:
                 break
-            if nl - begin > self.max_line_bytes:
-                raise LineTooLong(self.max_line_bytes)
             line = bytes(buf[begin:nl])
             if line.endswith(b"\r"):
                 line = line[:-1]
+            if len(line) > limit:
+                raise LineTooLong(limit, lines)
             lines.append(line)
             begin = start = nl + 1
         if begin:
             del buf[:begin]
-        if len(buf) > self.max_line_bytes:
-            raise LineTooLong(self.max_line_bytes)
+        # An unfinished line may still end in the "\r" of a CRLF: one byte of grace.
+        if len(buf) > limit + (buf.endswith(b"\r")):
+            raise LineTooLong(limit, lines)
         return lines
 
 

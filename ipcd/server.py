@@ -358,7 +358,10 @@ class ControlHandler(socketserver.BaseRequestHandler):
                 return
             try:
                 lines = framer.feed(data)
-            except RpcError as e:  # LineTooLong: answer, then close
+            except jsonrpc.LineTooLong as e:  # answer what came before it, then the error, then close
+                for line in e.lines:
+                    if not self._handle_line(line):
+                        return
                 self._send_error(e)
                 return
             for line in lines:

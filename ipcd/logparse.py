@@ -1,0 +1,265 @@
+"""One log datagram in, one `LogEntry` out (sans-IO: no socket, no clock).
+
+Forms, tried in this order on each datagram (DESIGN.md "Log socket"):
+
+    57 <13>1 ...                        `logger --octet-count`: the count is dropped
+    <165>1 2026-11-27T10:00:00Z host app 42 ID47 [ex@1 a="b"] msg   RFC 5424
+    <13>Nov 27 10:00:00 host tag[42]: msg    RFC 3164 (glibc syslog(3), logger --rfc3164)
+    <13>Nov 27 10:00:00 tag[42]: msg         the local variant (logger's default on a socket)
+    <13>tag: msg  /  <13>msg\\0               no timestamp (Python's SysLogHandler)
+    {"message": ..., "priority": ..., "ident": ..., "fields": {...}}   JSON
+    anything else                            plain text, user.notice
+
+Nothing is dropped for its form: invalid UTF-8 becomes U+FFFD, a bad PRI
+makes the whole datagram a plain entry flagged `malformed`, trailing NULs and
+newlines go.  The claimed fields (ident, pid, hostname, timestamp) are only
+what the sender wrote; the trusted ones (sender_pid/uid/gid/comm) come from
+the kernel and are `logserver`'s business, as are rate limits and storage.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, NamedTuple
+
+# RFC 5424 §6.2.1: PRI = facility * 8 + severity, 0..191.
+USER_NOTICE = (1, 5)  # facility user, severity notice: for plain text
+SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+SEVERITY_ALIASES = {"emergency": 0, "panic": 0, "critical": 2, "error": 3, "warn": 4, "informational": 6}
+# glibc's and logger's old name for auth (syslog.h facilitynames[]).
+FACILITY_ALIASES = {"security": 4}
+FACILITIES = (
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news",
+    "uucp", "cron", "authpriv", "ftp", "ntp", "audit", "alert", "clock",
+    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+)  # fmt: skip
+
+
+class LogEntry(NamedTuple):
+    priority: int  # severity, 0 (emerg) .. 7 (debug)
+    facility: int
+    ident: str | None
+    pid: int | None
+    hostname: str | None
+    msgid: str | None
+    timestamp: str | None  # as claimed, not interpreted
+    structured_data: dict[str, dict[str, str]] | None
+    fields: dict[str, Any] | None
+    message: str
+    format: str  # rfc5424, rfc3164, json, plain
+    malformed: bool
+
+
+def severity(value: int | str) -> int:
+    """A severity from a number 0-7 or a name (`err`, `error`, `warning`...)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 7:
+        return value
+    if isinstance(value, str):
+        name = value.strip().lower()
+        if name.isdigit() and int(name) <= 7:
+            return int(name)
+        if name in SEVERITIES:
+            return SEVERITIES.index(name)
+        if name in SEVERITY_ALIASES:
+            return SEVERITY_ALIASES[name]
+    raise ValueError(f"not a priority: {value!r} (0-7 or {', '.join(SEVERITIES)})")
+
+
+def facility(value: int | str) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 23:
+        return value
+    if isinstance(value, str) and value.lower() in FACILITIES:
+        return FACILITIES.index(value.lower())
+    if isinstance(value, str) and value.lower() in FACILITY_ALIASES:
+        return FACILITY_ALIASES[value.lower()]
+    raise ValueError(f"not a facility: {value!r}")
+
+
+_PRI = re.compile(rb"<(\d{1,3})>")
+_OCTETS = re.compile(rb"(\d{1,7}) (?=<)")
+# RFC 3164 §4.1.2 TIMESTAMP "Mmm dd hh:mm:ss", then an optional HOSTNAME, then
+# the TAG, an optional [PID] and ":".  A hostname holds no ":" or "[", so
+# "<13>Nov 27 10:00:00 su: x: y" reads as tag su, message "x: y".
+_RFC3164 = re.compile(
+    r"(?P<ts>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) "
+    r"(?:(?P<host>[^\s:\[\]]+) (?=[^\s:\[\]]+(?:\[[^\]\s]*\])?:))?"
+    r"(?:(?P<tag>[^\s:\[\]]+)(?:\[(?P<pid>[^\]\s]*)\])?: ?)?"
+    r"(?P<msg>.*)",
+    re.DOTALL,
+)
+_TAGGED = re.compile(r"(?P<tag>[^\s:\[\]]+)(?:\[(?P<pid>[^\]\s]*)\])?: ?(?P<msg>.*)", re.DOTALL)
+_SD_PARAM = re.compile(r'\s*([^\s=\]"]+)="((?:[^"\\]|\\.)*)"', re.DOTALL)
+_SD_UNESCAPE = re.compile(r"\\([\"\\\]])")
+_BOM = "\ufeff"
+
+
+_new = tuple.__new__  # LogEntry(...) costs twice as much, on the hot path
+
+
+def parse_datagram(data: bytes) -> LogEntry:
+    """Parse one datagram; `data` must not be empty (an empty one is not stored)."""
+    m = _FAST.match(data)
+    if m is not None:
+        # The common case, glibc syslog(3) and logger's default: "<PRI>Mmm dd hh:mm:ss TAG[PID]: MSG",
+        # all ASCII up to the message.  The same result as the general path, sooner.
+        pri_b, ts, tag, pid, msg = m.groups()
+        pri = int(pri_b)
+        if pri <= 191 and (len(pri_b) == 1 or pri_b[0] != 48):
+            return _new(LogEntry, (pri & 7, pri >> 3, tag.decode(), int(pid) if pid else None, None, None,
+                                   ts.decode(), None, None, msg.rstrip(b"\0\n\r").decode("utf-8", "replace"),
+                                   "rfc3164", False))  # fmt: skip
+    return parse_general(data)
+
+
+# Tag and timestamp in printable ASCII other than ":", "[", "]"; a pid of up to 10 digits.
+_FAST = re.compile(rb"<(\d{1,3})>([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) ([!-9;-Z\\^-~]+)(?:\[(\d{1,10})\])?: ?(.*)", re.DOTALL)
+
+
+def parse_general(data: bytes) -> LogEntry:
+    """Every form, tried in turn (see the module docstring)."""
+    stripped = data.rstrip(b"\0\n\r")
+    if data[:1].isdigit():
+        m = _OCTETS.match(data)
+        # logger --octet-count counts what it sends, a trailing newline included;
+        # trailing NULs and newlines beyond the count are tolerated.
+        if m and len(stripped) - m.end() <= int(m.group(1)) <= len(data) - m.end():
+            return _parse_syslog(stripped[m.end() :], stripped)
+    data = stripped
+    if data[:1] == b"<":
+        return _parse_syslog(data, data)
+    if data[:1] == b"{":
+        entry = _parse_json(data)
+        if entry is not None:
+            return entry
+    return _plain(data, malformed=False)
+
+
+def _plain(data: bytes, malformed: bool) -> LogEntry:
+    text = data.decode("utf-8", "replace")
+    return LogEntry(USER_NOTICE[1], USER_NOTICE[0], None, None, None, None, None, None, None, text, "plain", malformed)
+
+
+def _parse_syslog(data: bytes, whole: bytes) -> LogEntry:
+    m = _PRI.match(data)
+    if m is None or int(m.group(1)) > 191 or (len(m.group(1)) > 1 and m.group(1)[0] == 48):
+        # RFC 5424 §6.2.1: PRIVAL is 0..191, no leading zeros.  Keep it all as text.
+        return _plain(whole, malformed=True)
+    pri = int(m.group(1))
+    rest = data[m.end() :]
+    if rest[:2] == b"1 ":
+        entry = _parse_rfc5424(pri, rest[2:].decode("utf-8", "replace"))
+        if entry is not None:
+            return entry
+    text = rest.decode("utf-8", "replace")
+    return _parse_rfc3164(pri, text)
+
+
+def _parse_rfc3164(pri: int, text: str) -> LogEntry:
+    m = _RFC3164.match(text)
+    if m is not None:
+        tag, pid = m.group("tag"), m.group("pid")
+        return LogEntry(pri & 7, pri >> 3, tag, _pid(pid), m.group("host"), None, m.group("ts"), None,
+                        _procid(pid), m.group("msg"), "rfc3164", False)  # fmt: skip
+    m = _TAGGED.match(text)
+    if m is not None:
+        pid = m.group("pid")
+        return LogEntry(pri & 7, pri >> 3, m.group("tag"), _pid(pid), None, None, None, None,
+                        _procid(pid), m.group("msg"), "rfc3164", False)  # fmt: skip
+    return LogEntry(pri & 7, pri >> 3, None, None, None, None, None, None, None, text, "rfc3164", False)
+
+
+def _pid(text: str | None) -> int | None:
+    if text and len(text) <= 10 and text.isascii() and text.isdigit():
+        return int(text)
+    return None
+
+
+def _procid(text: str | None) -> dict[str, Any] | None:
+    # A PROCID that is not a number is kept, but not as the claimed pid.
+    if text and _pid(text) is None:
+        return {"procid": text}
+    return None
+
+
+def _nil(field: str) -> str | None:
+    return None if field == "-" else field
+
+
+def _parse_rfc5424(pri: int, text: str) -> LogEntry | None:
+    # RFC 5424 §6: VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID SP SD [SP MSG]
+    parts = text.split(" ", 5)
+    if len(parts) < 6:
+        if len(parts) == 5:
+            parts.append("-")
+        else:
+            return None
+    ts, host, app, procid, msgid, rest = parts
+    sd, msg = _split_sd(rest)
+    if sd is None:
+        return None
+    if msg.startswith(_BOM):
+        msg = msg[1:]  # RFC 5424 §6.4: the BOM marks UTF-8, it is not part of the text
+    return LogEntry(pri & 7, pri >> 3, _nil(app), _pid(_nil(procid)), _nil(host), _nil(msgid), _nil(ts),
+                    sd or None, _procid(_nil(procid)), msg, "rfc5424", False)  # fmt: skip
+
+
+def _split_sd(rest: str) -> tuple[dict[str, dict[str, str]] | None, str]:
+    """RFC 5424 §6.3 STRUCTURED-DATA, then the message; (None, "") if it is not SD."""
+    if rest.startswith("-"):
+        return {}, rest[2:] if rest[1:2] == " " else rest[1:]
+    sd: dict[str, dict[str, str]] = {}
+    i = 0
+    while i < len(rest) and rest[i] == "[":
+        j = i + 1
+        while j < len(rest) and rest[j] not in " ]":
+            j += 1
+        sd_id = rest[i + 1 : j]
+        params: dict[str, str] = {}
+        while j < len(rest) and rest[j] != "]":
+            m = _SD_PARAM.match(rest, j)
+            if m is None:
+                return None, ""
+            params[m.group(1)] = _SD_UNESCAPE.sub(r"\1", m.group(2))
+            j = m.end()
+        if j >= len(rest) or not sd_id:
+            return None, ""
+        sd[sd_id] = params
+        i = j + 1
+    if i == 0:
+        return None, ""
+    return sd, rest[i + 1 :] if rest[i : i + 1] == " " else rest[i:]
+
+
+def _parse_json(data: bytes) -> LogEntry | None:
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("message"), str):
+        return None
+    try:
+        prio = severity(doc.get("priority", 6))
+        fac = facility(doc.get("facility", 1))
+    except ValueError:
+        return None
+    fields = doc.get("fields")
+    extra = {k: v for k, v in doc.items() if k not in _JSON_KEYS}
+    if not isinstance(fields, dict):
+        fields = {"fields": fields} if fields is not None else {}
+    fields = {**extra, **fields} or None
+    pid = doc.get("pid")
+    return LogEntry(prio, fac, _str(doc.get("ident")), pid if _is_pid(pid) else None, _str(doc.get("hostname")),
+                    _str(doc.get("msgid")), _str(doc.get("timestamp")), None, fields, doc["message"], "json",
+                    False)  # fmt: skip
+
+
+_JSON_KEYS = {"message", "priority", "facility", "ident", "pid", "hostname", "msgid", "timestamp", "fields"}
+
+
+def _str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+def _is_pid(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**31

@@ -1,0 +1,67 @@
+"""Per-sender rate limiting for the log socket, as journald does it.
+
+Each sender gets a window of `interval_s` that opens with its first
+message; within it the first `burst` messages pass and the rest are
+suppressed and counted.  When the window has ended, the sender's next
+message (or a sweep) reports the count once, so that `logserver` can store
+one "suppressed N messages from ..." entry per window.  Priorities crit and
+above (0..2) are never limited (journald.conf(5), RateLimitBurst=).
+
+The clock is passed in; who the sender is (its unit, or uid and command)
+is decided by the caller.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+CRIT = 2
+
+
+class RateLimiter:
+    __slots__ = ("burst", "interval_s", "_windows", "suppressed_total")
+
+    def __init__(self, burst: int, interval_s: float) -> None:
+        self.burst = burst  # 0: no limit
+        self.interval_s = interval_s
+        # key -> [window start, messages in window, suppressed in window]
+        self._windows: dict[Hashable, list[float]] = {}
+        self.suppressed_total = 0
+
+    def configure(self, burst: int, interval_s: float) -> None:
+        self.burst = burst
+        self.interval_s = interval_s
+
+    def check(self, key: Hashable, priority: int, now: float) -> tuple[bool, int]:
+        """(let this message through?, suppressed count of the window just ended)."""
+        if self.burst <= 0:
+            return True, 0
+        w = self._windows.get(key)
+        if w is None:
+            self._windows[key] = [now, 1.0, 0.0]
+            return True, 0
+        ended = 0
+        if now - w[0] >= self.interval_s or now < w[0]:  # a new window (or the clock went back)
+            ended = int(w[2])
+            w[0], w[1], w[2] = now, 0.0, 0.0
+        if priority <= CRIT:
+            return True, ended
+        if w[1] < self.burst:
+            w[1] += 1
+            return True, ended
+        w[2] += 1
+        self.suppressed_total += 1
+        return False, ended
+
+    def sweep(self, now: float) -> list[tuple[Hashable, int]]:
+        """Forget ended windows; (key, suppressed) for those that suppressed any."""
+        report = []
+        for key, w in list(self._windows.items()):
+            if now - w[0] >= self.interval_s or now < w[0]:
+                if w[2]:
+                    report.append((key, int(w[2])))
+                del self._windows[key]
+        return report
+
+    def __len__(self) -> int:
+        return len(self._windows)
