@@ -275,7 +275,12 @@ def shutdown(opts: Opts) -> None:
 def reload(opts: Opts) -> None:
     """Re-read the config; returns when it is applied (or refused)."""
     result = opts.call("reload")
-    emit_json(result) if opts.json else click.echo(f"reloaded ({result.get('config') or 'defaults'})")
+    if opts.json:
+        emit_json(result)
+    elif result.get("config_exists"):
+        click.echo(f"reloaded {result['config']}")
+    else:
+        click.echo(f"reloaded: defaults (no {result.get('config') or 'config file'})")
 
 
 @cli.command()
@@ -291,6 +296,129 @@ def clients(opts: Opts) -> None:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["connected_at"]))
         me = " (this ipcctl)" if r.get("self") else ""
         click.echo(f"{r['pid']:>8} {r['uid']:>6} {r['role']:<6} {r['requests']:>8}  {since:<19}  {r['command']}{me}")
+
+
+# -- logs ------------------------------------------------------------------------
+
+SEVERITY_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+FACILITY_NAMES = (
+    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
+    "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
+)  # fmt: skip
+
+
+def fmt_short(e: dict[str, Any], hostname: str) -> str:
+    """Like a syslog line: "Nov 27 10:30:20 host ident[pid]: message" (journalctl -o short)."""
+    when = time.strftime("%b %d %H:%M:%S", time.localtime(e["time"]))
+    ident = e.get("ident") or e.get("sender_comm") or "-"
+    pid = e.get("pid") if e.get("pid") is not None else e.get("sender_pid")
+    who = f"{ident}[{pid}]" if pid else ident
+    msg = e["message"] + (" [truncated]" if e.get("truncated") else "")
+    return f"{when} {e.get('hostname') or hostname} {who}: {msg}"
+
+
+def fmt_verbose(e: dict[str, Any]) -> str:
+    t = e["time"]
+    head = time.strftime("%a %Y-%m-%d %H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1e6):06d}"
+    lines = [f"{head} {time.strftime('%Z', time.localtime(t))} [id {e['id']}]"]
+    prio, fac = e["priority"], e["facility"]
+    lines.append(f"    PRIORITY={prio} ({SEVERITY_NAMES[prio]})")
+    lines.append(f"    FACILITY={fac} ({FACILITY_NAMES[fac] if fac < len(FACILITY_NAMES) else '?'})")
+    for key in ("ident", "pid", "hostname", "msgid", "timestamp", "format", "truncated",
+                "sender_pid", "sender_uid", "sender_gid", "sender_comm"):  # fmt: skip
+        if e.get(key) is not None:
+            lines.append(f"    {key.upper()}={e[key]}")
+    for key in ("structured_data", "fields"):
+        if e.get(key):
+            lines.append(f"    {key.upper()}={json.dumps(e[key], ensure_ascii=False)}")
+    lines.append(f"    MESSAGE={e['message']}")
+    return "\n".join(lines)
+
+
+def entry_printer(output: str) -> Callable[[dict[str, Any]], None]:
+    import socket as _socket
+
+    hostname = _socket.gethostname()
+    if output == "json":
+        return lambda e: click.echo(json.dumps(e, ensure_ascii=False))
+    if output == "verbose":
+        return lambda e: click.echo(fmt_verbose(e))
+    return lambda e: click.echo(fmt_short(e, hostname))
+
+
+@cli.command()
+@click.option("-n", "--lines", "count", type=click.IntRange(0, 10000), default=None,
+              help="How many of the newest entries [50; 10 with -f].")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing new entries as they are stored.")
+@click.option("-p", "--priority", metavar="PRIO", help="This level and more severe: 0-7 or emerg..debug.")
+@click.option("-t", "--identifier", "ident", metavar="IDENT", help="Only this ident (syslog tag).")
+@click.option("--pid", type=click.IntRange(min=0), help="Only this sender's (trusted) pid.")
+@click.option("--since", metavar="TIME", help="2026-11-27 10:00, -5m, -2h, today, yesterday...")
+@click.option("--until", metavar="TIME", help="As --since.")
+@click.option("-g", "--grep", metavar="PATTERN", help="Messages matching this regular expression (smart case).")
+@click.option("-o", "--output", type=click.Choice(["short", "json", "verbose"]), default="short", show_default=True)
+@pass_opts
+def logs(opts: Opts, count: int | None, follow: bool, priority: str | None, ident: str | None, pid: int | None,
+         since: str | None, until: str | None, grep: str | None, output: str) -> None:  # fmt: skip
+    """Show the log, newest last, like journalctl."""
+    filters: dict[str, Any] = {
+        k: v
+        for k, v in (("priority", priority), ("ident", ident), ("pid", pid), ("since", since),
+                     ("until", until), ("grep", grep))  # fmt: skip
+        if v is not None
+    }
+    show = entry_printer("json" if opts.json else output)
+    if not follow:
+        n = 50 if count is None else count
+        if n == 0:
+            return
+        for e in opts.call("logs.query", {**filters, "limit": n})["entries"]:
+            show(e)
+        return
+    with opts.client(timeout_s=None) as c:
+        c.timeout_s = opts.timeout_s
+        c.call("logs.follow", {**filters, "backlog": 10 if count is None else count})
+        for note in c.notifications():
+            if note["method"] == "logs.entry":
+                show(note["params"])
+            elif note["method"] == "lagged":
+                click.echo(f"-- {note['params']['missed']} entries missed: this reader fell behind --", err=True)
+
+
+def parse_priority(text: str) -> tuple[int, int]:
+    """`err`, `3`, `local3.err` or `user.info` (as logger -p) -> (facility, severity)."""
+    fac_s, _, sev_s = text.rpartition(".")
+    try:
+        sev = int(sev_s) if sev_s.isdigit() else SEVERITY_NAMES.index({"error": "err", "warn": "warning"}.get(sev_s, sev_s))
+        fac = 1 if not fac_s else (int(fac_s) if fac_s.isdigit() else FACILITY_NAMES.index(fac_s))
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use a level (err, 3) or facility.level (local3.err)") from None
+    if not (0 <= sev <= 7 and 0 <= fac <= 23):
+        raise click.BadParameter(f"{text!r}: level 0-7, facility 0-23")
+    return fac, sev
+
+
+@cli.command()
+@click.option("-p", "--priority", "prio", default="user.notice", show_default=True, metavar="PRIO",
+              help="A level, or facility.level as logger -p.")
+@click.option("-t", "--tag", metavar="TAG", help="The ident [your user name].")
+@click.option("--log-socket", metavar="PATH", help="The log socket [log.sock beside the control socket].")
+@click.argument("message", nargs=-1)
+@pass_opts
+def send(opts: Opts, prio: str, tag: str | None, log_socket: str | None, message: tuple[str, ...]) -> None:
+    """Send MESSAGE to the log socket, as logger does (no MESSAGE: each line of stdin)."""
+    import getpass
+
+    fac, sev = parse_priority(prio)
+    try:
+        tag = tag or getpass.getuser()
+    except (KeyError, OSError):
+        tag = tag or "ipcctl"
+    path = client.resolve_log_socket(log_socket, opts.socket, opts.user)
+    lines = [" ".join(message)] if message else [line.rstrip("\n") for line in sys.stdin]
+    for text in lines:
+        stamp = time.strftime("%b %e %H:%M:%S")
+        client.send_datagram(f"<{fac * 8 + sev}>{stamp} {tag}: {text}".encode(), path)
 
 
 def fail(message: str, code: int = EXIT_DAEMON_ERROR) -> NoReturn:

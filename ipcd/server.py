@@ -254,6 +254,7 @@ class ClientConnection:
         self.requests = 0
         self.outbox: Outbox | None = None
         self.streams: set[Stream] = set()
+        self.subscription: Any = None  # the channels it listens to (kvmethods)
         self._closers: list[Callable[[], None]] = []
         self._wlock = threading.Lock()
         self._lock = threading.Lock()
@@ -457,6 +458,7 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
         self._per_uid: dict[int, int] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self.last_loop = time.monotonic()  # the accept loop turned (the watchdog's health check)
         super().__init__(path, ControlHandler, bind_and_activate)  # type: ignore[arg-type]
 
     def server_bind(self) -> None:
@@ -537,6 +539,9 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
                 self._per_uid.pop(request.peer.uid, None)
             self._idle.notify_all()
         self.app.connections.add("active", -1)
+
+    def service_actions(self) -> None:
+        self.last_loop = time.monotonic()
 
     def live(self) -> list[ClientConnection]:
         with self._lock:

@@ -1,0 +1,150 @@
+"""The IPC methods: kv.get/list/set/delete/watch, publish, subscribe, unsubscribe.
+
+Thin: params and roles are declared here, the work is `kv`'s and
+`channels`'.  Streams (kv.watch, subscribe) live as long as their
+connection; closing it drops them at once.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .channels import Channels, Subscription
+from .kv import MAX_KEY_CHARS, KvStore, check_key
+from .methods import REGISTRY, Call, Param
+
+
+def _kv(call: Call) -> KvStore:
+    return call.app.services["kv"]  # type: ignore[no-any-return]
+
+
+def _channels(call: Call) -> Channels:
+    return call.app.services["channels"]  # type: ignore[no-any-return]
+
+
+def _key(value: str) -> str:
+    return check_key(value)
+
+
+def _names(values: list[str]) -> list[str]:
+    if not values:
+        raise ValueError("at least one channel")
+    for v in values:
+        if not 1 <= len(v) <= MAX_KEY_CHARS or not v.isprintable():
+            raise ValueError(f"channel names are 1 to {MAX_KEY_CHARS} printable characters, not {v!r}")
+    return values
+
+
+KEY = Param("key", "string", required=True, check=_key, doc=f"1 to {MAX_KEY_CHARS} printable characters")
+
+
+@REGISTRY.method("kv.get", role="read", doc="A key's value, version and expiry; -32003 if missing.", params=(KEY,))
+def kv_get(call: Call, key: str) -> dict[str, Any]:
+    return _kv(call).get(key).to_json(key)
+
+
+@REGISTRY.method(
+    "kv.list", role="read", doc="The keys that start with `prefix`, sorted.", params=(Param("prefix", "string", default=""),)
+)
+def kv_list(call: Call, prefix: str) -> dict[str, Any]:
+    return {"keys": _kv(call).keys(prefix)}
+
+
+@REGISTRY.method(
+    "kv.set",
+    role="write",
+    doc="Set a key to any JSON value; `if_version` makes it compare-and-set (0: only if absent).",
+    params=(
+        KEY,
+        Param("value", "any", required=True),
+        Param("ttl_s", "number", min=0.001, max=10**9, doc="seconds until it expires"),
+        Param("if_version", "integer", min=0, doc="-32004 unless the key is at this version"),
+    ),
+)
+def kv_set(call: Call, key: str, value: Any, ttl_s: float | None, if_version: int | None) -> dict[str, Any]:
+    p = call.peer
+    item = _kv(call).set(key, value, ttl_s, if_version, p.uid, p.pid, p.comm)
+    return {"key": key, "version": item.version, "expires_at": item.expires_at}
+
+
+@REGISTRY.method("kv.delete", role="write", doc="Delete a key; -32003 if missing.", params=(KEY,))
+def kv_delete(call: Call, key: str) -> dict[str, Any]:
+    _kv(call).delete(key)
+    return {"deleted": True}
+
+
+@REGISTRY.method(
+    "kv.watch",
+    role="read",
+    stream=True,
+    doc="Stream kv.change notifications (key, op: set/delete/expire, value, version) under `prefix`.",
+    params=(Param("prefix", "string", default=""),),
+)
+def kv_watch(call: Call, prefix: str) -> dict[str, Any]:
+    kv = _kv(call)
+    stream = call.conn.open_stream("kv.watch")
+    handle = kv.watch(prefix, lambda change: stream.push("kv.change", change))
+    call.conn.on_close(lambda: kv.unwatch(handle))
+    return {"watching": prefix}
+
+
+CHANNEL = Param("channel", "string", required=True, check=lambda v: _names([v])[0])
+
+
+@REGISTRY.method(
+    "publish",
+    role="write",
+    doc="Send `message` (any JSON) to the channel's subscribers; how many it reached.",
+    params=(CHANNEL, Param("message", "any", required=True)),
+)
+def publish(call: Call, channel: str, message: Any) -> dict[str, Any]:
+    return {"delivered": _channels(call).publish(channel, message, call.peer.uid, call.peer.pid)}
+
+
+class StreamSubscription(Subscription):
+    """A connection's subscription, pushing `message` notifications on its stream."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(lambda note: bool(stream.push("message", note)))
+        self.stream = stream
+
+
+def _subscription(call: Call) -> StreamSubscription:
+    """The connection's one subscription (and its stream), made on first use."""
+    conn: Any = call.conn
+    sub: StreamSubscription | None = conn.subscription
+    if sub is None:
+        sub = StreamSubscription(conn.open_stream("subscribe"))
+        conn.subscription = sub
+        channels = _channels(call)
+        conn.on_close(lambda: channels.unsubscribe(sub))
+    return sub
+
+
+@REGISTRY.method(
+    "subscribe",
+    role="read",
+    stream=True,
+    doc="Receive `message` notifications (channel, message, published_at, uid, pid) from these channels.",
+    params=(Param("channels", "strings", required=True, check=_names),),
+)
+def subscribe(call: Call, channels: list[str]) -> dict[str, Any]:
+    return {"channels": _channels(call).subscribe(_subscription(call), channels)}
+
+
+@REGISTRY.method(
+    "unsubscribe",
+    role="read",
+    doc="Stop receiving from `channels` (all of them if absent); the channels left.",
+    params=(Param("channels", "strings"),),
+)
+def unsubscribe(call: Call, channels: list[str] | None) -> dict[str, Any]:
+    conn: Any = call.conn
+    sub: StreamSubscription | None = conn.subscription
+    if sub is None:
+        return {"channels": []}
+    left = _channels(call).unsubscribe(sub, channels)
+    if not sub.channels:
+        sub.stream.close()
+        conn.subscription = None
+    return {"channels": left}
