@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shlex
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -149,11 +150,35 @@ def parse_line(line: bytes) -> Parsed | None:
         return Invalid(ParseError("parse error: not UTF-8"))
     except ValueError as e:
         return Invalid(ParseError(f"parse error: {_short(e)}"))
+    if _SURROGATE_ESCAPE.search(stripped) and has_lone_surrogate(value):
+        # "\ud800" is valid JSON syntax but not Unicode: no UTF-8 form, no SQLite text.
+        return Invalid(ParseError("parse error: a lone surrogate (\\ud800-\\udfff) is not Unicode"))
     if isinstance(value, list):
         if not value:
             return Invalid(InvalidRequest("invalid request: empty batch"))
         return [to_message(item) for item in value]
     return to_message(value)
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def has_lone_surrogate(value: Any) -> bool:
+    """Whether any string in a decoded JSON value (keys included) has no UTF-8 form."""
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, str):
+            try:
+                v.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(v, dict):
+            stack.extend(v.keys())
+            stack.extend(v.values())
+        elif isinstance(v, list):
+            stack.extend(v)
+    return False
 
 
 def _short(e: Exception) -> str:

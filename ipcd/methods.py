@@ -62,6 +62,9 @@ class Param:
         if not any(_KINDS[k](value) for k in kinds):
             want = " or ".join(_KIND_NAMES.get(k, k) for k in kinds)
             raise InvalidParams(f"invalid param {self.name!r}: must be {want}", self.name)
+        if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+            # Integers go to SQLite, which stores 64 bits (and sqlite3 raises past that).
+            raise InvalidParams(f"invalid param {self.name!r}: out of the 64-bit range", self.name)
         if self.min is not None and _is_num(value) and value < self.min:
             raise InvalidParams(f"invalid param {self.name!r}: must be >= {self.min:g}", self.name)
         if self.max is not None and _is_num(value) and value > self.max:

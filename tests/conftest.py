@@ -242,7 +242,7 @@ def ipcctl(*args: str, env: dict[str, str] | None = None, timeout_s: float = 30.
     )
 
 
-def run_as(uid: int, gid: int, fn: Callable[[], tuple[int, str]]) -> tuple[int, str]:
+def run_as(uid: int, gid: int, fn: Callable[[], tuple[int, str]], groups: tuple[int, ...] = ()) -> tuple[int, str]:
     """Run `fn` in a forked child under another uid/gid; (its exit code, its text).
 
     A fork, not an exec: the child needs no access to the venv's interpreter,
@@ -254,7 +254,7 @@ def run_as(uid: int, gid: int, fn: Callable[[], tuple[int, str]]) -> tuple[int, 
         os.close(r)
         code, out = 99, ""
         try:
-            os.setgroups([])
+            os.setgroups(list(groups))
             os.setgid(gid)
             os.setuid(uid)
             code, out = fn()

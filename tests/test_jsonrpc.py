@@ -269,7 +269,7 @@ VALID = [
     ('{"jsonrpc":"2.0","id":9,"method":"kv.set","params":["clé","☃"]}'.encode(), Request("kv.set", ["clé", "☃"], 9)),
     (b'{"jsonrpc":"2.0","id":10,"method":"m","params":["\\u00e9\\n"]}', Request("m", ["é\n"], 10)),
     # a lone surrogate escape is valid JSON text; it decodes to a str
-    (b'{"jsonrpc":"2.0","id":11,"method":"m","params":["\\ud800"]}', Request("m", ["\ud800"], 11)),
+    (b'{"jsonrpc":"2.0","id":11,"method":"m","params":["\\ud83d\\ude00"]}', Request("m", ["\U0001f600"], 11)),
     # large but finite numbers are fine
     (b'{"jsonrpc":"2.0","id":12,"method":"m","params":[1e308,-1e-400]}', Request("m", [1e308, -0.0], 12)),
 ]
@@ -803,3 +803,18 @@ def test_lines_before_a_long_one_ride_on_the_error() -> None:
     with pytest.raises(LineTooLong) as info:
         LineFramer(8).feed(b"ping\n" + b"y" * 9 + b"\nafter\n")
     assert info.value.lines == [b"ping"]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        b'{"jsonrpc":"2.0","id":1,"method":"m","params":["\\ud800"]}',
+        b'{"jsonrpc":"2.0","id":1,"method":"m","params":{"\\udfff":1}}',
+        b'{"jsonrpc":"2.0","id":1,"method":"m","params":{"a":[{"b":"x\\uDC00y"}]}}',
+        b'[{"jsonrpc":"2.0","id":1,"method":"\\ud800"}]',
+    ],
+)
+def test_lone_surrogates_are_parse_errors(line: bytes) -> None:
+    parsed = parse_line(line)
+    assert isinstance(parsed, Invalid)
+    assert parsed.error.code == -32700 and "surrogate" in parsed.error.message
