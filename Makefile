@@ -21,19 +21,23 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ipcd tests bench contrib
-	$(BIN)/ruff format --check ipcd tests bench contrib
+	$(BIN)/ruff check ipcd tests bench contrib/python
+	$(BIN)/ruff format --check ipcd tests bench contrib/python
 
 type: $(STAMP)
 	$(BIN)/mypy --strict ipcd
 
-units:
-	SYSTEMD_UNIT_PATH=$(CURDIR)/systemd: systemd-analyze verify --man=no systemd/*.socket systemd/*.service
+# The units as install-units writes them (the templates name /usr/bin/ipcd).
+units: $(STAMP)
+	rm -rf .units && $(BIN)/ipcd install-units --unit-dir .units --sysusers-dir .units >/dev/null
+	SYSTEMD_UNIT_PATH=$(CURDIR)/.units: systemd-analyze verify --man=no .units/*.socket .units/*.service
+	systemd-analyze security --offline=true --threshold=15 .units/ipcd.service | tail -1
+	rm -rf .units
 
 bench: $(STAMP)
 	$(BIN)/python bench/intake.py
 
-check: lint type test
+check: lint type units test
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -15,7 +15,7 @@ import math
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, NoReturn
+from typing import Any
 
 import click
 
@@ -97,8 +97,15 @@ pass_opts = click.make_pass_decorator(Opts)
 @click.option("--socket", "socket_path", metavar="PATH", help="Control socket [default: see README].")
 @click.option("--user", is_flag=True, help="Talk to the user instance ($XDG_RUNTIME_DIR/ipcd).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
-@click.option("--timeout", "timeout_s", type=click.FloatRange(min=0.001), default=10.0, show_default=True,
-              metavar="S", help="Seconds to wait for an answer.")
+@click.option(
+    "--timeout",
+    "timeout_s",
+    type=click.FloatRange(min=0.001),
+    default=10.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds to wait for an answer.",
+)
 @click.pass_context
 def cli(ctx: click.Context, socket_path: str | None, user: bool, as_json: bool, timeout_s: float) -> None:
     """Talk to ipcd: status, logs, key/value state, channels."""
@@ -211,8 +218,16 @@ def status(opts: Opts) -> None:
 
 @cli.command()
 @click.option("-c", "--count", type=click.IntRange(min=1), default=1, show_default=True, help="Pings to send.")
-@click.option("-i", "--interval", "interval_s", type=click.FloatRange(min=0.0), default=1.0, show_default=True,
-              metavar="S", help="Seconds between pings.")
+@click.option(
+    "-i",
+    "--interval",
+    "interval_s",
+    type=click.FloatRange(min=0.0),
+    default=1.0,
+    show_default=True,
+    metavar="S",
+    help="Seconds between pings.",
+)
 @pass_opts
 def ping(opts: Opts, count: int, interval_s: float) -> None:
     """Round-trip times to the daemon, like ping(8)."""
@@ -347,8 +362,14 @@ def entry_printer(output: str) -> Callable[[dict[str, Any]], None]:
 
 
 @cli.command()
-@click.option("-n", "--lines", "count", type=click.IntRange(0, 10000), default=None,
-              help="How many of the newest entries [50; 10 with -f].")
+@click.option(
+    "-n",
+    "--lines",
+    "count",
+    type=click.IntRange(0, 10000),
+    default=None,
+    help="How many of the newest entries [50; 10 with -f].",
+)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing new entries as they are stored.")
 @click.option("-p", "--priority", metavar="PRIO", help="This level and more severe: 0-7 or emerg..debug.")
 @click.option("-t", "--identifier", "ident", metavar="IDENT", help="Only this ident (syslog tag).")
@@ -363,16 +384,24 @@ def logs(opts: Opts, count: int | None, follow: bool, priority: str | None, iden
     """Show the log, newest last, like journalctl."""
     filters: dict[str, Any] = {
         k: v
-        for k, v in (("priority", priority), ("ident", ident), ("pid", pid), ("since", since),
-                     ("until", until), ("grep", grep))  # fmt: skip
+        for k, v in (
+            ("priority", priority),
+            ("ident", ident),
+            ("pid", pid),
+            ("since", since),
+            ("until", until),
+            ("grep", grep),
+        )  # fmt: skip
         if v is not None
     }
     show = entry_printer("json" if opts.json else output)
     if not follow:
         n = 50 if count is None else count
-        if n == 0:
+        entries = opts.call("logs.query", {**filters, "limit": n})["entries"] if n else []
+        if opts.json:
+            emit_json(entries)  # one document; -o json gives a line per entry
             return
-        for e in opts.call("logs.query", {**filters, "limit": n})["entries"]:
+        for e in entries:
             show(e)
         return
     with opts.client(timeout_s=None) as c:
@@ -389,7 +418,11 @@ def parse_priority(text: str) -> tuple[int, int]:
     """`err`, `3`, `local3.err` or `user.info` (as logger -p) -> (facility, severity)."""
     fac_s, _, sev_s = text.rpartition(".")
     try:
-        sev = int(sev_s) if sev_s.isdigit() else SEVERITY_NAMES.index({"error": "err", "warn": "warning"}.get(sev_s, sev_s))
+        sev = (
+            int(sev_s)
+            if sev_s.isdigit()
+            else SEVERITY_NAMES.index({"error": "err", "warn": "warning"}.get(sev_s, sev_s))
+        )
         fac = 1 if not fac_s else (int(fac_s) if fac_s.isdigit() else FACILITY_NAMES.index(fac_s))
     except ValueError:
         raise click.BadParameter(f"{text!r}: use a level (err, 3) or facility.level (local3.err)") from None
@@ -399,8 +432,15 @@ def parse_priority(text: str) -> tuple[int, int]:
 
 
 @cli.command()
-@click.option("-p", "--priority", "prio", default="user.notice", show_default=True, metavar="PRIO",
-              help="A level, or facility.level as logger -p.")
+@click.option(
+    "-p",
+    "--priority",
+    "prio",
+    default="user.notice",
+    show_default=True,
+    metavar="PRIO",
+    help="A level, or facility.level as logger -p.",
+)
 @click.option("-t", "--tag", metavar="TAG", help="The ident [your user name].")
 @click.option("--log-socket", metavar="PATH", help="The log socket [log.sock beside the control socket].")
 @click.argument("message", nargs=-1)
@@ -421,16 +461,15 @@ def send(opts: Opts, prio: str, tag: str | None, log_socket: str | None, message
         client.send_datagram(f"<{fac * 8 + sev}>{stamp} {tag}: {text}".encode(), path)
 
 
-def fail(message: str, code: int = EXIT_DAEMON_ERROR) -> NoReturn:
-    err = CliError(message)
-    err.exit_code = code
-    raise err
-
-
 def main() -> None:
     cli(prog_name="ipcctl")
 
 
-__all__ = ["cli", "main", "client"]
+# Commands kept in modules of their own register themselves on the group.
+from . import cli_ipc, doctor  # noqa: E402, I001
+
+cli_ipc.register(cli)
+doctor.register(cli)
+
 if __name__ == "__main__":
     main()

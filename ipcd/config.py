@@ -56,6 +56,7 @@ class LogConfig:
     rate_limit_interval_s: float = _opt(30.0, "float", 0.001, 86400)
     receive_buffer_bytes: int = _opt(8 * MiB, "int", 4096, 1024 * MiB)
     socket_mode: int = _opt(0o666, "mode")
+    follow_max_lag: int = _opt(100_000, "int", 1, 10**9, "entries a log follower may fall behind")
 
 
 @dataclass
@@ -229,17 +230,17 @@ def _check(value: Any, meta: Mapping[str, Any]) -> Any:
     elif kind == "str":
         if not isinstance(value, str) or not value:
             raise ValueError("must be a non-empty string")
-    elif kind == "level":
-        if value not in LOG_LEVELS:
-            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    elif kind == "level" and value not in LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
     elif kind == "mode":
         value = parse_mode(value)
-    elif kind == "ids":
-        if not isinstance(value, list) or not all(
-            (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (isinstance(v, str) and v)
-            for v in value
-        ):
-            raise ValueError("must be a list of ids (numbers) or names (strings)")
+    elif kind == "ids" and (
+        not isinstance(value, list)
+        or not all(
+            (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (isinstance(v, str) and v) for v in value
+        )
+    ):
+        raise ValueError("must be a list of ids (numbers) or names (strings)")
     if lo is not None and value < lo:
         raise ValueError(f"must be at least {_num(lo)}, not {value}")
     if hi is not None and value > hi:
@@ -296,9 +297,9 @@ def _line_of(text: str, section: str | None, key: str) -> int | None:
             return n
         if section is not None and full[:2] == [section, key]:
             return n
-        if section is not None and full == [section]:  # an inline table: section = { key = ... }
-            if any(_dotted(k)[0] == key for k in _INLINE_KEY.findall(line)):
-                return n
+        inline = section is not None and full == [section]  # an inline table: section = { key = ... }
+        if inline and any(_dotted(k)[0] == key for k in _INLINE_KEY.findall(line)):
+            return n
     return None
 
 

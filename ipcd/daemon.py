@@ -189,7 +189,6 @@ class Daemon:
             raise StartupError(f"cannot open the store {self.paths.db}: {e}") from None
         hub = FollowHub()
         writer.on_commit = hub.publish
-        hub.on_change = lambda any_left: setattr(writer, "want_rows", any_left)
         self.writer, self.reader = writer, Reader(self.paths.db)
         self.kv = KvStore(writer, self.reader, self.cfg.kv)
         self.app.services.update(writer=writer, reader=self.reader, follow_hub=hub, kv=self.kv,
@@ -346,12 +345,12 @@ class Daemon:
         """None while every part is alive and making progress (or idle)."""
         stale_s = max(2 * (self.watchdog_s or 1.0), 2.0)  # the whole WATCHDOG_USEC
         now = time.monotonic()
+        if self.writer is not None and self.writer.dead:
+            return f"the store writer died: {self.writer.dead}"
         for name in ("ipcd-control", "ipcd-log"):
             t = self._threads.get(name)
             if t is None or not t.is_alive():
                 return f"thread {name} is not running"
-        if self.writer is not None and self.writer.dead:
-            return f"the store writer died: {self.writer.dead}"
         if self.control is not None and now - self.control.last_loop > stale_s:
             return f"the control server has not turned for {now - self.control.last_loop:.0f} s"
         if self.logserver is not None and now - self.logserver.last_progress > stale_s:

@@ -134,4 +134,3 @@ class AlreadyRunning(StartupError):
         who = f"pid {pid}" if pid else "pid unknown"
         super().__init__(f"ipcd is already running on {path} ({who})")
         self.pid = pid
-

@@ -29,7 +29,7 @@ import math
 import re
 import shlex
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 from .errors import InvalidRequest, LimitReached, ParseError, RpcError
 
@@ -40,9 +40,7 @@ class LineTooLong(LimitReached):
     """A line over the limit; `lines` holds the complete lines that came before it."""
 
     def __init__(self, max_line_bytes: int, lines: list[bytes] | None = None) -> None:
-        super().__init__(
-            f"request line longer than {max_line_bytes} bytes", "max_request_bytes", max_line_bytes
-        )
+        super().__init__(f"request line longer than {max_line_bytes} bytes", "max_request_bytes", max_line_bytes)
         self.lines = lines or []
 
 
@@ -113,8 +111,8 @@ class Invalid:
     id: Any = None
 
 
-Message = Union[Request, Invalid]
-Parsed = Union[Message, list[Message]]
+Message = Request | Invalid
+Parsed = Message | list[Message]
 
 
 def _reject_constant(name: str) -> Any:

@@ -6,8 +6,9 @@ once it is committed, so an acknowledged write survives kill -9.  Each key
 records its version (1, 2, ... per key; compare-and-set with `if_version`,
 0 meaning "only if absent"), who set it (uid, pid, command) and when.  An
 expired key is gone for readers at once; `purge_expired` (called every
-second by the daemon) removes it for good and tells the watchers.  Roles,
-params and the wire are `kvmethods`' business.
+second by the daemon) removes it for good and tells the watchers.  Watchers
+see the changes in the order they were made, each once it is committed.
+Roles, params and the wire are `kvmethods`' business.
 """
 
 from __future__ import annotations
@@ -66,6 +67,15 @@ class KvStore:
         self._items: dict[str, Item] = {}
         self._watchers: dict[int, tuple[str, Watcher]] = {}
         self._next_watch = 0
+        # The last version of keys deleted or purged (at most max_keys of
+        # them, for this run of the daemon): a key made again goes on from it.
+        self._gone: dict[str, int] = {}
+        # Changes are numbered under _lock and told to watchers in that
+        # order, each after its commit: commits finish in order, but the
+        # threads that waited for them wake in any order.
+        self._seq = 0
+        self._told = 0
+        self._told_cv = threading.Condition()
         self.sets = 0
         self.deletes = 0
         self.expired = 0
@@ -118,16 +128,21 @@ class KvStore:
                                    "max_keys", self.cfg.max_keys)  # fmt: skip
             # Versions keep growing across expiry and delete, so that a stale
             # if_version never matches a new key of the same name by accident.
-            version = (old.version if old is not None else 0) + 1
+            version = (old.version if old is not None else self._gone.pop(key, 0)) + 1
             item = Item(value, version, now + ttl_s if ttl_s else None, now, uid, pid, comm)
             self._items[key] = item
             op = self.writer.submit(lambda c: c.execute(
                 "INSERT OR REPLACE INTO kv (key, value, version, expires_at, set_at, set_by_uid, set_by_pid,"
                 " set_by_comm) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (key, encoded, version, item.expires_at, now, uid, pid, comm)))  # fmt: skip
-        self._persisted(op, key, old, item)
+            seq = self._next_seq()  # after submit: a change that never queued never blocks the others
+        try:
+            self._persisted(op, key, old, item)
+        except BaseException:
+            self._tell(seq, None)
+            raise
         self.sets += 1
-        self._notify(key, "set", value, version)
+        self._tell(seq, {"key": key, "op": "set", "value": value, "version": version})
         return item
 
     def delete(self, key: str) -> None:
@@ -137,10 +152,16 @@ class KvStore:
             if old is None or not old.alive(now):
                 raise NotFound(f"no key {key!r}", {"key": key})
             del self._items[key]
+            self._remember(key, old.version)
             op = self.writer.submit(lambda c: c.execute("DELETE FROM kv WHERE key = ?", (key,)))
-        self._persisted(op, key, old, None)
+            seq = self._next_seq()
+        try:
+            self._persisted(op, key, old, None)
+        except BaseException:
+            self._tell(seq, None)
+            raise
         self.deletes += 1
-        self._notify(key, "delete", None, old.version)
+        self._tell(seq, {"key": key, "op": "delete", "value": None, "version": old.version})
 
     def _persisted(self, op: Any, key: str, old: Item | None, new: Item | None) -> None:
         """Wait for the commit; if it failed, undo the change in memory (if still ours)."""
@@ -159,17 +180,28 @@ class KvStore:
         now = time.time()
         with self._lock:
             gone = [(k, it) for k, it in self._items.items() if not it.alive(now)]
-            for k, _ in gone:
+            for k, it in gone:
                 del self._items[k]
+                self._remember(k, it.version)
+            first = self._seq + 1
+            self._seq += len(gone)
         if not gone:
             return 0
         rows = [(k, it.version) for k, it in gone]
-        # By version: a key set again meanwhile has a new one, and stays.
-        self.writer.submit(lambda c: c.executemany("DELETE FROM kv WHERE key = ? AND version = ?", rows))
-        self.expired += len(gone)
-        for k, it in gone:
-            self._notify(k, "expire", None, it.version)
+        try:
+            # By version: a key set again meanwhile has a new one, and stays.
+            self.writer.submit(lambda c: c.executemany("DELETE FROM kv WHERE key = ? AND version = ?", rows))
+            self.expired += len(gone)
+        finally:
+            for seq, (k, it) in enumerate(gone, first):
+                self._tell(seq, {"key": k, "op": "expire", "value": None, "version": it.version})
         return len(gone)
+
+    def _remember(self, key: str, version: int) -> None:
+        """Keep a gone key's last version (under _lock), forgetting the oldest past max_keys."""
+        self._gone[key] = version
+        while len(self._gone) > self.cfg.max_keys:
+            del self._gone[next(iter(self._gone))]
 
     # -- watchers --------------------------------------------------------------
 
@@ -183,11 +215,29 @@ class KvStore:
         with self._lock:
             self._watchers.pop(handle, None)
 
-    def _notify(self, key: str, op: str, value: Any, version: int) -> None:
-        change = {"key": key, "op": op, "value": value, "version": version}
-        for prefix, push in list(self._watchers.values()):
-            if key.startswith(prefix):
-                push(change)
+    def _next_seq(self) -> int:
+        """Number a change (under _lock)."""
+        self._seq += 1
+        return self._seq
+
+    def _tell(self, seq: int, change: dict[str, Any] | None) -> None:
+        """Push change number `seq` to the watchers once every earlier one is out.
+
+        None: the change did not happen (its commit failed); only its turn passes.
+        Pushes never block (a stream's queue drops and counts instead), so the
+        wait is only for other writers' threads to reach this point.
+        """
+        with self._told_cv:
+            while self._told != seq - 1:
+                self._told_cv.wait()
+            try:
+                if change is not None:
+                    for prefix, push in list(self._watchers.values()):
+                        if change["key"].startswith(prefix):
+                            push(change)
+            finally:
+                self._told = seq
+                self._told_cv.notify_all()
 
     def status(self) -> dict[str, Any]:
         return {"keys": len(self._items), "watchers": len(self._watchers), "sets": self.sets,

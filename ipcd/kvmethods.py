@@ -44,7 +44,10 @@ def kv_get(call: Call, key: str) -> dict[str, Any]:
 
 
 @REGISTRY.method(
-    "kv.list", role="read", doc="The keys that start with `prefix`, sorted.", params=(Param("prefix", "string", default=""),)
+    "kv.list",
+    role="read",
+    doc="The keys that start with `prefix`, sorted.",
+    params=(Param("prefix", "string", default=""),),
 )
 def kv_list(call: Call, prefix: str) -> dict[str, Any]:
     return {"keys": _kv(call).keys(prefix)}

@@ -3,23 +3,25 @@
 A non-admin sees only entries whose `sender_uid` is its own, as journalctl
 does; asking for another uid is refused.  `logs.follow` sends its backlog,
 then each new entry as a `logs.entry` notification, in id order with no gap
-and no repeat: the follower is registered before the backlog is read, and
-what arrives meanwhile is held back and de-duplicated by id.
+and no repeat: a follower is a cursor over the store (see `Follower`).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from .errors import InvalidParams, PermissionDenied
 from .logparse import severity
 from .logquery import MAX_LIMIT, Filters, FollowHub, Reader, compile_grep, make_filters, parse_time
-from .logstore import row_dict
 from .methods import REGISTRY, Call, Param
+
+log = logging.getLogger("ipcd")
 
 
 def _time(value: Any) -> Any:
@@ -79,32 +81,68 @@ def logs_query(call: Call, limit: int, after_id: int | None, **params: Any) -> d
 
 
 class Follower:
-    """One `logs.follow` stream: gated until its backlog is out."""
+    """One `logs.follow` stream: a cursor over the store, not a copy of it.
 
-    def __init__(self, filters: Filters, push: Callable[[dict[str, Any]], bool]) -> None:
+    The writer only says how far it has committed (`wake`); the follower's
+    own thread reads on from its cursor, in id order, a page at a time, and
+    writes to its connection, waiting while the connection's queue is full.
+    So a reader that keeps up misses nothing however large a commit, one that
+    stops reading costs no memory and never slows intake, and one that falls
+    more than `follow_max_lag` entries behind skips ahead and is told how
+    many entries it missed (a `lagged` notification).
+    """
+
+    PAGE = 256
+
+    def __init__(self, filters: Filters, reader: Reader, stream: Any, cursor: int, max_lag: Callable[[], int]) -> None:
         self.filters = filters
-        self.push = push
-        self._lock = threading.Lock()
-        self._held: list[tuple[Any, ...]] | None = []
+        self.reader = reader
+        self.stream = stream
+        self.cursor = cursor  # the last id this follower has passed
+        self.head = cursor  # the last id committed, as far as it knows
+        self.max_lag = max_lag
+        self.missed = 0
+        self._wake = threading.Event()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="ipcd-follow", daemon=True)
 
-    def deliver(self, row: tuple[Any, ...]) -> None:
-        if not self.filters.matches(row):
-            return
-        with self._lock:
-            if self._held is not None:
-                self._held.append(row)
-            else:
-                self.push(row_dict(row))
+    def start(self) -> None:
+        self._thread.start()
 
-    def open(self, backlog: list[dict[str, Any]]) -> None:
-        with self._lock:
-            for entry in backlog:
-                self.push(entry)
-            after = backlog[-1]["id"] if backlog else 0
-            held, self._held = self._held or [], None
-            for row in held:
-                if row[0] > after:
-                    self.push(row_dict(row))
+    def wake(self, last_id: int) -> None:
+        self.head = max(self.head, last_id)
+        self._wake.set()
+
+    def close(self) -> None:
+        self._closed = True
+        self._wake.set()
+
+    def _run(self) -> None:
+        while not self._closed:
+            self._wake.wait()
+            self._wake.clear()
+            try:
+                self._catch_up()
+            except Exception:  # a store that cannot be read now: try again at the next commit
+                log.exception("a log follower could not read the store")
+
+    def _catch_up(self) -> None:
+        while not self._closed and self.cursor < self.head:
+            limit = self.max_lag()
+            if self.head - self.cursor > limit:
+                skip_to = self.head - limit
+                n = self.reader.count(replace(self.filters, after_id=self.cursor, until_id=skip_to))
+                self.cursor = skip_to
+                if n:
+                    self.missed += n
+                    self.stream.push("lagged", {"stream": "logs.follow", "missed": n}, block=True)
+            head = self.head  # the page can hold nothing committed after this
+            page = self.reader.query(replace(self.filters, after_id=self.cursor, until_id=head, limit=self.PAGE))
+            for entry in page:
+                if not self.stream.push("logs.entry", entry, block=True):
+                    return  # the connection is gone
+            # A short page: nothing else up to `head` matched.
+            self.cursor = page[-1]["id"] if len(page) == self.PAGE else head
 
 
 @REGISTRY.method(
@@ -117,10 +155,23 @@ class Follower:
 def logs_follow(call: Call, backlog: int, **params: Any) -> dict[str, Any]:
     f = _filters(call, params, max(backlog, 1))
     hub: FollowHub = call.app.services["follow_hub"]
+    writer = call.app.services["writer"]
+    reader = _reader(call)
+    head = writer.next_id - 1  # committed up to here: ids are given in commit order
+    cursor, sent_back = head, 0
+    if backlog:
+        newest = [e for e in reader.query(replace(f, limit=backlog)) if e["id"] <= head]
+        if newest:
+            cursor, sent_back = newest[0]["id"] - 1, len(newest)
     stream = call.conn.open_stream("logs.follow")
-    follower = Follower(f, lambda entry: stream.push("logs.entry", entry))
+    follower = Follower(f, reader, stream, cursor, lambda: int(call.app.config.log.follow_max_lag))
     hub.add(follower)
-    call.conn.on_close(lambda: hub.remove(follower))
-    entries = _reader(call).query(f) if backlog else []
-    follower.open(entries)
-    return {"following": True, "backlog": len(entries)}
+
+    def stop() -> None:
+        hub.remove(follower)
+        follower.close()
+
+    call.conn.on_close(stop)
+    follower.start()
+    follower.wake(writer.next_id - 1)  # what was committed while it registered, too
+    return {"following": True, "backlog": sent_back}

@@ -113,7 +113,9 @@ def parse_datagram(data: bytes) -> LogEntry:
 
 
 # Tag and timestamp in printable ASCII other than ":", "[", "]"; a pid of up to 10 digits.
-_FAST = re.compile(rb"<(\d{1,3})>([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) ([!-9;-Z\\^-~]+)(?:\[(\d{1,10})\])?: ?(.*)", re.DOTALL)
+_FAST = re.compile(
+    rb"<(\d{1,3})>([A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) ([!-9;-Z\\^-~]+)(?:\[(\d{1,10})\])?: ?(.*)", re.DOTALL
+)
 
 
 def parse_general(data: bytes) -> LogEntry:

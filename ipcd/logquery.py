@@ -30,16 +30,19 @@ MAX_LIMIT = 10000
 _I = {name: n for n, name in enumerate(COLUMNS)}
 _REL = re.compile(r"^([+-])\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|m|min|mins|h|hour|hours|d|day|days|w|week|weeks)$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_EPOCH = re.compile(r"@\d+(?:\.\d+)?")
 
 
 def parse_time(value: Any, now: float) -> float:
-    """Epoch seconds from a number, `now`, `today`, `yesterday`, `-5m`, or ISO 8601 (local time)."""
+    """Epoch seconds from a number, `@1795000000`, `now`, `today`, `yesterday`, `-5m`, or ISO 8601 (local time)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if not isinstance(value, str):
         raise ValueError("must be epoch seconds or a time string")
     text = value.strip().lower()
-    local_now = dt.datetime.fromtimestamp(now).astimezone()
+    # Naive local time: .timestamp() then gives each date its own UTC offset, so that
+    # "today" is local midnight on a day DST begins or ends (a fixed offset is not).
+    local_now = dt.datetime.fromtimestamp(now)
     midnight = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
     named = {
         "now": local_now,
@@ -49,6 +52,8 @@ def parse_time(value: Any, now: float) -> float:
     }
     if text in named:
         return named[text].timestamp()
+    if _EPOCH.fullmatch(text):  # epoch seconds from a command line, "@" as systemd.time(7)
+        return float(text[1:])
     m = _REL.match(text)
     if m:
         sign = -1 if m.group(1) == "-" else 1
@@ -62,7 +67,7 @@ def parse_time(value: Any, now: float) -> float:
             when = dt.datetime.fromisoformat(text)
         except ValueError:
             raise ValueError(
-                f"not a time: {value!r} (try 2026-11-27 10:00, -5m, -2h, today, yesterday, or epoch seconds)"
+                f"not a time: {value!r} (try 2026-11-27 10:00, -5m, -2h, today, yesterday, or @epoch seconds)"
             ) from None
     if when.tzinfo is None:
         when = when.astimezone()  # naive means local time, as journalctl --since
@@ -86,6 +91,7 @@ class Filters:
     grep: str | None = None
     limit: int = 100
     after_id: int | None = None
+    until_id: int | None = None  # for followers: nothing past what was committed when they looked
 
     def where(self) -> tuple[str, list[Any]]:
         terms, args = [], []
@@ -178,6 +184,13 @@ class Reader:
     def query(self, f: Filters) -> list[dict[str, Any]]:
         return [row_dict(r) for r in self.run(lambda c: _query(c, f))]
 
+    def count(self, f: Filters) -> int:
+        """How many entries match `f` with after_id < id <= until_id."""
+        where, args = f.where()
+        sql = f"SELECT count(*) FROM entries WHERE {where} AND id > ? AND id <= ?"
+        upto = f.until_id if f.until_id is not None else 2**63 - 1
+        return int(self.run(lambda c: c.execute(sql, (*args, f.after_id or 0, upto)).fetchone()[0]))
+
     def close(self) -> None:
         with self._lock:
             for conn in self._all:
@@ -205,6 +218,8 @@ def _query(conn: sqlite3.Connection, f: Filters) -> list[tuple[Any, ...]]:
         return []
     if f.after_id is not None:
         low = max(low or 0, f.after_id + 1)
+    if f.until_id is not None:
+        high = f.until_id if high is None else min(high, f.until_id)
     bounds = ""
     if low is not None:
         bounds += " AND id >= ?"
@@ -225,11 +240,11 @@ def _query(conn: sqlite3.Connection, f: Filters) -> list[tuple[Any, ...]]:
 
 
 class Follower(Protocol):
-    def deliver(self, row: tuple[Any, ...]) -> None: ...
+    def wake(self, last_id: int) -> None: ...
 
 
 class FollowHub:
-    """Live followers of the log; fed by the writer after each commit."""
+    """Live followers of the log; the writer tells them the last id of each commit."""
 
     def __init__(self) -> None:
         self._followers: list[Follower] = []
@@ -249,7 +264,6 @@ class FollowHub:
     def __len__(self) -> int:
         return len(self._followers)
 
-    def publish(self, rows: list[tuple[Any, ...]]) -> None:
+    def publish(self, last_id: int) -> None:
         for f in self._followers:  # the list is replaced, never changed in place
-            for row in rows:
-                f.deliver(row)
+            f.wake(last_id)

@@ -14,6 +14,7 @@ blocking senders wait with it: back-pressure, not loss.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import selectors
@@ -180,7 +181,7 @@ class LogServer(socketserver.UnixDatagramServer):
         pass
 
     def server_activate(self) -> None:
-        self.bound = bind_unix(self.socket, self.server_address, self.mode)
+        self.bound = bind_unix(self.socket, str(self.server_address), self.mode)
         self.setup_socket(self.intake.cfg.receive_buffer_bytes)
 
     def setup_socket(self, rcvbuf: int | None) -> None:
@@ -232,10 +233,9 @@ class LogServer(socketserver.UnixDatagramServer):
                     self._read_while_busy()
                     writer.service()
                     self.service_actions()
-        except BaseException as e:
+        except Exception as e:  # noticed by status and the watchdog, which stops
             writer.dead = f"{type(e).__name__}: {e}"
             log.exception("the log reader and store writer died")
-            raise
         finally:
             self._stopped.set()
 
@@ -265,6 +265,13 @@ class LogServer(socketserver.UnixDatagramServer):
 
     def drain(self) -> int:
         """Read and ingest everything still queued on the socket (graceful stop)."""
+        if self.bound is not None:
+            # Refuse new datagrams first (a sender gets EPIPE, unix(7)): a sender
+            # blocked on the full queue could otherwise slip one in after the
+            # last read, and it would be lost unread at close, its sendto a success.
+            # An adopted socket is systemd's: its queue waits for the next ipcd.
+            with contextlib.suppress(OSError):
+                self.socket.shutdown(socket.SHUT_RD)
         total = 0
         while batch := self.read_batch():
             self.intake.ingest(batch)
@@ -276,4 +283,3 @@ class LogServer(socketserver.UnixDatagramServer):
         if self._receiver is not None:
             self._receiver.close()
             self._receiver = None
-

@@ -9,8 +9,8 @@ blocks the senders: back-pressure, not loss.  One thread rather than a
 reader and a writer handing rows over: under the GIL the hand-over cost more
 than the work (75k against 110k messages/s on two cores, bench/intake.py).
 Other threads' writes (key/value state) are `submit`ted as ops and
-committed at once.  After each commit the new entries go to `on_commit`
-(log followers).  Retention (`max_entries`, `max_bytes`, `max_age_s`) runs
+committed at once.  After each commit `on_commit` hears the last id
+(log followers read on from there).  Retention (`max_entries`, `max_bytes`, `max_age_s`) runs
 between commits.
 
 WAL mode with synchronous=NORMAL: a crash of ipcd (kill -9) loses nothing
@@ -84,6 +84,10 @@ MIGRATIONS: list[str] = [
         set_by_pid INTEGER,
         set_by_comm TEXT
     ) WITHOUT ROWID;
+    """,
+    # 3: the highest id ever given, so that ids never go back after retention emptied the log
+    """
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -182,7 +186,7 @@ def _flatten(first_id: int, rows: list[Row]) -> list[Any]:
 
 def row_dict(values: tuple[Any, ...]) -> dict[str, Any]:
     """A stored row as the entry shape DESIGN.md gives."""
-    d = dict(zip(COLUMNS, values))
+    d = dict(zip(COLUMNS, values, strict=False))
     for key in ("structured_data", "fields"):
         if d[key] is not None:
             d[key] = json.loads(d[key])
@@ -205,7 +209,11 @@ class Writer:
         self.path = path
         self.cfg = cfg
         self.conn = open_db(path)
-        self.next_id: int = (self.conn.execute("SELECT max(id) FROM entries").fetchone()[0] or 0) + 1
+        last = self.conn.execute(
+            "SELECT max(coalesce((SELECT max(id) FROM entries), 0),"
+            " coalesce((SELECT value FROM meta WHERE key = 'last_id'), 0))"
+        ).fetchone()[0]
+        self.next_id: int = last + 1
         self.entries: int = self.conn.execute("SELECT count(*) FROM entries").fetchone()[0]
         self.stored = 0  # rows committed since start
         self.deleted = 0  # rows removed by retention since start
@@ -215,8 +223,7 @@ class Writer:
         self.failures = 0
         self.dead: str | None = None  # set if the writer's thread died
         self.last_progress = time.monotonic()
-        self.on_commit: Callable[[list[tuple[Any, ...]]], None] | None = None
-        self.want_rows = False  # whether on_commit needs the rows (followers exist)
+        self.on_commit: Callable[[int], None] | None = None  # told the last id of each commit
         self._pending: list[Any] = []  # flat values of the rows not committed yet
         self._inserted = 0  # how many of them the open transaction holds
         self._in_tx = False
@@ -312,7 +319,7 @@ class Writer:
                 op.done.set()
             return False
         rows = self.pending
-        committed, self._pending, self._inserted = self._pending, [], 0
+        self._pending, self._inserted = [], 0
         self.next_id += rows
         self.entries += rows
         self.stored += rows
@@ -320,11 +327,11 @@ class Writer:
         if self.error is not None:
             log.warning("the store is writable again, after %d failed attempts", self.failures)
             self.error = None
-        for op, (result, err) in zip(ops, results):
+        for op, (result, err) in zip(ops, results, strict=False):
             op.result, op.error = result, err
             op.done.set()
-        if rows and self.on_commit is not None and self.want_rows:
-            self.on_commit([tuple(committed[i : i + _W]) for i in range(0, len(committed), _W)])
+        if rows and self.on_commit is not None:
+            self.on_commit(self.next_id - 1)
         return True
 
     def _begin(self) -> None:
@@ -403,6 +410,8 @@ class Writer:
             self._failed(e)
 
     def _delete_before(self, first_kept: int) -> None:
+        # Retention may empty the log: remember the last id, which must never be given again.
+        self.conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('last_id', ?)", (self.next_id - 1,))
         # In chunks, so that intake never waits long behind one big delete.
         while True:
             low = self.conn.execute("SELECT min(id) FROM entries").fetchone()[0]
@@ -431,13 +440,15 @@ class Writer:
         return int((pages - free) * size)
 
     def _delete_over_bytes(self) -> None:
-        used = self.used_bytes()
-        if used <= self.cfg.max_bytes or self.entries == 0:
-            return
-        # Remove the oldest share that brings the store to 90% of the limit.
-        share = (used - 0.9 * self.cfg.max_bytes) / used
-        low = self.conn.execute("SELECT min(id) FROM entries").fetchone()[0]
-        self._delete_before(low + max(1, int(self.entries * share)))
+        # The oldest share that brings the store to 90% of the limit; the share is
+        # an estimate (pages are shared), so look again, a few times at most.
+        for _ in range(5):
+            used = self.used_bytes()
+            if used <= self.cfg.max_bytes or self.entries == 0:
+                return
+            share = (used - 0.9 * self.cfg.max_bytes) / used
+            low = self.conn.execute("SELECT min(id) FROM entries").fetchone()[0]
+            self._delete_before(low + max(1, int(self.entries * share)))
 
     def file_bytes(self) -> int:
         total = 0

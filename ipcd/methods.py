@@ -103,7 +103,8 @@ class Method:
         given = _named(self, req)
         out: dict[str, Any] = {}
         for p in self.params:
-            if p.name in given and given[p.name] is not None:
+            # null is a value for an "any" param (kv.set of null); for the others it means "not given".
+            if p.name in given and (given[p.name] is not None or p.kind == "any"):
                 out[p.name] = p.validate(given[p.name])
             elif p.required:
                 raise InvalidParams(f"missing param {p.name!r}", p.name)
@@ -139,7 +140,7 @@ def _named(m: Method, req: Request) -> dict[str, Any]:
         args = args[:n] + [[str(a) for a in req.raw_args[n:]]]
     if len(args) > len(decl):
         raise InvalidParams(f"{m.name} takes at most {len(decl)} params, got {len(args)}", None)
-    out = dict(zip((p.name for p in decl), args))
+    out = dict(zip((p.name for p in decl), args, strict=False))
     if req.plain:
         for i, p in enumerate(decl[: len(args)]):
             # Plain args are JSON when they parse; give string params the text as typed.
@@ -216,7 +217,7 @@ class Connection(Protocol):
     connected_at: float
     requests: int
 
-    def open_stream(self, name: str, lag_notice: str = "lagged") -> Any: ...
+    def open_stream(self, name: str) -> Any: ...
 
     def on_close(self, fn: Callable[[], None]) -> None: ...
 

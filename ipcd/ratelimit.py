@@ -38,7 +38,8 @@ class RateLimiter:
             return True, 0
         w = self._windows.get(key)
         if w is None:
-            self._windows[key] = [now, 1.0, 0.0]
+            # A crit message opens the window but, as within it, takes no share of the burst.
+            self._windows[key] = [now, 0.0 if priority <= CRIT else 1.0, 0.0]
             return True, 0
         ended = 0
         if now - w[0] >= self.interval_s or now < w[0]:  # a new window (or the clock went back)

@@ -95,12 +95,12 @@ class Receiver:
                 return []
             raise OSError(err, os.strerror(err))
         dv, cap = self._dview, self.cap
-        out = []
+        out: list[Datagram] = []
         append = out.append
         off = 0
         # One pass over the headers and one over the credentials, in C.
         for (ctllen, n), (pid, uid, gid) in zip(
-            _HDR.iter_unpack(self._vview[: k * _MMSG]), _CRED.iter_unpack(self._cview[: k * _CMSG_SPACE])
+            _HDR.iter_unpack(self._vview[: k * _MMSG]), _CRED.iter_unpack(self._cview[: k * _CMSG_SPACE]), strict=False
         ):
             if ctllen < _CMSG_DATA + _UCRED.size:
                 pid = uid = gid = -1

@@ -130,7 +130,7 @@ def bind_unix(sock: socket.socket, path: str, mode: int, gid: int = -1, backlog:
     return Bound(path, st.st_dev, st.st_ino)
 
 
-def adopt(server: socketserver.BaseServer, fd_sock: socket.socket) -> None:
+def adopt(server: socketserver.TCPServer, fd_sock: socket.socket) -> None:
     """Serve an inherited socket: replace the placeholder the constructor made."""
     server.socket.close()
     server.socket = fd_sock
@@ -162,8 +162,11 @@ class Outbox:
         self._thread = threading.Thread(target=self._pump, name=f"ipcd-outbox-{conn.peer.pid}", daemon=True)
         self._thread.start()
 
-    def push(self, stream: str, message: dict[str, Any]) -> bool:
+    def push(self, stream: str, message: dict[str, Any], block: bool = False) -> bool:
+        """Queue `message`; if full, drop and count it, or with `block` wait for room."""
         with self._cv:
+            while block and len(self._q) >= self.maxlen and not self._closed:
+                self._cv.wait()
             if self._closed:
                 return False
             if len(self._q) >= self.maxlen:
@@ -172,7 +175,7 @@ class Outbox:
                 return False
             self._flush_missed(stream)
             self._q.append(message)
-            self._cv.notify()
+            self._cv.notify_all()
             return True
 
     def _flush_missed(self, stream: str) -> None:
@@ -187,12 +190,12 @@ class Outbox:
     def release(self) -> None:
         with self._cv:
             self._held -= 1
-            self._cv.notify()
+            self._cv.notify_all()
 
     def close(self) -> None:
         with self._cv:
             self._closed = True
-            self._cv.notify()
+            self._cv.notify_all()
 
     def join(self, timeout_s: float) -> None:
         self._thread.join(timeout_s)
@@ -208,6 +211,7 @@ class Outbox:
                     for stream in list(self._missed):
                         self._flush_missed(stream)
                 batch = [self._q.popleft() for _ in range(min(len(self._q), 256))]
+                self._cv.notify_all()  # room for a producer that waits (block=True)
             try:
                 self.conn.send(b"".join(jsonrpc.encode(m) for m in batch))
                 self.sent += len(batch)
@@ -225,11 +229,11 @@ class Stream:
         self.name = name
         self.closed = False
 
-    def push(self, method: str, params: Any) -> bool:
+    def push(self, method: str, params: Any, block: bool = False) -> bool:
         outbox = self.conn.outbox
         if self.closed or outbox is None:
             return False
-        return outbox.push(self.name, jsonrpc.notification(method, params))
+        return outbox.push(self.name, jsonrpc.notification(method, params), block)
 
     def close(self) -> None:
         if not self.closed:
@@ -343,11 +347,13 @@ class ControlHandler(socketserver.BaseRequestHandler):
                 if conn.streams:  # a follower may be silent for as long as it likes
                     deadline = time.monotonic() + app.config.control.idle_timeout_s
                     continue
-                self._send_error(LimitReached(
-                    f"idle for {app.config.control.idle_timeout_s:g} s: closing",
-                    "idle_timeout_s",
-                    app.config.control.idle_timeout_s,
-                ))
+                self._send_error(
+                    LimitReached(
+                        f"idle for {app.config.control.idle_timeout_s:g} s: closing",
+                        "idle_timeout_s",
+                        app.config.control.idle_timeout_s,
+                    )
+                )
                 return
             if not poller.poll(left * 1000 + 1):
                 continue
@@ -379,6 +385,7 @@ class ControlHandler(socketserver.BaseRequestHandler):
         outbox = conn.outbox
         if outbox is not None:
             outbox.hold()
+        out: Any
         try:
             if isinstance(parsed, list):
                 replies = [r for r in (self._dispatch(m) for m in parsed) if r is not None]
@@ -459,14 +466,14 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self.last_loop = time.monotonic()  # the accept loop turned (the watchdog's health check)
-        super().__init__(path, ControlHandler, bind_and_activate)  # type: ignore[arg-type]
+        super().__init__(path, ControlHandler, bind_and_activate)
 
     def server_bind(self) -> None:
         # Bound and made to listen in one step by bind_unix, in server_activate.
         pass
 
     def server_activate(self) -> None:
-        self.bound = bind_unix(self.socket, self.server_address, self.mode, self.gid, self.request_queue_size)
+        self.bound = bind_unix(self.socket, str(self.server_address), self.mode, self.gid, self.request_queue_size)
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = self.socket.accept()
@@ -498,7 +505,7 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(sec, usec))
         with self._lock:
             self._conns.add(conn)
-        super().process_request(conn, client_address)
+        super().process_request(conn, client_address)  # type: ignore[arg-type]  # the request is the connection
 
     def _admit(self, peer: Peer) -> LimitReached | None:
         cfg = self.app.config.control

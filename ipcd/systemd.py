@@ -22,10 +22,11 @@ import fcntl
 import logging
 import os
 import socket
+import threading
 import time
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable, Mapping, MutableMapping
 
-import sdnotify
+import sdnotify  # type: ignore[import-untyped]
 
 SD_LISTEN_FDS_START = 3
 EXPECTED = {"control": socket.SOCK_STREAM, "log": socket.SOCK_DGRAM}
@@ -40,7 +41,7 @@ class ActivationError(Exception):
 def adopt_sockets(
     environ: MutableMapping[str, str] | None = None,
     pid: int | None = None,
-    expected: dict[str, int] = EXPECTED,
+    expected: Mapping[str, int] = EXPECTED,
 ) -> dict[str, socket.socket]:
     """The sockets passed by systemd, by name; {} when not socket-activated."""
     env = os.environ if environ is None else environ
@@ -67,7 +68,10 @@ def adopt_sockets(
     socks: list[socket.socket] = []
     try:
         for fd in fds:
-            flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+            try:
+                flags = fcntl.fcntl(fd, fcntl.F_GETFD)
+            except OSError as e:  # LISTEN_FDS counts more than were passed
+                raise ActivationError(f"fd {fd} is not open ({e.strerror}), but LISTEN_FDS={n}") from None
             fcntl.fcntl(fd, fcntl.F_SETFD, flags | fcntl.FD_CLOEXEC)
             socks.append(_as_unix_socket(fd))
         return _sort(socks, names, expected)
@@ -88,13 +92,15 @@ def _as_unix_socket(fd: int) -> socket.socket:
     return s
 
 
-def _sort(socks: list[socket.socket], names: list[str] | None, expected: dict[str, int]) -> dict[str, socket.socket]:
+def _sort(socks: list[socket.socket], names: list[str] | None, expected: Mapping[str, int]) -> dict[str, socket.socket]:
     by_type = {kind: name for name, kind in expected.items()}
     out: dict[str, socket.socket] = {}
     for i, s in enumerate(socks):
         kind = s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
         fd = SD_LISTEN_FDS_START + i
-        if names is not None and names[i] not in ("", "unknown", "stored"):
+        # A unit without FileDescriptorName= names its fds after itself ("x.socket"):
+        # no name ipcd knows, so the socket type decides, as without names.
+        if names is not None and names[i] not in ("", "unknown", "stored") and not names[i].endswith(".socket"):
             name = names[i]
             if name not in expected:
                 raise ActivationError(
@@ -135,7 +141,7 @@ class _Notify(sdnotify.SystemdNotifier):  # type: ignore[misc]
     def __init__(self, address: str) -> None:
         self.debug = True
         self.address = address
-        self.socket = None
+        self.socket: socket.socket | None = None
         self.connect()
 
     def connect(self) -> None:
@@ -157,6 +163,7 @@ class _Notify(sdnotify.SystemdNotifier):  # type: ignore[misc]
     def notify(self, state: str) -> None:
         if self.socket is None:
             self.connect()
+        assert self.socket is not None
         self.socket.sendall(state.encode("utf-8"))
 
 
@@ -172,6 +179,10 @@ class Notifier:
         self.failed = 0
         self._reported = False
         self._n: _Notify | None = None
+        # The main loop (STATUS=, WATCHDOG=1) and a control thread (a reload's
+        # RELOADING=1 ... READY=1) send at once; one reconnecting must not pull
+        # the socket from under the other.
+        self._lock = threading.Lock()
         if self.address:
             try:
                 self._n = _Notify(self.address)
@@ -187,6 +198,10 @@ class Notifier:
         if not self.address:
             return False
         text = "\n".join(f"{k.upper()}={_one_line(v)}" for k, v in fields.items())
+        with self._lock:
+            return self._send(text)
+
+    def _send(self, text: str) -> bool:
         for attempt in (1, 2):
             try:
                 if self._n is None:
@@ -230,9 +245,10 @@ class Notifier:
         return self.send(status=status, errno=errno_)
 
     def close(self) -> None:
-        if self._n is not None:
-            self._n.close()
-            self._n = None
+        with self._lock:
+            if self._n is not None:
+                self._n.close()
+                self._n = None
 
 
 def _one_line(value: object) -> str:

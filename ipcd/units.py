@@ -18,6 +18,7 @@ from pathlib import Path
 SYSTEM_UNITS = ("ipcd.socket", "ipcd-log.socket", "ipcd.service")
 PLACEHOLDER_IPCD = "/usr/bin/ipcd"
 PLACEHOLDER_IPCCTL = "/usr/bin/ipcctl"
+HOME_DIRS = ("/home/", "/root/", "/run/user/")  # what ProtectHome=yes hides (systemd.exec(5))
 
 
 @dataclass
@@ -61,16 +62,31 @@ def plan(user: bool, unit_dir: Path | None = None, sysusers_dir: Path | None = N
         sysusers = (sysusers_dir or Path("/etc/sysusers.d")) / "ipcd.conf"
         files[sysusers] = template("ipcd.sysusers.conf", False)
         steps.append(f"systemd-sysusers {sysusers}    # creates user and group ipcd")
-        exe = ipcd_cmd.split()[0]
-        if exe.startswith(("/home/", "/root/")):
+        hidden = hidden_by_protect_home(ipcd_cmd)
+        if hidden is not None:
             warnings.append(
-                f"{exe} is under a home directory, which ipcd.service hides (ProtectHome=yes): install ipcd "
-                "outside /home and /root (for example a venv in /opt/ipcd), or add a drop-in with "
-                "ProtectHome=read-only"
+                f"{hidden} is under a home directory, which ipcd.service hides (ProtectHome=yes): install ipcd "
+                "outside /home and /root (for example a venv in /opt/ipcd made from /usr/bin/python3), or add "
+                "a drop-in with ProtectHome=read-only"
             )
     steps += [f"{ctl} daemon-reload", f"{ctl} enable --now ipcd.socket ipcd-log.socket",
               f"ipcctl{' --user' if user else ''} status"]  # fmt: skip
     return Plan(files, steps, warnings)
+
+
+def hidden_by_protect_home(ipcd_cmd: str) -> str | None:
+    """The first path ipcd needs that ProtectHome=yes hides, if any.
+
+    Not only the command: a venv's interpreter is a symlink to the Python it
+    was made from (pyenv's lives in ~/.pyenv), and its stdlib is there too;
+    `pip install --user` puts this package in ~/.local, behind `python3 -m ipcd`.
+    """
+    exe = shlex.split(ipcd_cmd)[0]
+    package = os.path.dirname(os.path.realpath(__file__))
+    for path in (exe, os.path.realpath(exe), os.path.realpath(sys.executable), sys.prefix, sys.base_prefix, package):
+        if path.startswith(HOME_DIRS) or path in ("/home", "/root"):
+            return path
+    return None
 
 
 def write(p: Plan) -> None:

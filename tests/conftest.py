@@ -149,7 +149,9 @@ class Ipcd:
 
     def start(self, *extra: str, wait: bool = True) -> Ipcd:
         with open(self.stderr_path, "ab") as err:
-            self.proc = subprocess.Popen(self.argv(*extra), stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=self.env)
+            self.proc = subprocess.Popen(
+                self.argv(*extra), stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=self.env
+            )
         if wait:
             self.wait_ready()
         return self
@@ -234,11 +236,18 @@ def ipcctl_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "ipcd.cli", *args]
 
 
-def ipcctl(*args: str, env: dict[str, str] | None = None, timeout_s: float = 30.0, input: bytes | None = None) -> subprocess.CompletedProcess[str]:
+def ipcctl(
+    *args: str, env: dict[str, str] | None = None, timeout_s: float = 30.0, input: bytes | None = None
+) -> subprocess.CompletedProcess[str]:
     """Run the real `ipcctl` as a subprocess."""
     full_env = {**os.environ, **(env or {})}
     return subprocess.run(
-        ipcctl_argv(*args), capture_output=True, text=True, env=full_env, timeout=timeout_s, input=input and input.decode()
+        ipcctl_argv(*args),
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout_s,
+        input=input and input.decode(),
     )
 
 

@@ -283,6 +283,7 @@ rate_limit_burst = 0
 rate_limit_interval_s = 0.5
 receive_buffer_bytes = 65536
 socket_mode = 0o640
+follow_max_lag = 500
 
 [store]
 max_entries = 5000
@@ -326,6 +327,7 @@ def test_parse_every_key() -> None:
         rate_limit_interval_s=0.5,
         receive_buffer_bytes=65536,
         socket_mode=0o640,
+        follow_max_lag=500,
     )
     assert cfg.store == StoreConfig(
         max_entries=5000,
@@ -341,7 +343,7 @@ def test_parse_every_key() -> None:
         admin_uids=[0, "alice"], admin_groups=["wheel"], write_uids=[1000, 1001], write_groups=[]
     )
     assert cfg.explicit == ALL_KEYS
-    assert len(ALL_KEYS) == 27  # a new key needs a line in FULL
+    assert len(ALL_KEYS) == 28  # a new key needs a line in FULL
 
 
 def test_parse_turns_integers_into_floats_for_number_keys() -> None:

@@ -20,7 +20,11 @@ def test_version_everywhere() -> None:
 
     from ipcd import __version__
 
-    for argv in ([str(BIN / "ipcd"), "--version"], [str(BIN / "ipcctl"), "--version"], [sys.executable, "-m", "ipcd", "--version"]):
+    for argv in (
+        [str(BIN / "ipcd"), "--version"],
+        [str(BIN / "ipcctl"), "--version"],
+        [sys.executable, "-m", "ipcd", "--version"],
+    ):
         out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=True).stdout
         assert __version__ in out, argv
 
@@ -120,7 +124,9 @@ def test_control_socket_mode_without_group_is_0600(ipcd: Ipcd) -> None:
 def test_control_socket_mode_and_group_from_config(make_ipcd) -> None:
     import grp
 
-    group = grp.getgrnam("nogroup") if any(g.gr_name == "nogroup" for g in grp.getgrall()) else grp.getgrgid(os.getgid())
+    group = (
+        grp.getgrnam("nogroup") if any(g.gr_name == "nogroup" for g in grp.getgrall()) else grp.getgrgid(os.getgid())
+    )
     d: Ipcd = make_ipcd(f'[control]\nsocket_group = "{group.gr_name}"\nsocket_mode = "0660"\n').start()
     st = os.lstat(d.sock)
     assert stat.S_IMODE(st.st_mode) == 0o660
@@ -158,7 +164,7 @@ def test_stop_answers_requests_already_sent(ipcd: Ipcd) -> None:
 
 
 def test_config_error_exits_78_naming_file_line_key(make_ipcd) -> None:
-    d: Ipcd = make_ipcd("[control]\nmax_connections = 10\nidle_timeout_s = \"soon\"\n")
+    d: Ipcd = make_ipcd('[control]\nmax_connections = 10\nidle_timeout_s = "soon"\n')
     d.start(wait=False)
     assert d.wait() == 78
     err = d.stderr()

@@ -49,7 +49,9 @@ def check_parsed(parsed: Any) -> None:
             assert isinstance(item.error, RpcError)
             assert item.error.code in (-32700, -32600)
         # Every answer must be encodable, whatever came in.
-        reply = jsonrpc.error(item.id, item.error) if isinstance(item, Invalid) else jsonrpc.result(item.id, item.params)
+        reply = (
+            jsonrpc.error(item.id, item.error) if isinstance(item, Invalid) else jsonrpc.result(item.id, item.params)
+        )
         assert jsonrpc.encode(reply).endswith(b"\n")
 
 

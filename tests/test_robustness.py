@@ -56,7 +56,10 @@ def test_every_param_of_every_method_with_bad_values(make_ipcd) -> None:
                 if isinstance(reply, dict) and "code" in reply and "message" in reply and len(reply) <= 3:
                     assert reply["code"] in ALLOWED, (name, params, reply)
                     if reply["code"] == -32602:
-                        assert reply["message"].startswith(("invalid param", "unknown param", "missing param")) or name in reply["message"], reply
+                        assert (
+                            reply["message"].startswith(("invalid param", "unknown param", "missing param"))
+                            or name in reply["message"]
+                        ), reply
             assert c.call("ping")["pong"]  # the connection lives on
     assert replies > 500
     assert d.call("status")["pid"] == d.proc.pid

@@ -1,0 +1,226 @@
+"""`ipcd.client`, the library ipcctl and other programs use, against a real ipcd."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import Ipcd, wait_for
+
+from ipcd import client
+from ipcd.client import (
+    Client,
+    Conflict,
+    InvalidParams,
+    LimitReached,
+    LogHandler,
+    NotFound,
+    RemoteError,
+    Unreachable,
+)
+
+
+def test_finds_the_socket_as_ipcctl_does(ipcd: Ipcd, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IPCD_SOCKET", ipcd.sock)
+    with Client() as c:
+        assert c.path == ipcd.sock
+        assert c.status()["pid"] == ipcd.proc.pid
+    monkeypatch.delenv("IPCD_SOCKET")
+    monkeypatch.setenv("IPCD_RUNTIME_DIR", str(ipcd.run_dir))
+    with Client() as c:
+        assert c.ping()["pong"] is True
+
+
+def test_unreachable_names_the_socket(short_tmp: Path) -> None:
+    path = str(short_tmp / "none.sock")
+    c = Client(path)
+    with pytest.raises(Unreachable) as e:
+        c.status()
+    assert path in str(e.value) and "is ipcd running?" in str(e.value)
+    c.close()
+
+
+def test_errors_carry_the_json_rpc_code(make_ipcd) -> None:
+    d: Ipcd = make_ipcd("[kv]\nmax_value_bytes = 64\n").start()
+    with Client(d.sock) as c:
+        with pytest.raises(NotFound) as nf:
+            c.kv_get("missing")
+        assert (nf.value.code, nf.value.data) == (-32003, {"key": "missing"})
+        assert "missing" in nf.value.message and "-32003" in str(nf.value)
+        with pytest.raises(NotFound):
+            c.kv_delete("missing")
+        c.kv_set("k", 1)
+        with pytest.raises(Conflict) as cf:
+            c.kv_set("k", 2, if_version=7)
+        assert (cf.value.code, cf.value.data) == (-32004, {"key": "k", "version": 1, "if_version": 7})
+        with pytest.raises(LimitReached) as lr:
+            c.kv_set("k", "x" * 100)
+        assert lr.value.code == -32002 and lr.value.data["limit"] == "max_value_bytes"
+        with pytest.raises(InvalidParams) as ip:
+            c.kv_set("", 1)
+        assert ip.value.code == -32602 and ip.value.data == {"param": "key"}
+        with pytest.raises(RemoteError) as other:
+            c.call("no.such.method")
+        assert type(other.value) is RemoteError and other.value.code == -32601
+        assert c.kv_get("k")["value"] == 1  # the connection lives on after each
+
+
+def test_kv_calls(ipcd: Ipcd) -> None:
+    with Client(ipcd.sock) as c:
+        r = c.kv_set("cfg/a", {"on": True})
+        assert r == {"key": "cfg/a", "version": 1, "expires_at": None}
+        assert c.kv_set("cfg/b", [1, 2], ttl_s=60)["expires_at"] is not None
+        got = c.kv_get("cfg/a")
+        assert got["value"] == {"on": True} and got["version"] == 1
+        assert got["set_by"]["pid"] == os.getpid()
+        assert c.kv_set("cfg/a", "v2", if_version=1)["version"] == 2
+        assert c.kv_list("cfg/") == ["cfg/a", "cfg/b"] and c.kv_list() == ["cfg/a", "cfg/b"]
+        assert c.kv_update("n", lambda v: v + 1, default=41)["version"] == 1
+        assert c.kv_update("n", lambda v: v * 2)["version"] == 2
+        assert c.kv_get("n")["value"] == 84
+        with Client(ipcd.sock) as rival:
+
+            def meddle(v: int) -> int:  # another writer comes between every read and write
+                rival.kv_set("n", 0)
+                return v + 1
+
+            with pytest.raises(Conflict):
+                c.kv_update("n", meddle, max_tries=3)
+            got = c.kv_get("n")
+            assert (got["value"], got["version"]) == (0, 5)  # 2 before, then the rival's 3
+        assert c.kv_delete("cfg/a") is None
+        assert c.kv_list("cfg/") == ["cfg/b"]
+
+
+def test_subscribe_iterator_unsubscribe_and_calls_meanwhile(ipcd: Ipcd) -> None:
+    with Client(ipcd.sock) as sub, Client(ipcd.sock) as pub:
+        messages = sub.subscribe("a")  # one name, or several
+        assert messages.result == {"channels": ["a"]}
+        assert sub.subscribe(["b"]) is messages and messages.channels == {"a", "b"}
+        assert pub.publish("a", {"n": 1}) == 1
+        # A call on the subscribed connection: the message that comes first is kept.
+        assert sub.publish("b", "from myself") == 1
+        msg = next(messages)
+        assert (msg["channel"], msg["message"], msg["pid"], msg["uid"]) == ("a", {"n": 1}, os.getpid(), os.getuid())
+        assert set(msg) == {"channel", "message", "published_at", "uid", "pid"}
+        assert next(messages)["message"] == "from myself"
+        # Messages already on their way from a channel we leave are not yielded.
+        for i in range(3):
+            assert pub.publish("a", i) == 1
+        assert sub.unsubscribe("a") == ["a"]
+        assert pub.publish("a", "late") == 0
+        assert pub.publish("b", "after") == 1
+        assert next(messages)["message"] == "after"
+        assert messages.unsubscribe() == ["b"]
+        assert list(messages) == []  # nothing left to listen to: the iteration ends
+        assert sub.ping()["pong"]
+
+
+def test_stream_timeout_leaves_the_stream_usable(ipcd: Ipcd) -> None:
+    with Client(ipcd.sock) as sub, Client(ipcd.sock) as pub:
+        messages = sub.subscribe(["t"], timeout_s=0.05)
+        with pytest.raises(TimeoutError):
+            next(messages)
+        pub.publish("t", "later")
+        messages.timeout_s = 10
+        assert next(messages)["message"] == "later"
+
+
+def test_a_slow_iterator_gets_the_lagged_marker(make_ipcd) -> None:
+    d: Ipcd = make_ipcd("[control]\nstream_queue = 4\n").start()
+    n = 300
+    with Client(d.sock) as sub, Client(d.sock) as pub:
+        messages = sub.subscribe(["load"])
+        for i in range(n):  # 1.2 MB: far more than the socket buffer holds
+            pub.publish("load", {"i": i, "pad": "x" * 4096})
+        got, lagged = [], []
+        while len(got) + sum(m["missed"] for m in lagged) < n:
+            m = next(messages)
+            (lagged if m.get("lagged") else got).append(m)
+    assert lagged == [{"lagged": True, "stream": "subscribe", "missed": n - len(got)}]
+    assert [m["message"]["i"] for m in got] == list(range(len(got))) and 0 < len(got) < n
+
+
+def test_kv_watch_iterator(ipcd: Ipcd) -> None:
+    with Client(ipcd.sock) as w, Client(ipcd.sock) as c:
+        changes = w.kv_watch("job/", timeout_s=10)
+        assert changes.result == {"watching": "job/"}
+        c.kv_set("job/1", "queued")
+        c.kv_set("elsewhere", 1)
+        c.kv_delete("job/1")
+        c.kv_set("job/2", "brief", ttl_s=0.05)
+        assert next(changes) == {"key": "job/1", "op": "set", "value": "queued", "version": 1}
+        assert next(changes) == {"key": "job/1", "op": "delete", "value": None, "version": 1}
+        assert next(changes)["op"] == "set"
+        assert next(changes) == {"key": "job/2", "op": "expire", "value": None, "version": 1}  # by the purge
+
+
+def test_streams_share_a_connection(ipcd: Ipcd) -> None:
+    with Client(ipcd.sock) as c, Client(ipcd.sock) as other:
+        changes = c.kv_watch("k")
+        messages = c.subscribe(["m"])
+        other.publish("m", 1)
+        other.kv_set("k", "a")
+        other.publish("m", 2)
+        other.kv_set("k", "b")
+        assert next(changes)["value"] == "a"  # the message before it waits for its own stream
+        assert [next(messages)["message"], next(messages)["message"]] == [1, 2]
+        assert next(changes)["value"] == "b"
+
+
+def test_logs_query_and_follow(ipcd: Ipcd) -> None:
+    for i in range(3):
+        client.send_datagram(f"<14>clienttest: line {i}".encode(), ipcd.log_sock)
+    with Client(ipcd.sock) as c:
+        wait_for(lambda: len(c.logs(ident="clienttest")) == 3, 5, "three entries stored")
+        entries = c.logs(ident="clienttest", limit=2)
+        assert [e["message"] for e in entries] == ["line 1", "line 2"]
+        assert entries[0]["sender_pid"] == os.getpid()
+        follow = c.logs(follow=True, ident="clienttest", backlog=1, timeout_s=10)
+        assert follow.result == {"following": True, "backlog": 1}
+        assert next(follow)["message"] == "line 2"
+        client.send_datagram(b"<14>clienttest: line 3", ipcd.log_sock)
+        client.send_datagram(b"<14>someoneelse: not this", ipcd.log_sock)
+        client.send_datagram(b"<14>clienttest: line 4", ipcd.log_sock)
+        assert [next(follow)["message"], next(follow)["message"]] == ["line 3", "line 4"]
+        with pytest.raises(InvalidParams):
+            c.logs(bogus=1)
+
+
+def test_log_handler_sends_records_with_their_extra_fields(ipcd: Ipcd, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IPCD_SOCKET", ipcd.sock)
+    handler = LogHandler(ident="handlertest")  # log.sock beside the control socket
+    assert handler.path == ipcd.log_sock
+    logger = logging.getLogger("tests.handler")
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    try:
+        logger.warning("disk %s%% full", 91, extra={"job": "backup", "attempt": 2, "path": Path("/srv")})
+        try:
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            logger.exception("it broke")
+        logger.debug("details", extra={"nested": {"a": [1, None]}})
+    finally:
+        logger.removeHandler(handler)
+        handler.close()
+    with Client(ipcd.sock) as c:
+        wait_for(lambda: len(c.logs(ident="handlertest")) == 3, 5, "the 3 records to be stored")
+        entries = c.logs(ident="handlertest")
+    warn, err, debug = entries
+    assert (warn["message"], warn["priority"], warn["format"]) == ("disk 91% full", 4, "json")
+    assert warn["fields"] == {"logger": "tests.handler", "job": "backup", "attempt": 2, "path": "/srv"}
+    assert warn["pid"] == os.getpid() and warn["sender_pid"] == os.getpid()  # claimed and trusted
+    assert err["priority"] == 3 and "Traceback" in err["message"] and "ZeroDivisionError" in err["message"]
+    assert debug["priority"] == 7 and debug["fields"]["nested"] == {"a": [1, None]}
+
+
+def test_the_client_never_imports_the_server_side() -> None:
+    code = "import sys, ipcd.client; print(' '.join(sorted(m for m in sys.modules if m.startswith('ipcd'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert set(out) <= {"ipcd", "ipcd.client", "ipcd.config", "ipcd.errors", "ipcd.jsonrpc"}, out

@@ -1,0 +1,330 @@
+"""Shared key/value state against a real ipcd: CAS, TTLs, persistence, limits, watch, roles."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from contextlib import closing
+from typing import Any
+
+from conftest import Conn, Ipcd, needs_root, run_as, wait_for
+
+
+def set_(c: Conn, key: str, value: Any, **extra: Any) -> Any:
+    return c.call("kv.set", {"key": key, "value": value, **extra})
+
+
+def get(c: Conn, key: str) -> Any:
+    return c.call("kv.get", {"key": key})
+
+
+def db_keys(d: Ipcd) -> list[str]:
+    """The keys in the SQLite file itself, read beside the daemon."""
+    path = d.call("status")["store"]["path"]
+    with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+        return sorted(k for (k,) in db.execute("SELECT key FROM kv"))
+
+
+def reap(procs: list[subprocess.Popen[str]]) -> None:
+    """Kill what still runs and close its pipes (a leaked pipe fails the suite)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        for f in (p.stdin, p.stdout, p.stderr):
+            if f is not None:
+                f.close()
+
+
+def comm() -> str:
+    with open("/proc/self/comm") as f:
+        return f.read().strip()
+
+
+def test_any_json_value_with_version_and_who_set_it(ipcd: Ipcd) -> None:
+    values = ["text", "ünïcødé ✓", 42, -1.5, True, False, [1, "two", [3]], {"nested": {"a": [False]}}, "", [], {}]
+    with ipcd.conn() as c:
+        for n, value in enumerate(values, 1):
+            t0 = time.time()
+            assert set_(c, "k", value) == {"key": "k", "version": n, "expires_at": None}
+            got = get(c, "k")
+            assert got["value"] == value and type(got["value"]) is type(value)
+            assert got["version"] == n and got["expires_at"] is None
+            assert t0 <= got["set_at"] <= time.time()
+        assert got["set_by"] == {"uid": os.getuid(), "pid": os.getpid(), "command": comm()}
+
+
+def test_null_is_a_value(ipcd: Ipcd) -> None:
+    with ipcd.conn() as c:
+        assert set_(c, "nothing", None)["version"] == 1
+        assert get(c, "nothing")["value"] is None
+
+
+def test_list_by_prefix_and_missing_keys(ipcd: Ipcd) -> None:
+    with ipcd.conn() as c:
+        for k in ("app/b", "app/a", "apple", "other", "app/a/deep"):
+            set_(c, k, 1)
+        assert c.call("kv.list", {"prefix": "app/"}) == {"keys": ["app/a", "app/a/deep", "app/b"]}
+        assert c.call("kv.list", {"prefix": "app"})["keys"] == ["app/a", "app/a/deep", "app/b", "apple"]
+        assert c.call("kv.list")["keys"] == ["app/a", "app/a/deep", "app/b", "apple", "other"]
+        assert c.call("kv.list", {"prefix": "zzz"}) == {"keys": []}
+        assert c.call("kv.delete", {"key": "apple"}) == {"deleted": True}
+        for method in ("kv.get", "kv.delete"):
+            err = c.call(method, {"key": "apple"})
+            assert err["code"] == -32003 and err["data"] == {"key": "apple"} and "apple" in err["message"]
+        assert "apple" not in c.call("kv.list")["keys"]
+
+
+def test_compare_and_set(ipcd: Ipcd) -> None:
+    with ipcd.conn() as c:
+        assert set_(c, "cas", "a", if_version=0)["version"] == 1  # 0: only if absent
+        err = set_(c, "cas", "b", if_version=0)
+        assert err["code"] == -32004 and err["data"] == {"key": "cas", "version": 1, "if_version": 0}
+        assert set_(c, "cas", "b", if_version=1)["version"] == 2
+        assert set_(c, "cas", "stale", if_version=1)["code"] == -32004
+        assert get(c, "cas")["value"] == "b"
+        # Deleted and made again, the key goes on counting: a reader that saw
+        # version 2 of the old key cannot overwrite the new one by accident.
+        c.call("kv.delete", {"key": "cas"})
+        assert set_(c, "cas", "new")["version"] == 3
+        assert set_(c, "cas", "stale", if_version=2)["code"] == -32004
+        assert get(c, "cas")["value"] == "new"
+        assert set_(c, "cas", "x", if_version=-1)["code"] == -32602
+
+
+INCREMENTER = """
+import json, sys
+from ipcd.client import Client, Conflict, NotFound
+conflicts = 0
+with Client(sys.argv[1]) as c:
+    print("ready", flush=True)
+    sys.stdin.readline()  # all start together
+    for _ in range(int(sys.argv[2])):
+        while True:
+            try:
+                cur = c.kv_get("counter")
+                value, version = cur["value"], cur["version"]
+            except NotFound:
+                value, version = 0, 0
+            try:
+                c.kv_set("counter", value + 1, if_version=version)
+                break
+            except Conflict:
+                conflicts += 1
+print(json.dumps({"conflicts": conflicts}))
+"""
+
+
+def test_compare_and_set_under_contention_loses_no_update(ipcd: Ipcd) -> None:
+    procs_n, each = 8, 50
+    with ipcd.conn() as watcher:
+        watcher.call("kv.watch", {"prefix": "counter"})
+        procs = [
+            subprocess.Popen(
+                [sys.executable, "-c", INCREMENTER, ipcd.sock, str(each)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )  # fmt: skip
+            for _ in range(procs_n)
+        ]
+        try:
+            for p in procs:
+                assert p.stdout is not None and p.stdout.readline() == "ready\n"
+            for p in procs:
+                assert p.stdin is not None
+                p.stdin.write("go\n")
+                p.stdin.flush()
+            outs = [p.communicate(timeout=60)[0] for p in procs]
+        finally:
+            reap(procs)
+        assert [p.returncode for p in procs] == [0] * procs_n
+        total = procs_n * each
+        got = ipcd.call("kv.get", {"key": "counter"})
+        assert got["value"] == total and got["version"] == total
+        # Watchers see every committed change once, in order.
+        changes = [watcher.recv_json()["params"] for _ in range(total)]
+    assert [(ch["op"], ch["version"], ch["value"]) for ch in changes] == [("set", n, n) for n in range(1, total + 1)]
+    # The writers did contend: some of their compare-and-sets were refused and retried.
+    assert sum(json.loads(o)["conflicts"] for o in outs) > 0
+
+
+def test_ttl_expiry_readers_watchers_and_store(ipcd: Ipcd) -> None:
+    with ipcd.conn() as w, ipcd.conn() as c:
+        assert w.call("kv.watch", {"prefix": "tmp/"}) == {"watching": "tmp/"}
+        t0 = time.time()
+        r = set_(c, "tmp/x", "soon gone", ttl_s=0.3)
+        assert t0 + 0.3 <= r["expires_at"] <= time.time() + 0.3
+        assert get(c, "tmp/x")["expires_at"] == r["expires_at"]
+        set_(c, "tmp/keep", 1, ttl_s=0.3)
+        assert set_(c, "tmp/keep", 2)["expires_at"] is None  # a set without ttl_s clears the expiry
+        assert get(c, "tmp/x")["value"] == "soon gone"
+        assert "tmp/x" in db_keys(ipcd)
+        wait_for(lambda: time.time() > r["expires_at"], 5, "the TTL to pass")
+        # Gone for readers at once, purged or not.
+        assert get(c, "tmp/x")["code"] == -32003
+        assert c.call("kv.list", {"prefix": "tmp/"})["keys"] == ["tmp/keep"]
+        assert c.call("kv.delete", {"key": "tmp/x"})["code"] == -32003
+        notes = [w.recv_json() for _ in range(4)]
+        assert {n["method"] for n in notes} == {"kv.change"}
+        assert [(n["params"]["op"], n["params"]["key"], n["params"]["version"]) for n in notes] == [
+            ("set", "tmp/x", 1), ("set", "tmp/keep", 1), ("set", "tmp/keep", 2), ("expire", "tmp/x", 1),
+        ]  # fmt: skip
+        # Purged from the SQLite file too.
+        wait_for(lambda: db_keys(ipcd) == ["tmp/keep"], 5, "the expired key to leave the store")
+        assert c.call("status")["kv"]["expired"] == 1
+        assert set_(c, "tmp/x", "again")["version"] == 2  # versions go on after expiry too
+    for bad in (0, -1, "10"):
+        assert ipcd.call("kv.set", {"key": "k", "value": 1, "ttl_s": bad})["code"] == -32602
+
+
+def test_state_survives_graceful_restart(make_ipcd) -> None:
+    d: Ipcd = make_ipcd().start()
+    with d.conn() as c:
+        set_(c, "a", {"x": [1, 2]})
+        set_(c, "a", {"x": [1, 2, 3]})
+        set_(c, "b", "lives an hour", ttl_s=3600)
+        set_(c, "gone", 1)
+        c.call("kv.delete", {"key": "gone"})
+        before = {k: get(c, k) for k in ("a", "b")}
+    assert d.stop() == 0
+    d.start()
+    with d.conn() as c:
+        assert {k: get(c, k) for k in ("a", "b")} == before  # value, version, expiry, who and when
+        assert c.call("kv.list")["keys"] == ["a", "b"]
+        assert get(c, "gone")["code"] == -32003
+        assert set_(c, "a", 3)["version"] == 3
+
+
+def test_acknowledged_writes_survive_kill_9(make_ipcd) -> None:
+    d: Ipcd = make_ipcd().start()
+    with d.conn() as c:
+        for i in range(30):
+            set_(c, f"k{i:02}", i)
+        c.call("kv.delete", {"key": "k00"})
+        set_(c, "k29", "last")
+    d.kill()  # SIGKILL right after the last acknowledgement
+    d.start()
+    with d.conn() as c:
+        assert c.call("kv.list")["keys"] == [f"k{i:02}" for i in range(1, 30)]
+        assert get(c, "k28")["value"] == 28
+        assert get(c, "k29")["value"] == "last" and get(c, "k29")["version"] == 2
+
+
+def test_key_edges(ipcd: Ipcd) -> None:
+    good = ["x" * 256, "😀" * 256, "ключ/ü", "with space", "a:b/c.d-e_f", "{", "-"]
+    bad = ["", "x" * 257, "😀" * 257, "a\nb", "tab\there", "nul\x00", "del\x7f", "bell\x07", "zw\u200bsp"]
+    with ipcd.conn() as c:
+        for key in good:
+            assert set_(c, key, key)["version"] == 1, key
+            assert get(c, key)["value"] == key
+        for key in bad:
+            for method, params in (("kv.set", {"key": key, "value": 1}), ("kv.get", {"key": key}),
+                                   ("kv.delete", {"key": key})):  # fmt: skip
+                err = c.call(method, params)
+                assert err["code"] == -32602 and err["data"] == {"param": "key"}, (method, key, err)
+        assert c.call("kv.set", {"key": 7, "value": 1})["code"] == -32602
+        assert sorted(c.call("kv.list")["keys"]) == sorted(good)
+
+
+def test_value_size_limit_at_the_exact_edge(make_ipcd) -> None:
+    d: Ipcd = make_ipcd("[kv]\nmax_value_bytes = 64\n").start()
+    # Measured as compact UTF-8 JSON: a string of n ASCII characters is n + 2 bytes.
+    with d.conn() as c:
+        assert set_(c, "s", "x" * 62)["version"] == 1
+        err = set_(c, "s", "x" * 63)
+        assert err["code"] == -32002 and err["data"] == {"limit": "max_value_bytes", "value": 64}
+        assert set_(c, "s", "é" * 31)["version"] == 2  # 2 bytes each: 64
+        assert set_(c, "s", "é" * 31 + "x")["code"] == -32002
+        assert set_(c, "o", {"a": "x" * 56})["version"] == 1  # {"a":"..."} is 8 bytes + 56
+        assert set_(c, "o", {"a": "x" * 57})["code"] == -32002
+        assert get(c, "s")["value"] == "é" * 31 and get(c, "o")["value"] == {"a": "x" * 56}
+
+
+def test_max_keys(make_ipcd) -> None:
+    d: Ipcd = make_ipcd("[kv]\nmax_keys = 3\n").start()
+    with d.conn() as c:
+        for k in "abc":
+            set_(c, k, 1)
+        err = set_(c, "d", 1)
+        assert err["code"] == -32002 and err["data"]["limit"] == "max_keys"
+        assert set_(c, "a", 2)["version"] == 2  # replacing is not adding
+        c.call("kv.delete", {"key": "a"})
+        assert set_(c, "d", 1)["version"] == 1
+        assert c.call("kv.list")["keys"] == ["b", "c", "d"]
+
+
+def test_watch_streams_changes_under_its_prefix(ipcd: Ipcd) -> None:
+    with ipcd.conn() as w, ipcd.conn() as c:
+        assert w.call("kv.watch", {"prefix": "app/"}) == {"watching": "app/"}
+        assert c.call("status")["kv"]["watchers"] == 1
+        set_(c, "app/a", 1)
+        set_(c, "other", 1)
+        set_(c, "app/a", {"two": 2})
+        c.call("kv.delete", {"key": "app/a"})
+        set_(c, "app/b", "end")
+        notes = [w.recv_json() for _ in range(4)]
+        assert notes[0] == {"jsonrpc": "2.0", "method": "kv.change",
+                            "params": {"key": "app/a", "op": "set", "value": 1, "version": 1}}  # fmt: skip
+        assert [n["params"] for n in notes[1:]] == [
+            {"key": "app/a", "op": "set", "value": {"two": 2}, "version": 2},
+            {"key": "app/a", "op": "delete", "value": None, "version": 2},
+            {"key": "app/b", "op": "set", "value": "end", "version": 1},
+        ]
+        assert w.call("ping")["pong"]  # the watching connection still answers calls
+    wait_for(lambda: ipcd.call("status")["kv"]["watchers"] == 0, 2, "the closed watcher to go")
+
+
+# -- roles -------------------------------------------------------------------------
+
+
+def _try_everything(sock: str) -> tuple[int, str]:
+    """In a child running as another uid: each IPC method's outcome."""
+    from ipcd.client import Client, RemoteError
+
+    out: dict[str, Any] = {}
+    with Client(sock) as c:
+        tries = {
+            "kv.get": lambda: c.kv_get("shared")["value"],
+            "kv.list": lambda: c.kv_list(),
+            "kv.watch": lambda: c.kv_watch("").result,
+            "subscribe": lambda: c.subscribe(["ch"]).result,
+            "kv.set": lambda: c.kv_set("mine", 1)["version"],
+            "publish": lambda: c.publish("ch", "hi"),
+            "kv.delete": lambda: c.kv_delete("mine"),
+        }
+        for name, fn in tries.items():
+            try:
+                out[name] = ["ok", fn()]
+            except RemoteError as e:
+                out[name] = [e.code, e.data]
+    return 0, json.dumps(out)
+
+
+@needs_root
+def test_roles_read_and_write(make_ipcd) -> None:
+    reads = {
+        "kv.get": ["ok", "v"],
+        "kv.list": ["ok", ["shared"]],
+        "kv.watch": ["ok", {"watching": ""}],
+        "subscribe": ["ok", {"channels": ["ch"]}],
+    }
+    refused = [-32001, {"required_role": "write"}]
+    d: Ipcd = make_ipcd('[control]\nsocket_mode = "0666"\n', name="ro").start()
+    d.call("kv.set", {"key": "shared", "value": "v"})
+    code, out = run_as(65534, 65534, lambda: _try_everything(d.sock))
+    assert code == 0, out
+    assert json.loads(out) == {**reads, "kv.set": refused, "publish": refused, "kv.delete": refused}
+    assert d.call("kv.list")["keys"] == ["shared"]
+
+    w: Ipcd = make_ipcd('[control]\nsocket_mode = "0666"\n[access]\nwrite_uids = [65534]\n', name="rw").start()
+    w.call("kv.set", {"key": "shared", "value": "v"})
+    code, out = run_as(65534, 65534, lambda: _try_everything(w.sock))
+    assert code == 0, out
+    # It is its own subscriber on "ch", so its publish reaches 1.
+    assert json.loads(out) == {**reads, "kv.set": ["ok", 1], "publish": ["ok", 1], "kv.delete": ["ok", None]}
+    assert w.call("kv.get", {"key": "shared"})["set_by"]["uid"] == 0
