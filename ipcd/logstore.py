@@ -104,6 +104,9 @@ def connect(path: str, readonly: bool = False) -> sqlite3.Connection:
 def open_db(path: str) -> sqlite3.Connection:
     """Open (creating or migrating) the store; the writer's connection."""
     conn = connect(path)
+    # Before the first table; an existing store keeps its size.  16 KiB pages
+    # make an insert about a sixth cheaper than the 4 KiB default (bench/).
+    conn.execute("PRAGMA page_size = 16384")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute("PRAGMA temp_store = MEMORY")
