@@ -233,10 +233,17 @@ def _split_sd(rest: str) -> tuple[dict[str, dict[str, str]] | None, str]:
     return sd, rest[i + 1 :] if rest[i : i + 1] == " " else rest[i:]
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 def _parse_json(data: bytes) -> LogEntry | None:
     try:
-        doc = json.loads(data.decode("utf-8"))
-    except (ValueError, RecursionError):
+        doc = json.loads(data.decode("utf-8"), parse_constant=_reject_constant)
+        # What is stored must go out again as JSON: no lone surrogate ("\\ud800"
+        # has no UTF-8 form), no number that turned into inf.
+        json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")
+    except (ValueError, RecursionError):  # UnicodeError is a ValueError
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("message"), str):
         return None

@@ -133,7 +133,7 @@ class Intake:
             "rate_limited": self.rate_limited,
             "truncated": self.truncated,
             "malformed": self.malformed,
-            "dropped": self.writer.dropped,
+            "dropped": self.writer.dropped + self.writer.unstorable,
             "pending": self.writer.pending,
         }
 

@@ -169,6 +169,7 @@ def insert_sql(rows: int) -> str:
 
 
 MULTI = 256  # rows per INSERT statement at most
+_INSERT_ONE = insert_sql(1)
 
 
 def _flatten(first_id: int, rows: list[Row]) -> list[Any]:
@@ -221,6 +222,8 @@ class Writer:
         self.stored = 0  # rows committed since start
         self.deleted = 0  # rows removed by retention since start
         self.dropped = 0  # rows refused while the store could not be written
+        self.unstorable = 0  # rows sqlite3 could not bind (a bug elsewhere): skipped, counted
+        self._skipped = 0  # of them, in the open transaction
         self.commits = 0
         self.error: str | None = None  # the last write failure, until a write succeeds
         self.failures = 0
@@ -323,9 +326,11 @@ class Writer:
             return False
         rows = self.pending
         self._pending, self._inserted = [], 0
-        self.next_id += rows
-        self.entries += rows
-        self.stored += rows
+        self.next_id += rows  # a skipped row leaves its id unused
+        self.entries += rows - self._skipped
+        self.stored += rows - self._skipped
+        self.unstorable += self._skipped
+        self._skipped = 0
         self.commits += 1
         if self.error is not None:
             log.warning("the store is writable again, after %d failed attempts", self.failures)
@@ -353,8 +358,23 @@ class Writer:
         self._begin()
         for i in range(start, end, step):
             chunk = flat[i : min(i + step, end)]
-            self.conn.execute(insert_sql(len(chunk) // _W), chunk)
+            try:
+                self.conn.execute(insert_sql(len(chunk) // _W), chunk)
+            except (ValueError, OverflowError, TypeError):  # a row sqlite3 cannot bind (not the store's fault)
+                self._insert_one_by_one(chunk)
         self._inserted = end
+
+    def _insert_one_by_one(self, chunk: list[Any]) -> None:
+        """Insert what binds; a row that cannot be bound is counted, logged once, and skipped,
+        so that one bad row never blocks the rows after it."""
+        for j in range(0, len(chunk), _W):
+            row = chunk[j : j + _W]
+            try:
+                self.conn.execute(_INSERT_ONE, row)
+            except (ValueError, OverflowError, TypeError) as e:
+                self._skipped += 1
+                if self.unstorable + self._skipped == 1:
+                    log.error("an entry could not be stored and was skipped (id %s): %s", row[0], e)
 
     def _run_op(self, op: Op) -> tuple[Any, BaseException | None]:
         self._begin()
@@ -378,6 +398,7 @@ class Writer:
                 pass
             self._in_tx = False
         self._inserted = 0  # pending rows are inserted again on the next attempt
+        self._skipped = 0
 
     def _failed(self, e: sqlite3.Error) -> None:
         self._rollback()

@@ -483,3 +483,18 @@ SYSLOG_LIKE = st.builds(
 @given(SYSLOG_LIKE | DATAGRAM_BYTES)
 def test_fast_path_same_as_general(data: bytes) -> None:
     assert parse_datagram(data) == parse_general(data)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'{"message": "lone \\ud800"}',
+        b'{"message": "x", "fields": {"k": "\\udfff"}}',
+        b'{"message": "x", "fields": {"n": NaN}}',
+        b'{"message": "x", "fields": {"n": -Infinity}}',
+        b'{"message": "x", "fields": {"n": 1e999}}',
+    ],
+)
+def test_json_that_could_not_go_out_again_is_kept_as_plain_text(data: bytes) -> None:
+    entry = parse_datagram(data)
+    assert (entry.format, entry.message, entry.fields) == ("plain", data.decode(), None)

@@ -445,7 +445,9 @@ def test_retention_by_bytes_removes_the_oldest_share(path: Path, open_writer: An
     kept = ids_on_disk(path)
     first = 401 - len(kept)
     assert kept == list(range(first, 401))  # the newest, as one run
-    assert expected <= first - 1 < expected + 40  # that share, give or take a second look
+    # At least that share; more when a look after it finds the store still over
+    # (every table and index holds at least one page, whatever it stores).
+    assert expected <= first - 1 < 400
     assert (w.entries, w.deleted) == (len(kept), first - 1)
     assert w.used_bytes() <= max_bytes
 
@@ -801,3 +803,18 @@ def test_rate_limit_burst_0_is_off_and_configure_applies() -> None:
     rl.configure(2, 1.0)
     assert run_limiter(rl, "k", [7, 7, 7], 0.0) == [(True, 0), (True, 0), (False, 0)]
     assert rl.check("k", 7, 1.0) == (True, 1)  # the new interval
+
+
+def test_a_row_that_cannot_be_bound_is_skipped_and_counted(path: Path, open_writer: Any) -> None:
+    w = open_writer()
+    bad = LogEntry(5, 1, "tag", None, None, None, None, None, None, "lone \ud800 surrogate", "json", False)
+    rows = [row("before"), (time.time(), bad, False, 1, 0, 0, "x"), row("after")]
+    w.add(rows)
+    assert w.commit() is True
+    assert (w.stored, w.unstorable, w.entries) == (2, 1, 2)
+    with db(path) as c:
+        got = c.execute("SELECT id, message FROM entries ORDER BY id").fetchall()
+    assert got == [(1, "before"), (3, "after")]  # the bad row's id stays unused
+    w.add([row("next")])
+    w.commit()
+    assert ids_on_disk(path) == [1, 3, 4]

@@ -205,3 +205,24 @@ def test_many_connects_and_vanishes(make_ipcd) -> None:
     assert d.call("ping")["pong"]
     assert_clean_log(d)
     assert os.path.exists(d.sock)
+
+
+def test_datagrams_that_cannot_be_stored_as_json_do_not_poison_anything(make_ipcd) -> None:
+    d: Ipcd = make_ipcd().start()
+    hostile = [
+        b'{"message": "lone \\ud800", "ident": "j"}',
+        b'{"message": "nan", "fields": {"x": NaN}}',
+        b'{"message": "big", "fields": {"x": 1e999}}',
+        b'{"message": "deep", "fields": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+        b'{"message": "fine", "fields": {"x": 1}}',
+    ]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        for h in hostile:
+            s.sendto(h, d.log_sock)
+    wait_for(lambda: d.call("status")["logs"]["stored"] == len(hostile), 10, "every datagram to be stored")
+    entries = d.call("logs.query", {})["entries"]
+    assert [e["format"] for e in entries] == ["plain", "plain", "plain", "plain", "json"]
+    assert entries[-1]["fields"] == {"x": 1}
+    st = d.call("status")
+    assert st["store"]["writer"] == "ok" and st["logs"]["dropped"] == 0
+    assert_clean_log(d)
