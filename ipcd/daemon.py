@@ -30,6 +30,7 @@ from typing import Any
 
 from . import __version__, config, kvmethods, logmethods  # noqa: F401  (these register their methods)
 from .access import make_policy
+from .binding import Bound, adopt, check_path_length, probe
 from .channels import Channels
 from .config import Config
 from .errors import ConfigError, RpcError, StartupError
@@ -38,7 +39,7 @@ from .logquery import FollowHub, Reader
 from .logserver import Intake, LogServer
 from .logstore import DB_NAME, Writer
 from .methods import App
-from .server import Bound, ControlServer, adopt, check_path_length, probe
+from .server import ControlServer
 from .systemd import ActivationError, Notifier, adopt_sockets, socket_path, watchdog_interval_s
 
 log = logging.getLogger("ipcd")

@@ -26,12 +26,12 @@ from collections.abc import Hashable
 from typing import Any
 
 from .access import proc_comm
+from .binding import Bound, bind_unix
 from .config import LogConfig
 from .logparse import LogEntry, parse_datagram
 from .logstore import Row, Writer
 from .ratelimit import RateLimiter
 from .recvmmsg import Datagram, Receiver
-from .server import Bound, bind_unix
 
 log = logging.getLogger("ipcd")
 

@@ -4,242 +4,32 @@
 each running `ControlHandler`, which frames lines (`jsonrpc.LineFramer`),
 dispatches them through the method registry and writes replies in order.
 A connection that opens a stream (logs.follow, subscribe, kv.watch) gets an
-`Outbox`: a bounded queue and a pump thread, so that a slow reader costs
-only itself.  `LogServer` (in `logserver`) is the datagram side.
+`Outbox` (`streams`), so that a slow reader costs only itself.  `LogServer` (in `logserver`) is the datagram side.
 
-Binding is here too: `bind_unix` creates a socket file with its final mode
-and group before it becomes visible (bind in a private directory, chmod,
-rename into place), so there is no window in which the path is open wider.
-What to bind, when to stop and what to unlink is `daemon`'s business.
+Binding the socket file is `binding`'s; what to bind, when to stop and what
+to unlink is `daemon`'s.
 """
 
 from __future__ import annotations
 
-import errno
 import logging
-import os
 import select
 import socket
 import socketserver
-import stat
 import struct
-import tempfile
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 from . import jsonrpc
 from .access import Peer, identify
-from .errors import InternalError, LimitReached, RpcError, StartupError
+from .binding import Bound, bind_unix
+from .errors import InternalError, LimitReached, RpcError
 from .methods import REGISTRY, App, Call, check_role
+from .streams import Outbox, Stream
 
 log = logging.getLogger("ipcd")
-
-SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 for the NUL (unix(7))
-
-
-# -- binding -----------------------------------------------------------------
-
-
-@dataclass
-class Bound:
-    """A socket file ipcd created; `daemon` unlinks it only if it is still ours."""
-
-    path: str
-    dev: int
-    ino: int
-
-    def unlink_if_ours(self) -> bool:
-        try:
-            st = os.lstat(self.path)
-            if (st.st_dev, st.st_ino) == (self.dev, self.ino):
-                os.unlink(self.path)
-                return True
-        except FileNotFoundError:
-            pass
-        return False
-
-
-def check_path_length(path: str) -> None:
-    n = len(os.fsencode(path))
-    if n > SUN_PATH_MAX:
-        raise StartupError(
-            f"socket path {path!r} is {n} bytes; AF_UNIX allows at most {SUN_PATH_MAX} (unix(7)): "
-            "choose a shorter --runtime-dir"
-        )
-
-
-def probe(path: str, kind: int) -> str:
-    """What sits at `path`: "absent", "stale", "live", or "other" (not a socket)."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return "absent"
-    if not stat.S_ISSOCK(st.st_mode):
-        return "other"
-    s = socket.socket(socket.AF_UNIX, kind | socket.SOCK_CLOEXEC)
-    try:
-        s.settimeout(2.0)
-        s.connect(path)
-        return "live"
-    except ConnectionRefusedError:
-        return "stale"
-    except FileNotFoundError:
-        return "absent"
-    except OSError as e:
-        if e.errno == errno.EPROTOTYPE:  # a socket of the other type: not ours, in use or not
-            return "other"
-        raise StartupError(f"cannot probe {path}: {e.strerror}") from None
-    finally:
-        s.close()
-
-
-def bind_unix(sock: socket.socket, path: str, mode: int, gid: int = -1, backlog: int | None = None) -> Bound:
-    """Bind `sock` so that `path` appears with `mode` and group `gid` at once.
-
-    The socket is bound inside a fresh 0700 directory beside `path`, given
-    its mode and group there, made to listen (stream sockets: the path never
-    exists without a listener), then renamed over `path`: rename(2) is
-    atomic and replaces a stale file in the same step.
-    """
-    check_path_length(path)
-    tmpdir = tempfile.mkdtemp(prefix=".bind-", dir=os.path.dirname(path) or ".")
-    dfd = os.open(tmpdir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        staged = os.path.join(tmpdir, "s")
-        if len(os.fsencode(staged)) > SUN_PATH_MAX:
-            staged = f"/proc/self/fd/{dfd}/s"  # the same directory, by a shorter name
-        sock.bind(staged)
-        if backlog is not None:
-            sock.listen(backlog)
-        if gid != -1:
-            os.chown("s", -1, gid, dir_fd=dfd)
-        os.chmod("s", mode, dir_fd=dfd)
-        os.rename("s", path, src_dir_fd=dfd)
-    finally:
-        try:
-            os.unlink("s", dir_fd=dfd)
-        except OSError:
-            pass
-        os.close(dfd)
-        os.rmdir(tmpdir)
-    st = os.lstat(path)
-    return Bound(path, st.st_dev, st.st_ino)
-
-
-def adopt(server: socketserver.TCPServer, fd_sock: socket.socket) -> None:
-    """Serve an inherited socket: replace the placeholder the constructor made."""
-    server.socket.close()
-    server.socket = fd_sock
-
-
-# -- streams -----------------------------------------------------------------
-
-
-class Outbox:
-    """Notifications waiting for one connection's reader.
-
-    `push` never blocks: past `maxlen` queued notifications it drops and
-    counts per stream, and the reader later gets one `lagged` notification
-    (`stream`, `missed`) in the place of what it missed.  The pump thread
-    writes while no reply is being prepared (`hold`), so that a subscribing
-    call's result always comes before its first notification.
-    """
-
-    def __init__(self, conn: ClientConnection, maxlen: int) -> None:
-        self.conn = conn
-        self.maxlen = maxlen
-        self._q: deque[dict[str, Any]] = deque()
-        self._missed: dict[str, int] = {}
-        self._cv = threading.Condition()
-        self._held = 0
-        self._closed = False
-        self.sent = 0
-        self.dropped = 0
-        self._thread = threading.Thread(target=self._pump, name=f"ipcd-outbox-{conn.peer.pid}", daemon=True)
-        self._thread.start()
-
-    def push(self, stream: str, message: dict[str, Any], block: bool = False) -> bool:
-        """Queue `message`; if full, drop and count it, or with `block` wait for room."""
-        with self._cv:
-            while block and len(self._q) >= self.maxlen and not self._closed:
-                self._cv.wait()
-            if self._closed:
-                return False
-            if len(self._q) >= self.maxlen:
-                self._missed[stream] = self._missed.get(stream, 0) + 1
-                self.dropped += 1
-                return False
-            self._flush_missed(stream)
-            self._q.append(message)
-            self._cv.notify_all()
-            return True
-
-    def _flush_missed(self, stream: str) -> None:
-        n = self._missed.pop(stream, 0)
-        if n:
-            self._q.append(jsonrpc.notification("lagged", {"stream": stream, "missed": n}))
-
-    def hold(self) -> None:
-        with self._cv:
-            self._held += 1
-
-    def release(self) -> None:
-        with self._cv:
-            self._held -= 1
-            self._cv.notify_all()
-
-    def close(self) -> None:
-        with self._cv:
-            self._closed = True
-            self._cv.notify_all()
-
-    def join(self, timeout_s: float) -> None:
-        self._thread.join(timeout_s)
-
-    def _pump(self) -> None:
-        while True:
-            with self._cv:
-                while not self._closed and (self._held or not (self._q or self._missed)):
-                    self._cv.wait()
-                if self._closed:
-                    return
-                if not self._q:
-                    for stream in list(self._missed):
-                        self._flush_missed(stream)
-                batch = [self._q.popleft() for _ in range(min(len(self._q), 256))]
-                self._cv.notify_all()  # room for a producer that waits (block=True)
-            try:
-                self.conn.send(b"".join(jsonrpc.encode(m) for m in batch))
-                self.sent += len(batch)
-            except (OSError, ValueError):
-                # The reader is gone or stalled past the send timeout: cut it off.
-                self.conn.abort()
-                return
-
-
-class Stream:
-    """One subscription on a connection, as a handler holds it."""
-
-    def __init__(self, conn: ClientConnection, name: str) -> None:
-        self.conn = conn
-        self.name = name
-        self.closed = False
-
-    def push(self, method: str, params: Any, block: bool = False) -> bool:
-        outbox = self.conn.outbox
-        if self.closed or outbox is None:
-            return False
-        return outbox.push(self.name, jsonrpc.notification(method, params), block)
-
-    def close(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.conn.stream_closed(self)
-
 
 # -- the control server ------------------------------------------------------
 
