@@ -245,8 +245,8 @@ class Writer:
     def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Op:
         """Queue a write for the writer's thread; `wait()` on the result."""
         op = Op(fn)
-        if self._closed:
-            op.error = RuntimeError("the store is closed")
+        if self._closed or self.dead:
+            op.error = RuntimeError("the store is closed" if self._closed else f"the store writer died: {self.dead}")
             op.done.set()
             return op
         self._ops.append(op)
