@@ -238,6 +238,7 @@ class Writer:
         self._next_retention = 0.0
         self._ops: deque[Op] = deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self._wakes_pending = False
         self._closed = False
 
     # -- from other threads --------------------------------------------------
@@ -254,10 +255,18 @@ class Writer:
         return op
 
     def wake(self) -> None:
+        self._wakes_pending = True
         try:
             os.write(self._wake_w, b"!")
         except (BlockingIOError, OSError):
             pass  # already awake, or closing
+
+    def drain_wakes(self) -> None:
+        self._wakes_pending = False
+        try:
+            os.read(self._wake_r, 4096)
+        except (BlockingIOError, OSError):
+            pass
 
     @property
     def wake_fd(self) -> int:
@@ -299,10 +308,8 @@ class Writer:
     def service(self) -> None:
         """Commit if due, run queued ops, enforce retention."""
         self.last_progress = time.monotonic()
-        try:
-            os.read(self._wake_r, 4096)
-        except (BlockingIOError, OSError):
-            pass
+        if self._ops or self._wakes_pending:
+            self.drain_wakes()
         if self._ops or (self._pending and self.due_in() <= 0):
             self.commit()
         if not self._in_tx and self.error is None and time.monotonic() >= self._next_retention:
