@@ -6,6 +6,10 @@ place), so there is no moment when the path is open wider than configured
 or exists without a listener.  `probe` tells a live socket from a stale
 one; `Bound` remembers which file ipcd made, so that only that one is ever
 unlinked.  What to bind and when is `daemon`'s business.
+
+The kernel keeps the name a socket was bound with: `ss -x` and a peer's
+getpeername() show the private directory's path, not the final one.
+Clients connect by path and never see the difference.
 """
 
 from __future__ import annotations

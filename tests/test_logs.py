@@ -1124,3 +1124,19 @@ def test_receiver_reads_bursts_with_credentials_and_real_lengths(short_tmp: Path
             receiver.close()
     me = (MY_PID, os.getuid(), os.getgid())
     assert got == [(bytes([65 + i]) * min(size, cap), size > cap, *me) for i, size in enumerate(sizes)]
+
+
+@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read a socket's buffer size")
+def test_log_socket_gets_the_receive_buffer_asked_for(make_ipcd: Callable[..., Ipcd]) -> None:
+    d = make_ipcd(config="[log]\nreceive_buffer_bytes = 3145728\n").start()
+    assert d.proc is not None
+    fd_dir = Path(f"/proc/{d.proc.pid}/fd")
+    inodes = {os.readlink(fd_dir / fd)[8:-1] for fd in os.listdir(fd_dir)
+              if os.readlink(fd_dir / fd).startswith("socket:[")}  # fmt: skip
+    out = subprocess.run(["ss", "-xam"], capture_output=True, text=True, check=True).stdout
+    sizes = [int(m.group(2)) for m in re.finditer(r"^u_dgr\s.*?\s(\d+)\s+\*\s+0\s+skmem:\(r\d+,rb(\d+)", out, re.M)
+             if m.group(1) in inodes]  # fmt: skip
+    # The kernel doubles what it is asked for (socket(7), SO_RCVBUF); root may pass rmem_max.
+    expected = 2 * 3145728 if os.geteuid() == 0 else None
+    assert sizes, out
+    assert sizes[0] == expected if expected else sizes[0] > 212992
