@@ -119,10 +119,11 @@ class Intake:
                          False)  # fmt: skip
         return (now, entry, False, *self._me)
 
-    def sweep(self) -> None:
-        """Report windows that ended with no next message to report them."""
+    def sweep(self, final: bool = False) -> None:
+        """Report windows that ended with no next message to report them
+        (`final`: every window, ended or not, since ipcd stops)."""
         now = time.time()
-        rows = [self._suppressed_row(key, n, now) for key, n in self.limiter.sweep(now)]
+        rows = [self._suppressed_row(key, n, now) for key, n in self.limiter.sweep(now, final)]
         if rows:
             self.writer.add(rows)
 
@@ -278,6 +279,7 @@ class LogServer(socketserver.UnixDatagramServer):
         while batch := self.read_batch():
             self.intake.ingest(batch)
             total += len(batch)
+        self.intake.sweep(final=True)  # what was suppressed is said before the store closes
         return total
 
     def server_close(self) -> None:

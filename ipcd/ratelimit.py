@@ -54,11 +54,12 @@ class RateLimiter:
         self.suppressed_total += 1
         return False, ended
 
-    def sweep(self, now: float) -> list[tuple[Hashable, int]]:
-        """Forget ended windows; (key, suppressed) for those that suppressed any."""
+    def sweep(self, now: float, final: bool = False) -> list[tuple[Hashable, int]]:
+        """Forget ended windows (all of them when `final`: ipcd stops);
+        (key, suppressed) for those that suppressed any."""
         report = []
         for key, w in list(self._windows.items()):
-            if now - w[0] >= self.interval_s or now < w[0]:
+            if final or now - w[0] >= self.interval_s or now < w[0]:
                 if w[2]:
                     report.append((key, int(w[2])))
                 del self._windows[key]

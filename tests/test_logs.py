@@ -1140,3 +1140,14 @@ def test_log_socket_gets_the_receive_buffer_asked_for(make_ipcd: Callable[..., I
     expected = 2 * 3145728 if os.geteuid() == 0 else None
     assert sizes, out
     assert sizes[0] == expected if expected else sizes[0] > 212992
+
+
+def test_suppressed_count_is_stored_at_stop(make_ipcd: Callable[..., Ipcd]) -> None:
+    d = make_ipcd(config="[log]\nrate_limit_burst = 2\nrate_limit_interval_s = 3600\n").start()
+    send(d, *[b"<13>chatty: %d" % i for i in range(7)])
+    wait_for(lambda: d.call("status")["logs"]["rate_limited"] == 5, 10, "five messages suppressed")
+    assert d.stop() == 0  # the window is still open: the report comes with the stop
+    d.start()
+    msgs = [e["message"] for e in query(d)]
+    assert msgs[:2] == ["0", "1"]  # ident "chatty"
+    assert len(msgs) == 3 and msgs[2].startswith("suppressed 5 messages from ")
