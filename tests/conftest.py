@@ -287,3 +287,14 @@ def ipcctl_in_process(*args: str) -> tuple[int, str]:
     """`ipcctl ARGS` run by click in this process (for `run_as` children)."""
     res = CliRunner().invoke(cli, list(args), prog_name="ipcctl")
     return res.exit_code, res.output
+
+
+def reap(procs: list[subprocess.Popen[str]]) -> None:
+    """Kill what still runs and close its pipes (a leaked pipe fails the suite)."""
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        for f in (p.stdin, p.stdout, p.stderr):
+            if f is not None:
+                f.close()

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from conftest import Conn, Ipcd, wait_for
+from conftest import Conn, Ipcd, reap, wait_for
 
 from ipcd.client import Client
 
@@ -18,16 +18,6 @@ from ipcd.client import Client
 def publish(c: Conn, channel: str, message: Any) -> int:
     reply = c.call("publish", {"channel": channel, "message": message})
     return reply["delivered"]  # type: ignore[no-any-return]
-
-
-def close_all(procs: list[subprocess.Popen[str]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-        for f in (p.stdin, p.stdout, p.stderr):
-            if f is not None:
-                f.close()
 
 
 ECHO = """
@@ -72,7 +62,7 @@ def test_two_processes_exchange_messages(ipcd: Ipcd) -> None:
         assert asker.returncode == 0
         assert echo.wait(10) == 0
     finally:
-        close_all(procs)
+        reap(procs)
     got = json.loads(out)
     assert got == [
         {"reached": 1, "echo": i, "asker_pid": asker.pid, "from_pid": echo.pid, "from_uid": os.getuid(),
@@ -159,7 +149,7 @@ def test_a_closed_connections_subscriptions_vanish_at_once(ipcd: Ipcd) -> None:
             proc.wait()
             wait_for(lambda: publish(p, "x", 4) == 0, 1.0, "the killed subscriber to vanish")
         finally:
-            close_all([proc])
+            reap([proc])
         assert p.call("status")["channels"]["subscribers"] == 0
 
 
@@ -237,4 +227,4 @@ def test_a_stalled_subscriber_is_told_it_lagged_and_slows_no_one(make_ipcd) -> N
         assert stalled.recv_json()["params"]["message"]["i"] == n
     finally:
         stalled.close()
-        close_all([fast])
+        reap([fast])

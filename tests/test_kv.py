@@ -11,7 +11,7 @@ import time
 from contextlib import closing
 from typing import Any
 
-from conftest import Conn, Ipcd, needs_root, run_as, wait_for
+from conftest import Conn, Ipcd, needs_root, reap, run_as, wait_for
 
 
 def set_(c: Conn, key: str, value: Any, **extra: Any) -> Any:
@@ -27,17 +27,6 @@ def db_keys(d: Ipcd) -> list[str]:
     path = d.call("status")["store"]["path"]
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         return sorted(k for (k,) in db.execute("SELECT key FROM kv"))
-
-
-def reap(procs: list[subprocess.Popen[str]]) -> None:
-    """Kill what still runs and close its pipes (a leaked pipe fails the suite)."""
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait()
-        for f in (p.stdin, p.stdout, p.stderr):
-            if f is not None:
-                f.close()
 
 
 def comm() -> str:
