@@ -1,6 +1,6 @@
 """`python -m ipcd` runs the daemon, as the `ipcd` command does."""
 
-from .command import main
+from ipcd.daemon.command import main
 
 if __name__ == "__main__":
     main()

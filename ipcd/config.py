@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ipcd.errors import ConfigError
 
 MiB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")

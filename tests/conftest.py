@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 import pytest
 from click.testing import CliRunner
 
-from ipcd.cli import cli
+from ipcd.ctl.cli import cli
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -233,7 +233,7 @@ def ipcctl_argv(*args: str) -> list[str]:
     exe = BIN / "ipcctl"
     if exe.exists():
         return [str(exe), *args]
-    return [sys.executable, "-m", "ipcd.cli", *args]
+    return [sys.executable, "-m", "ipcd.ctl", *args]
 
 
 def ipcctl(

@@ -10,7 +10,7 @@ import sys
 from click.testing import CliRunner, Result
 from conftest import Ipcd, ipcctl_argv, ipcctl_in_process, needs_root, run_as, wait_for
 
-from ipcd.cli import cli
+from ipcd.ctl.cli import cli
 
 
 def run(d: Ipcd, *args: str) -> Result:
@@ -193,6 +193,6 @@ def test_a_subscriber_that_falls_behind_says_so_on_stderr(make_ipcd) -> None:
 
 
 def test_python_m_ipcd_cli_has_the_ipc_commands(ipcd: Ipcd) -> None:
-    res = subprocess.run([sys.executable, "-m", "ipcd.cli", "--socket", ipcd.sock, "kv", "ls"],
+    res = subprocess.run([sys.executable, "-m", "ipcd.ctl", "--socket", ipcd.sock, "kv", "ls"],
                          capture_output=True, text=True, timeout=30)  # fmt: skip
     assert res.returncode == 0, res.stderr

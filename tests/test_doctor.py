@@ -247,16 +247,17 @@ def test_bad_config_is_a_problem(ipcd: Ipcd, tmp_path: Path, unit_dir: Path) -> 
 
 
 def test_python_dash_m_ipcd_cli_has_doctor(ipcd: Ipcd, unit_dir: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "ipcd.cli", "--socket", ipcd.sock, "doctor"], capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "ipcd.ctl", "--socket", ipcd.sock, "doctor"], capture_output=True,
                          text=True, timeout=30, env={**os.environ, "SYSTEMD_UNIT_PATH": str(unit_dir)})  # fmt: skip
     assert res.returncode == 0, res.stderr
 
 
 def test_doctor_imports_nothing_of_the_server_side() -> None:
     code = (
-        "import sys, ipcd.cli; "
+        "import sys, ipcd.ctl.cli; "
         "bad = sorted(m for m in sys.modules if m.startswith('ipcd.') and m not in "
-        "{'ipcd.cli', 'ipcd.client', 'ipcd.config', 'ipcd.errors', 'ipcd.jsonrpc', 'ipcd.doctor', 'ipcd.cli_ipc'}); "
+        "{'ipcd.ctl', 'ipcd.ctl.cli', 'ipcd.client', 'ipcd.config', 'ipcd.errors', 'ipcd.wire', 'ipcd.wire.jsonrpc', "
+        "'ipcd.ctl.doctor', 'ipcd.ctl.ipc'}); "
         "print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True).stdout

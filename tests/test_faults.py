@@ -17,8 +17,8 @@ import pytest
 from conftest import Ipcd, needs_root, wait_for
 
 from ipcd import config
-from ipcd.daemon import Daemon, Paths
-from ipcd.systemd import Notifier
+from ipcd.daemon.daemon import Daemon, Paths
+from ipcd.daemon.systemd import Notifier
 
 
 def send_many(path: str, n: int, tag: bytes = b"load") -> None:

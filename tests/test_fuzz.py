@@ -14,9 +14,9 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ipcd import jsonrpc
 from ipcd.errors import RpcError
-from ipcd.jsonrpc import Invalid, LineFramer, LineTooLong, Request, parse_line
+from ipcd.wire import jsonrpc
+from ipcd.wire.jsonrpc import Invalid, LineFramer, LineTooLong, Request, parse_line
 
 FUZZ = settings(
     max_examples=100_000 if os.environ.get("HYPOTHESIS_PROFILE") == "deep" else 1500,

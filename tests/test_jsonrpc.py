@@ -14,9 +14,9 @@ from typing import Any
 
 import pytest
 
-from ipcd import jsonrpc
 from ipcd.errors import InvalidParams, InvalidRequest, LimitReached, ParseError
-from ipcd.jsonrpc import Invalid, LineFramer, LineTooLong, Request, encode, parse_line
+from ipcd.wire import jsonrpc
+from ipcd.wire.jsonrpc import Invalid, LineFramer, LineTooLong, Request, encode, parse_line
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600

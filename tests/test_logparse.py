@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipcd.logparse import LogEntry, facility, parse_datagram, parse_general, severity
+from ipcd.wire.logparse import LogEntry, facility, parse_datagram, parse_general, severity
 
 DATAGRAMS: list[dict[str, Any]] = runpy.run_path(str(Path(__file__).parent / "data" / "datagrams.py"))["DATAGRAMS"]
 

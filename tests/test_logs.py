@@ -34,7 +34,7 @@ from typing import Any
 import pytest
 from conftest import Conn, Ipcd, ipcctl, ipcctl_argv, ipcctl_in_process, needs_root, run_as, wait_for
 
-from ipcd.recvmmsg import Receiver
+from ipcd.logs.recvmmsg import Receiver
 
 MY_PID = os.getpid()
 MY_COMM = Path(f"/proc/{MY_PID}/comm").read_text().strip()

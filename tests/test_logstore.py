@@ -24,11 +24,11 @@ import pytest
 from conftest import wait_for
 
 from ipcd.config import StoreConfig
-from ipcd.logmethods import Follower
-from ipcd.logparse import LogEntry
-from ipcd.logquery import Filters, FollowHub, Reader, make_filters, parse_time
-from ipcd.logstore import COLUMNS, SCHEMA_VERSION, Writer
-from ipcd.ratelimit import RateLimiter
+from ipcd.logs.methods import Follower
+from ipcd.logs.query import Filters, FollowHub, Reader, make_filters, parse_time
+from ipcd.logs.ratelimit import RateLimiter
+from ipcd.logs.store import COLUMNS, SCHEMA_VERSION, Writer
+from ipcd.wire.logparse import LogEntry
 
 # The schema as ipcd 0.1 shipped it (user_version 1), written out by hand:
 # what a store on disk from before the kv table looks like.

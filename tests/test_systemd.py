@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 
-from ipcd import systemd
-from ipcd.systemd import ActivationError, Notifier, adopt_sockets, socket_path, watchdog_interval_s
+from ipcd.daemon import systemd
+from ipcd.daemon.systemd import ActivationError, Notifier, adopt_sockets, socket_path, watchdog_interval_s
 
 HIGH_FD = 200  # where the child parks descriptors while it fills 3..
 

@@ -22,8 +22,8 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
-from .config import AccessConfig
-from .errors import ConfigError, PermissionDenied
+from ipcd.config import AccessConfig
+from ipcd.errors import ConfigError, PermissionDenied
 
 ROLES = ("read", "write", "admin")
 RANK = {name: n for n, name in enumerate(ROLES)}

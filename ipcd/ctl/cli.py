@@ -19,8 +19,8 @@ from typing import Any
 
 import click
 
-from . import __version__, client
-from .client import AccessDenied, Client, RemoteError, Unreachable
+from ipcd import __version__, client
+from ipcd.client import AccessDenied, Client, RemoteError, Unreachable
 
 EXIT_DAEMON_ERROR = 1
 EXIT_UNREACHABLE = 3
@@ -466,7 +466,8 @@ def main() -> None:
 
 
 # Commands kept in modules of their own register themselves on the group.
-from . import cli_ipc, doctor  # noqa: E402, I001
+from ipcd.ctl import doctor  # noqa: E402, I001
+from ipcd.ctl import ipc as cli_ipc  # noqa: E402, I001
 
 cli_ipc.register(cli)
 doctor.register(cli)

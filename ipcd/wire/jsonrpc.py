@@ -31,7 +31,7 @@ import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import InvalidRequest, LimitReached, ParseError, RpcError
+from ipcd.errors import InvalidRequest, LimitReached, ParseError, RpcError
 
 JSONRPC = "2.0"
 

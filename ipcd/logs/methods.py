@@ -16,10 +16,10 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from .errors import InvalidParams, PermissionDenied
-from .logparse import severity
-from .logquery import MAX_LIMIT, Filters, FollowHub, Reader, compile_grep, make_filters, parse_time
-from .methods import REGISTRY, Call, Param
+from ipcd.control.registry import REGISTRY, Call, Param
+from ipcd.errors import InvalidParams, PermissionDenied
+from ipcd.logs.query import MAX_LIMIT, Filters, FollowHub, Reader, compile_grep, make_filters, parse_time
+from ipcd.wire.logparse import severity
 
 log = logging.getLogger("ipcd")
 

@@ -30,8 +30,8 @@ from typing import Any
 
 import click
 
-from . import client, config
-from .errors import ConfigError
+from ipcd import client, config
+from ipcd.errors import ConfigError
 
 UNITS = ("ipcd.socket", "ipcd-log.socket", "ipcd.service")
 SYSTEM_UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system",

@@ -42,8 +42,9 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, overload
 
-from . import config, jsonrpc
-from .errors import IpcdError
+from ipcd import config
+from ipcd.errors import IpcdError
+from ipcd.wire import jsonrpc
 
 SYSTEM_SOCKET = "/run/ipcd/ipcd.sock"
 START_HINT = "start it with `systemctl start ipcd` (or `systemctl --user start ipcd`), or run `ipcd`"

@@ -12,7 +12,7 @@ import threading
 from collections import deque
 from typing import Any, Protocol
 
-from . import jsonrpc
+from ipcd.wire import jsonrpc
 
 
 class Conn(Protocol):

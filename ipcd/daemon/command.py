@@ -15,11 +15,12 @@ import sys
 
 import click
 
-from . import __version__, config, units
-from .config import Config
-from .daemon import Daemon, Paths, _set_log_level, startup_errno
-from .errors import ConfigError, IpcdError
-from .systemd import Notifier
+from ipcd import __version__, config
+from ipcd.config import Config
+from ipcd.daemon import units
+from ipcd.daemon.daemon import Daemon, Paths, _set_log_level, startup_errno
+from ipcd.daemon.systemd import Notifier
+from ipcd.errors import ConfigError, IpcdError
 
 log = logging.getLogger("ipcd")
 

@@ -20,8 +20,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .config import KvConfig
-from .errors import Conflict, InternalError, InvalidParams, LimitReached, NotFound
+from ipcd.config import KvConfig
+from ipcd.errors import Conflict, InternalError, InvalidParams, LimitReached, NotFound
 
 MAX_KEY_CHARS = 256
 

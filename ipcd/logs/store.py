@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .config import StoreConfig
+from ipcd.config import StoreConfig
 
 log = logging.getLogger("ipcd")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .channels import Channels, Subscription
-from .kv import MAX_KEY_CHARS, KvStore, check_key
-from .methods import REGISTRY, Call, Param
+from ipcd.control.registry import REGISTRY, Call, Param
+from ipcd.state.channels import Channels, Subscription
+from ipcd.state.kv import MAX_KEY_CHARS, KvStore, check_key
 
 
 def _kv(call: Call) -> KvStore:

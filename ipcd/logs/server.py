@@ -25,13 +25,13 @@ import time
 from collections.abc import Hashable
 from typing import Any
 
-from .access import proc_comm
-from .binding import Bound, bind_unix
-from .config import LogConfig
-from .logparse import LogEntry, parse_datagram
-from .logstore import Row, Writer
-from .ratelimit import RateLimiter
-from .recvmmsg import Datagram, Receiver
+from ipcd.config import LogConfig
+from ipcd.control.access import proc_comm
+from ipcd.daemon.binding import Bound, bind_unix
+from ipcd.logs.ratelimit import RateLimiter
+from ipcd.logs.recvmmsg import Datagram, Receiver
+from ipcd.logs.store import Row, Writer
+from ipcd.wire.logparse import LogEntry, parse_datagram
 
 log = logging.getLogger("ipcd")
 

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 if TYPE_CHECKING:
-    from .cli import Opts
+    from ipcd.ctl.cli import Opts
 
 
 def register(cli: click.Group) -> None:
@@ -32,7 +32,7 @@ def register(cli: click.Group) -> None:
 
 
 def _emit_json(value: Any) -> None:
-    from .cli import emit_json
+    from ipcd.ctl.cli import emit_json
 
     emit_json(value)
 
@@ -41,7 +41,7 @@ def _value_arg(text: str, as_json: bool) -> Any:
     """VALUE as typed (a string), or parsed with --json-value (bad JSON: usage, exit 2)."""
     if not as_json:
         return text
-    from .cli import parse_json_arg
+    from ipcd.ctl.cli import parse_json_arg
 
     return parse_json_arg(text, "VALUE")
 
@@ -52,7 +52,7 @@ def show_value(value: Any) -> str:
 
 
 def _in(seconds: float) -> str:
-    from .cli import fmt_duration
+    from ipcd.ctl.cli import fmt_duration
 
     return fmt_duration(max(0.0, seconds))
 

@@ -33,7 +33,7 @@ def command_for(name: str) -> str:
     beside = Path(sys.executable).parent / name
     if beside.is_file() and os.access(beside, os.X_OK):
         return str(beside)
-    module = "ipcd" if name == "ipcd" else "ipcd.cli"
+    module = "ipcd" if name == "ipcd" else "ipcd.ctl"
     return f"{shlex.quote(sys.executable)} -m {module}"
 
 

@@ -28,19 +28,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import __version__, config, kvmethods, logmethods  # noqa: F401  (these register their methods)
-from .access import make_policy
-from .binding import Bound, adopt, check_path_length, probe
-from .channels import Channels
-from .config import Config
-from .errors import ConfigError, RpcError, StartupError
-from .kv import KvStore
-from .logquery import FollowHub, Reader
-from .logserver import Intake, LogServer
-from .logstore import DB_NAME, Writer
-from .methods import App
-from .server import ControlServer
-from .systemd import ActivationError, Notifier, adopt_sockets, socket_path, watchdog_interval_s
+from ipcd import __version__, config
+from ipcd.config import Config
+from ipcd.control.access import make_policy
+from ipcd.control.registry import App
+from ipcd.control.server import ControlServer
+from ipcd.daemon.binding import Bound, adopt, check_path_length, probe
+from ipcd.daemon.systemd import ActivationError, Notifier, adopt_sockets, socket_path, watchdog_interval_s
+from ipcd.errors import ConfigError, RpcError, StartupError
+from ipcd.logs import methods as logmethods  # noqa: F401  (these register their methods)
+from ipcd.logs.query import FollowHub, Reader
+from ipcd.logs.server import Intake, LogServer
+from ipcd.logs.store import DB_NAME, Writer
+from ipcd.state import methods as kvmethods  # noqa: F401  (these register their methods)
+from ipcd.state.channels import Channels
+from ipcd.state.kv import KvStore
 
 log = logging.getLogger("ipcd")
 
@@ -486,7 +488,7 @@ def _read_pid(fd: int) -> int | None:
 
 def _who_answers(path: str) -> str:
     """The pid of the ipcd at `path`, from its `status`, for the error message."""
-    from . import jsonrpc
+    from ipcd.wire import jsonrpc
 
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:

@@ -23,8 +23,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from .logparse import severity
-from .logstore import COLUMNS, connect, row_dict
+from ipcd.logs.store import COLUMNS, connect, row_dict
+from ipcd.wire.logparse import severity
 
 MAX_LIMIT = 10000
 _I = {name: n for n, name in enumerate(COLUMNS)}

@@ -22,12 +22,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from . import jsonrpc
-from .access import Peer, identify
-from .binding import Bound, bind_unix
-from .errors import InternalError, LimitReached, RpcError
-from .methods import REGISTRY, App, Call, check_role
-from .streams import Outbox, Stream
+from ipcd.control.access import Peer, identify
+from ipcd.control.registry import REGISTRY, App, Call, check_role
+from ipcd.control.streams import Outbox, Stream
+from ipcd.daemon.binding import Bound, bind_unix
+from ipcd.errors import InternalError, LimitReached, RpcError
+from ipcd.wire import jsonrpc
 
 log = logging.getLogger("ipcd")
 

@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import __version__
-from .access import ROLES, Peer, Policy, require
-from .config import Config
-from .errors import InternalError, InvalidParams, MethodNotFound
-from .jsonrpc import Request
+from ipcd import __version__
+from ipcd.config import Config
+from ipcd.control.access import ROLES, Peer, Policy, require
+from ipcd.errors import InternalError, InvalidParams, MethodNotFound
+from ipcd.wire.jsonrpc import Request
 
 Handler = Callable[..., Any]
 

@@ -22,7 +22,7 @@ import stat
 import tempfile
 from dataclasses import dataclass
 
-from .errors import StartupError
+from ipcd.errors import StartupError
 
 SUN_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1 for the NUL (unix(7))
 
