@@ -129,9 +129,20 @@ def run_ipcd(n: int, tmp: Path, queries: int) -> tuple[float, dict, list[float]]
     conf.write_text(f"[log]\nrate_limit_burst = 1000000000\n[store]\nmax_entries = {max(n, 1) * 2}\n")
     run, state = tmp / "run", tmp / "state"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "ipcd", "--runtime-dir", str(run), "--state-dir", str(state), "--config", str(conf),
-         "--log-level", "error"],
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "ipcd",
+            "--runtime-dir",
+            str(run),
+            "--state-dir",
+            str(state),
+            "--config",
+            str(conf),
+            "--log-level",
+            "error",
+        ],
+    )
     ctl, logsock = str(run / "ipcd.sock"), str(run / "log.sock")
     try:
         deadline = time.monotonic() + 30
@@ -203,10 +214,14 @@ def report(label: str, r: dict[str, float], runs: int) -> None:
     print(f"  {label}, median of {runs} runs:")
     print(f"    baseline: bare Python recv loop (count only)       {r['recv']:>10,.0f} msg/s")
     print(f"    baseline: bare Python recv + SQLite batch insert   {r['sqlite']:>10,.0f} msg/s")
-    print(f"    ipcd: received, parsed, credentials, stored       {r['ipcd']:>10,.0f} msg/s"
-          f"  (slowest run {r['ipcd_min']:,.0f}; {r['ipcd'] / r['recv']:.0%} of the bare recv loop)")  # fmt: skip
-    print(f"    logs.query newest 100 of {r['entries']:,.0f}: median {r['q_median']:.2f} ms, p95 {r['q_p95']:.2f} ms"
-          " (over the control socket)")  # fmt: skip
+    print(
+        f"    ipcd: received, parsed, credentials, stored       {r['ipcd']:>10,.0f} msg/s"
+        f"  (slowest run {r['ipcd_min']:,.0f}; {r['ipcd'] / r['recv']:.0%} of the bare recv loop)"
+    )
+    print(
+        f"    logs.query newest 100 of {r['entries']:,.0f}: median {r['q_median']:.2f} ms, p95 {r['q_p95']:.2f} ms"
+        " (over the control socket)"
+    )
 
 
 def main() -> None:
@@ -217,21 +232,42 @@ def main() -> None:
     ap.add_argument("--qlen-only", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.qlen_only:  # inside a private network namespace, with systemd's queue length
-        report(f"net.unix.max_dgram_qlen = {qlen()} (systemd's default, in a private network namespace)",
-               one_setting(args.n, args.runs, args.queries), args.runs)  # fmt: skip
+        report(
+            f"net.unix.max_dgram_qlen = {qlen()} (systemd's default, in a private network namespace)",
+            one_setting(args.n, args.runs, args.queries),
+            args.runs,
+        )
         return
-    print(f"ipcd intake benchmark: {args.n:,} datagrams of ~{len(datagram(0, 99999))} bytes per run, "
-          f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}")  # fmt: skip
+    print(
+        f"ipcd intake benchmark: {args.n:,} datagrams of ~{len(datagram(0, 99999))} bytes per run, "
+        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}"
+    )
     # A blocking sender waits whenever the socket's queue holds max_dgram_qlen
     # datagrams: the kernel's default is 10, systemd sets 512 at boot.
-    report(f"net.unix.max_dgram_qlen = {qlen()} (this machine)", one_setting(args.n, args.runs, args.queries), args.runs)
+    report(
+        f"net.unix.max_dgram_qlen = {qlen()} (this machine)", one_setting(args.n, args.runs, args.queries), args.runs
+    )
     if qlen() < 512 and os.geteuid() == 0 and shutil.which("unshare"):
         subprocess.run(
-            ["unshare", "--net", "sh", "-c", 'echo 512 > /proc/sys/net/unix/max_dgram_qlen && exec "$@"', "sh",
-             sys.executable, __file__, "-n", str(args.n), "--runs", str(args.runs), "--queries", str(args.queries),
-             "--qlen-only"],
+            [
+                "unshare",
+                "--net",
+                "sh",
+                "-c",
+                'echo 512 > /proc/sys/net/unix/max_dgram_qlen && exec "$@"',
+                "sh",
+                sys.executable,
+                __file__,
+                "-n",
+                str(args.n),
+                "--runs",
+                str(args.runs),
+                "--queries",
+                str(args.queries),
+                "--qlen-only",
+            ],
             check=True,
-        )  # fmt: skip
+        )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,21 @@ class Daemon:
         self.tmp = tmp
         tmp.mkdir(parents=True)
         (tmp / "c.toml").write_text("[log]\nrate_limit_burst = 0\n[control]\nmax_connections = 1024\n")
-        self.proc = subprocess.Popen([sys.executable, "-m", "ipcd", "--runtime-dir", str(tmp / "r"), "--state-dir",
-                                      str(tmp / "s"), "--config", str(tmp / "c.toml"), "--log-level", "error"])  # fmt: skip
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "ipcd",
+                "--runtime-dir",
+                str(tmp / "r"),
+                "--state-dir",
+                str(tmp / "s"),
+                "--config",
+                str(tmp / "c.toml"),
+                "--log-level",
+                "error",
+            ]
+        )
         self.ctl, self.log = str(tmp / "r" / "ipcd.sock"), str(tmp / "r" / "log.sock")
         deadline = time.monotonic() + 30
         while True:
@@ -146,8 +159,10 @@ def main() -> None:
     print(f"ipcd mixed load: {a.clients} clients x {a.requests} requests, {a.datagrams} datagrams")
     for name, r in rows:
         b, p, af = r["rss_kib"]
-        print(f"  {name:<26} {r['requests/s']:>9,.0f} req/s  {r['datagrams/s']:>9,.0f} dgram/s  "
-              f"errors {r['errors']}  lost {r['lost']}  RSS {b // 1024}/{p // 1024}/{af // 1024} MiB (before/peak/after)")  # fmt: skip
+        print(
+            f"  {name:<26} {r['requests/s']:>9,.0f} req/s  {r['datagrams/s']:>9,.0f} dgram/s  "
+            f"errors {r['errors']}  lost {r['lost']}  RSS {b // 1024}/{p // 1024}/{af // 1024} MiB (before/peak/after)"
+        )
 
 
 if __name__ == "__main__":

@@ -140,12 +140,17 @@ class Ipcd:
 
     def argv(self, *extra: str) -> list[str]:
         return [
-            sys.executable, "-m", "ipcd",
-            "--runtime-dir", str(self.run_dir),
-            "--state-dir", str(self.state_dir),
-            "--config", str(self.config),
+            sys.executable,
+            "-m",
+            "ipcd",
+            "--runtime-dir",
+            str(self.run_dir),
+            "--state-dir",
+            str(self.state_dir),
+            "--config",
+            str(self.config),
             *extra,
-        ]  # fmt: skip
+        ]
 
     def start(self, *extra: str, wait: bool = True) -> Ipcd:
         with open(self.stderr_path, "ab") as err:

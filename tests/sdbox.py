@@ -517,10 +517,21 @@ class SdBox:
         init = self.state / "init.sh"
         init.write_text(_init_script(self.name, self.state, self.binds, uuid.uuid4().hex, self.dbus))
         argv = [
-            _tool("unshare"), "--pid", "--fork", "--kill-child=SIGKILL",
-            "--mount", "--uts", "--ipc", "--net", "--cgroup", "--propagation", "private",
-            "--", _tool("bash"), str(init),
-        ]  # fmt: skip
+            _tool("unshare"),
+            "--pid",
+            "--fork",
+            "--kill-child=SIGKILL",
+            "--mount",
+            "--uts",
+            "--ipc",
+            "--net",
+            "--cgroup",
+            "--propagation",
+            "private",
+            "--",
+            _tool("bash"),
+            str(init),
+        ]
         env = {"PATH": BOX_PATH, "LANG": "C.UTF-8"}
         with open(self.console, "ab", buffering=0) as out:
             self.unshare = subprocess.Popen(
@@ -655,9 +666,25 @@ class SdBox:
         # (no module loading, clock setting, reboot, raw I/O ...), not the caller's full one,
         # and die with nsenter (a `run` timeout kills nsenter, whose child is in the box).
         return [
-            _tool("nsenter"), "-t", str(self.pid), "-m", "-u", "-i", "-n", "-p", "-r", "-w", "--",
-            "setpriv", "--pdeathsig", "KILL", "--bounding-set", _DROPPED_CAPS, "--", *argv,
-        ]  # fmt: skip
+            _tool("nsenter"),
+            "-t",
+            str(self.pid),
+            "-m",
+            "-u",
+            "-i",
+            "-n",
+            "-p",
+            "-r",
+            "-w",
+            "--",
+            "setpriv",
+            "--pdeathsig",
+            "KILL",
+            "--bounding-set",
+            _DROPPED_CAPS,
+            "--",
+            *argv,
+        ]
 
     def run(
         self,

@@ -55,8 +55,13 @@ def bound(path: Path, kind: int) -> socket.socket:
     return s
 
 
-def start_activated(d: Activated, socks: list[socket.socket], names: str | None = None, wait: bool = True,
-                    env: dict[str, str] | None = None) -> Activated:  # fmt: skip
+def start_activated(
+    d: Activated,
+    socks: list[socket.socket],
+    names: str | None = None,
+    wait: bool = True,
+    env: dict[str, str] | None = None,
+) -> Activated:
     """Start `d` with `socks` as its fds 3.. (LISTEN_FDNAMES=`names`), then close our copies."""
     # Out of the way of 3..5 first, so that moving one cannot overwrite another.
     high = [fcntl.fcntl(s.fileno(), fcntl.F_DUPFD_CLOEXEC, 10) for s in socks]
@@ -67,8 +72,12 @@ def start_activated(d: Activated, socks: list[socket.socket], names: str | None 
         with open(d.stderr_path, "ab") as err:
             d.proc = subprocess.Popen(
                 ["bash", "-c", ACTIVATE, "ipcd-activate", *d.argv()],
-                stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=full_env, pass_fds=high,
-            )  # fmt: skip
+                stdin=subprocess.DEVNULL,
+                stdout=err,
+                stderr=err,
+                env=full_env,
+                pass_fds=high,
+            )
     finally:
         for fd in high:
             os.close(fd)
@@ -223,11 +232,19 @@ def test_chained_systemd_socket_activate(make_activated, notes: Notes) -> None:
     cpath, lpath = sd_paths(d)
     d.control_path = str(cpath)
     argv = [
-        "systemd-socket-activate", "-l", str(cpath), "--fdname=control",
-        "systemd-socket-activate", "--datagram", "-l", str(lpath), "--fdname=control:log",
-        "-E", f"NOTIFY_SOCKET={notes.address}",
+        "systemd-socket-activate",
+        "-l",
+        str(cpath),
+        "--fdname=control",
+        "systemd-socket-activate",
+        "--datagram",
+        "-l",
+        str(lpath),
+        "--fdname=control:log",
+        "-E",
+        f"NOTIFY_SOCKET={notes.address}",
         *d.argv(),
-    ]  # fmt: skip
+    ]
     with open(d.stderr_path, "ab") as err:
         d.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=d.env)
     # Only the stream socket exists before the first connection; that connection starts ipcd.
@@ -312,8 +329,9 @@ def path_notes(short_tmp: Path) -> Iterator[Notes]:
         n.close()
 
 
-def notified(make_ipcd: Callable[..., Ipcd], notes: Notes, config: str = "", env: dict[str, str] | None = None,
-             name: str = "d") -> Ipcd:  # fmt: skip
+def notified(
+    make_ipcd: Callable[..., Ipcd], notes: Notes, config: str = "", env: dict[str, str] | None = None, name: str = "d"
+) -> Ipcd:
     d = make_ipcd(config, name)
     d.env.update({"NOTIFY_SOCKET": notes.address, **(env or {})})
     return d
@@ -424,8 +442,12 @@ def test_watchdog_cadence(make_ipcd, path_notes: Notes) -> None:
 
 def test_watchdog_for_another_pid_sends_nothing(make_ipcd, path_notes: Notes) -> None:
     notes = path_notes
-    d = notified(make_ipcd, notes, "[daemon]\nstatus_interval_s = 0.1\n",
-                 env={"WATCHDOG_USEC": "200000", "WATCHDOG_PID": str(os.getpid())}).start()  # fmt: skip
+    d = notified(
+        make_ipcd,
+        notes,
+        "[daemon]\nstatus_interval_s = 0.1\n",
+        env={"WATCHDOG_USEC": "200000", "WATCHDOG_PID": str(os.getpid())},
+    ).start()
     # Ten STATUS= refreshes are a second: ten ping intervals without a ping.
     wait_for(lambda: notes.count("STATUS") >= 10, 10, "ten STATUS= refreshes")
     assert notes.count("WATCHDOG") == 0
@@ -436,8 +458,13 @@ def test_watchdog_pid_set_to_ipcd_pings(make_ipcd, path_notes: Notes) -> None:
     notes = path_notes
     d = notified(make_ipcd, notes, env={"WATCHDOG_USEC": "200000"})
     with open(d.stderr_path, "ab") as err:
-        d.proc = subprocess.Popen(["sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh", *d.argv()],
-                                  stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=d.env)  # fmt: skip
+        d.proc = subprocess.Popen(
+            ["sh", "-c", 'WATCHDOG_PID=$$ exec "$@"', "sh", *d.argv()],
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            env=d.env,
+        )
     d.wait_ready()
     wait_for(lambda: notes.count("WATCHDOG") >= 3, 10, "pings for WATCHDOG_PID = ipcd's pid")
 

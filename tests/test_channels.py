@@ -65,10 +65,16 @@ def test_two_processes_exchange_messages(ipcd: Ipcd) -> None:
         reap(procs)
     got = json.loads(out)
     assert got == [
-        {"reached": 1, "echo": i, "asker_pid": asker.pid, "from_pid": echo.pid, "from_uid": os.getuid(),
-         "channel": "to-asker"}
+        {
+            "reached": 1,
+            "echo": i,
+            "asker_pid": asker.pid,
+            "from_pid": echo.pid,
+            "from_uid": os.getuid(),
+            "channel": "to-asker",
+        }
         for i in range(rounds)
-    ]  # fmt: skip
+    ]
     st = ipcd.call("status")["channels"]
     assert st["published"] == 2 * rounds + 1 and st["subscribers"] == 0
 
@@ -88,8 +94,12 @@ def test_publish_reaches_each_subscriber_with_the_sender(ipcd: Ipcd) -> None:
             assert note["method"] == "message" and "id" not in note
             params = note["params"]
             assert t0 <= params.pop("published_at") <= t1
-            assert params == {"channel": "news", "message": {"headline": "ipcd ships", "tags": ["a"]},
-                              "uid": os.getuid(), "pid": os.getpid()}  # fmt: skip
+            assert params == {
+                "channel": "news",
+                "message": {"headline": "ipcd ships", "tags": ["a"]},
+                "uid": os.getuid(),
+                "pid": os.getpid(),
+            }
         assert publish(p, "sports", 3) == 2
         assert publish(p, "news", "marker") == 2
         assert s1.recv_json()["params"]["message"] == "marker"  # s1 never saw "sports"
@@ -140,8 +150,9 @@ def test_a_closed_connections_subscriptions_vanish_at_once(ipcd: Ipcd) -> None:
         st = p.call("status")["channels"]
         assert st["subscribers"] == 0 and st["channels"] == 0
         # A process killed with SIGKILL: the kernel closes its socket, ipcd drops it.
-        proc = subprocess.Popen([sys.executable, "-c", SUBSCRIBER, ipcd.sock, "x"],
-                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)  # fmt: skip
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SUBSCRIBER, ipcd.sock, "x"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
         try:
             assert proc.stdout is not None and proc.stdout.readline() == "ready\n"
             assert publish(p, "x", 3) == 1

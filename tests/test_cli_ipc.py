@@ -25,8 +25,9 @@ def ok(d: Ipcd, *args: str) -> str:
 
 
 def spawn(d: Ipcd, *args: str) -> subprocess.Popen[str]:
-    return subprocess.Popen(ipcctl_argv("--socket", d.sock, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+    return subprocess.Popen(
+        ipcctl_argv("--socket", d.sock, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def finish(p: subprocess.Popen[str], timeout_s: float = 10) -> tuple[str, str]:
@@ -193,6 +194,10 @@ def test_a_subscriber_that_falls_behind_says_so_on_stderr(make_ipcd) -> None:
 
 
 def test_python_m_ipcd_cli_has_the_ipc_commands(ipcd: Ipcd) -> None:
-    res = subprocess.run([sys.executable, "-m", "ipcd.ctl", "--socket", ipcd.sock, "kv", "ls"],
-                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "ipcd.ctl", "--socket", ipcd.sock, "kv", "ls"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 0, res.stderr

@@ -42,8 +42,22 @@ def test_socat_script(ipcd: Ipcd) -> None:
 @pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
 def test_c_program(ipcd: Ipcd, tmp_path: Path) -> None:
     exe = tmp_path / "ipcd-hello"
-    cc = subprocess.run(["cc", "-std=c99", "-Wall", "-Wextra", "-Werror", "-pedantic", "-o", str(exe),
-                         str(CONTRIB / "c" / "ipcd-hello.c")], capture_output=True, text=True, timeout=60)  # fmt: skip
+    cc = subprocess.run(
+        [
+            "cc",
+            "-std=c99",
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-pedantic",
+            "-o",
+            str(exe),
+            str(CONTRIB / "c" / "ipcd-hello.c"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert cc.returncode == 0, cc.stderr
     pids = []
     for argv, env in (
@@ -66,8 +80,13 @@ def test_c_program(ipcd: Ipcd, tmp_path: Path) -> None:
 
 def test_python_example(ipcd: Ipcd) -> None:
     example = CONTRIB / "python" / "ipcd_example.py"
-    proc = subprocess.Popen([sys.executable, str(example)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=env_without_ipcd(IPCD_SOCKET=ipcd.sock))  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, str(example)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env_without_ipcd(IPCD_SOCKET=ipcd.sock),
+    )
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert err == ""
@@ -97,8 +116,13 @@ def test_python_example_imports_only_the_client() -> None:
 @pytest.mark.parametrize("shell", ["bash", "zsh"])
 def test_completions_are_current(shell: str) -> None:
     """Regenerate with: _IPCCTL_COMPLETE=<shell>_source ipcctl > contrib/completions/ipcctl.<shell>"""
-    res = subprocess.run(ipcctl_argv(), capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "_IPCCTL_COMPLETE": f"{shell}_source"})  # fmt: skip
+    res = subprocess.run(
+        ipcctl_argv(),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "_IPCCTL_COMPLETE": f"{shell}_source"},
+    )
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == (CONTRIB / "completions" / f"ipcctl.{shell}").read_text().strip()
 
@@ -107,10 +131,17 @@ def test_bash_completion_completes_the_ipc_commands() -> None:
     script = CONTRIB / "completions" / "ipcctl.bash"
     words = {"ipcctl kv ": ["del", "get", "ls", "set", "watch"], "ipcctl sub": ["subscribe"], "ipcctl kv set --": None}
     for line, want in words.items():
-        cmd = (f"source {script}; COMP_WORDS=({line}''); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); "
-               'compopt() { :; }; _ipcctl_completion ipcctl; printf "%s\\n" "${COMPREPLY[@]}"')  # fmt: skip
-        res = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=30,
-                             env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"})  # fmt: skip
+        cmd = (
+            f"source {script}; COMP_WORDS=({line}''); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); "
+            'compopt() { :; }; _ipcctl_completion ipcctl; printf "%s\\n" "${COMPREPLY[@]}"'
+        )
+        res = subprocess.run(
+            ["bash", "-c", cmd],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
+        )
         assert res.returncode == 0, res.stderr
         got = res.stdout.split()
         if want is None:

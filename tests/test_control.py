@@ -65,12 +65,14 @@ def test_notification_gets_no_reply(ipcd: Ipcd) -> None:
 
 def test_batch(ipcd: Ipcd) -> None:
     with ipcd.conn() as c:
-        c.send_json([
-            {"jsonrpc": "2.0", "id": 1, "method": "ping"},
-            {"jsonrpc": "2.0", "method": "ping"},
-            {"jsonrpc": "2.0", "id": 2, "method": "nope"},
-            7,
-        ])  # fmt: skip
+        c.send_json(
+            [
+                {"jsonrpc": "2.0", "id": 1, "method": "ping"},
+                {"jsonrpc": "2.0", "method": "ping"},
+                {"jsonrpc": "2.0", "id": 2, "method": "nope"},
+                7,
+            ]
+        )
         replies = c.recv_json()
         assert isinstance(replies, list) and len(replies) == 3
         assert replies[0]["id"] == 1 and replies[0]["result"]["pong"]

@@ -180,8 +180,12 @@ def test_wedged_writer_shows_as_an_unhealthy_watchdog(make_ipcd, unit_dir: Path)
 def _write_units(
     unit_dir: Path, exec_start: str, names: tuple[str, ...] = ("ipcd.socket", "ipcd-log.socket", "ipcd.service")
 ) -> None:
-    res = subprocess.run([str(BIN / "ipcd"), "install-units", "--unit-dir", str(unit_dir), "--sysusers-dir", str(unit_dir)],
-                         capture_output=True, text=True, timeout=30)  # fmt: skip
+    res = subprocess.run(
+        [str(BIN / "ipcd"), "install-units", "--unit-dir", str(unit_dir), "--sysusers-dir", str(unit_dir)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert res.returncode == 0, res.stderr
     svc = unit_dir / "ipcd.service"
     svc.write_text(svc.read_text().replace(f"ExecStart={BIN / 'ipcd'}", f"ExecStart={exec_start}"))
@@ -229,8 +233,13 @@ def test_units_ok_with_an_executable_outside_home(ipcd: Ipcd, unit_dir: Path) ->
 
 def test_user_units(ipcd: Ipcd, tmp_path: Path) -> None:
     cfg = tmp_path / "cfg"
-    res = subprocess.run([str(BIN / "ipcd"), "install-units", "--user"], capture_output=True, text=True, timeout=30,
-                         env={**os.environ, "XDG_CONFIG_HOME": str(cfg)})  # fmt: skip
+    res = subprocess.run(
+        [str(BIN / "ipcd"), "install-units", "--user"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "XDG_CONFIG_HOME": str(cfg)},
+    )
     assert res.returncode == 0, res.stderr
     res = ipcctl("--socket", ipcd.sock, "--user", "doctor", "--json", env={"XDG_CONFIG_HOME": str(cfg)})
     c = by_name(json.loads(res.stdout))["units"]
@@ -247,8 +256,13 @@ def test_bad_config_is_a_problem(ipcd: Ipcd, tmp_path: Path, unit_dir: Path) -> 
 
 
 def test_python_dash_m_ipcd_cli_has_doctor(ipcd: Ipcd, unit_dir: Path) -> None:
-    res = subprocess.run([sys.executable, "-m", "ipcd.ctl", "--socket", ipcd.sock, "doctor"], capture_output=True,
-                         text=True, timeout=30, env={**os.environ, "SYSTEMD_UNIT_PATH": str(unit_dir)})  # fmt: skip
+    res = subprocess.run(
+        [sys.executable, "-m", "ipcd.ctl", "--socket", ipcd.sock, "doctor"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "SYSTEMD_UNIT_PATH": str(unit_dir)},
+    )
     assert res.returncode == 0, res.stderr
 
 

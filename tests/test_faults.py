@@ -44,8 +44,11 @@ def test_kill_9_under_load_then_start_again(make_ipcd) -> None:
     t = threading.Thread(target=load)
     t.start()
     try:
-        stored = wait_for(lambda: d.call("status")["logs"]["stored"] > 20_000 and d.call("status")["logs"]["stored"],
-                          60, "a good part of the load to be stored")  # fmt: skip
+        stored = wait_for(
+            lambda: d.call("status")["logs"]["stored"] > 20_000 and d.call("status")["logs"]["stored"],
+            60,
+            "a good part of the load to be stored",
+        )
         d.kill()  # SIGKILL, in the middle of it
     finally:
         stop.set()
@@ -75,8 +78,11 @@ def start_on_tmpfs(d: Ipcd, size: str) -> None:
     with open(d.stderr_path, "ab") as err:
         d.proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv],
-            stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=d.env,
-        )  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            env=d.env,
+        )
     d.wait_ready()
 
 
@@ -146,13 +152,20 @@ def test_state_dir_turning_read_only(make_ipcd, short_tmp) -> None:
     with open(d.stderr_path, "ab") as err:
         d.proc = subprocess.Popen(
             ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *d.argv()],
-            stdin=subprocess.DEVNULL, stdout=err, stderr=err, env=d.env,
-        )  # fmt: skip
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            env=d.env,
+        )
     d.wait_ready()
     send_many(d.log_sock, 10, b"rw")
     wait_for(lambda: d.call("status")["logs"]["stored"] == 10, 10, "entries while writable")
-    dev = subprocess.run(["nsenter", "-t", str(d.proc.pid), "-m", "--", "findmnt", "-n", "-o", "SOURCE",
-                          str(d.state_dir)], capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    dev = subprocess.run(
+        ["nsenter", "-t", str(d.proc.pid), "-m", "--", "findmnt", "-n", "-o", "SOURCE", str(d.state_dir)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     Path(f"/sys/fs/ext4/{os.path.basename(dev)}/trigger_fs_error").write_text("ipcd test: turning read-only\n")
     send_many(d.log_sock, 10, b"ro")
 

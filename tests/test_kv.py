@@ -118,7 +118,7 @@ def test_compare_and_set_under_contention_loses_no_update(ipcd: Ipcd) -> None:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 text=True,
-            )  # fmt: skip
+            )
             for _ in range(procs_n)
         ]
         try:
@@ -161,8 +161,11 @@ def test_ttl_expiry_readers_watchers_and_store(ipcd: Ipcd) -> None:
         notes = [w.recv_json() for _ in range(4)]
         assert {n["method"] for n in notes} == {"kv.change"}
         assert [(n["params"]["op"], n["params"]["key"], n["params"]["version"]) for n in notes] == [
-            ("set", "tmp/x", 1), ("set", "tmp/keep", 1), ("set", "tmp/keep", 2), ("expire", "tmp/x", 1),
-        ]  # fmt: skip
+            ("set", "tmp/x", 1),
+            ("set", "tmp/keep", 1),
+            ("set", "tmp/keep", 2),
+            ("expire", "tmp/x", 1),
+        ]
         # Purged from the SQLite file too.
         wait_for(lambda: db_keys(ipcd) == ["tmp/keep"], 5, "the expired key to leave the store")
         assert c.call("status")["kv"]["expired"] == 1
@@ -212,8 +215,11 @@ def test_key_edges(ipcd: Ipcd) -> None:
             assert set_(c, key, key)["version"] == 1, key
             assert get(c, key)["value"] == key
         for key in bad:
-            for method, params in (("kv.set", {"key": key, "value": 1}), ("kv.get", {"key": key}),
-                                   ("kv.delete", {"key": key})):  # fmt: skip
+            for method, params in (
+                ("kv.set", {"key": key, "value": 1}),
+                ("kv.get", {"key": key}),
+                ("kv.delete", {"key": key}),
+            ):
                 err = c.call(method, params)
                 assert err["code"] == -32602 and err["data"] == {"param": "key"}, (method, key, err)
         assert c.call("kv.set", {"key": 7, "value": 1})["code"] == -32602
@@ -257,8 +263,11 @@ def test_watch_streams_changes_under_its_prefix(ipcd: Ipcd) -> None:
         c.call("kv.delete", {"key": "app/a"})
         set_(c, "app/b", "end")
         notes = [w.recv_json() for _ in range(4)]
-        assert notes[0] == {"jsonrpc": "2.0", "method": "kv.change",
-                            "params": {"key": "app/a", "op": "set", "value": 1, "version": 1}}  # fmt: skip
+        assert notes[0] == {
+            "jsonrpc": "2.0",
+            "method": "kv.change",
+            "params": {"key": "app/a", "op": "set", "value": 1, "version": 1},
+        }
         assert [n["params"] for n in notes[1:]] == [
             {"key": "app/a", "op": "set", "value": {"two": 2}, "version": 2},
             {"key": "app/a", "op": "delete", "value": None, "version": 2},

@@ -124,9 +124,14 @@ def test_invalid_utf8_is_kept_with_replacement(data: bytes, fmt: str, message: s
 @pytest.mark.parametrize("suffix", [b"\0", b"\n", b"\r\n", b"\r", b"\0\0", b"\n\n", b"\r\n\0"])
 @pytest.mark.parametrize(
     ("data", "message"),
-    [(b"plain text", "plain text"), (b"<13>tag: msg", "msg"), (b"<13>Nov 27 10:00:00 tag[1]: msg", "msg"),
-     (b"<13>1 - - app - - - msg", "msg"), (b'{"message": "msg"}', "msg")],
-)  # fmt: skip
+    [
+        (b"plain text", "plain text"),
+        (b"<13>tag: msg", "msg"),
+        (b"<13>Nov 27 10:00:00 tag[1]: msg", "msg"),
+        (b"<13>1 - - app - - - msg", "msg"),
+        (b'{"message": "msg"}', "msg"),
+    ],
+)
 def test_trailing_nul_newline_crlf_stripped(data: bytes, message: str, suffix: bytes) -> None:
     assert parse_datagram(data + suffix).message == message
 
@@ -196,8 +201,12 @@ def test_rfc3164_non_numeric_pid_kept_in_fields() -> None:
 def test_no_timestamp_tag() -> None:
     entry = parse_datagram(b"<14>myapp[77]: started")
     assert (entry.format, entry.ident, entry.pid, entry.timestamp, entry.message) == (
-        "rfc3164", "myapp", 77, None, "started"
-    )  # fmt: skip
+        "rfc3164",
+        "myapp",
+        77,
+        None,
+        "started",
+    )
 
 
 def test_no_timestamp_no_tag() -> None:
@@ -269,9 +278,14 @@ def test_rfc5424_sd_without_message() -> None:
 def test_rfc5424_nil_values_are_none() -> None:
     entry = parse_datagram(b"<13>1 - - - - - -")
     assert entry_fields(entry, ["ident", "pid", "hostname", "msgid", "timestamp", "structured_data", "fields"]) == {
-        "ident": None, "pid": None, "hostname": None, "msgid": None, "timestamp": None,
-        "structured_data": None, "fields": None,
-    }  # fmt: skip
+        "ident": None,
+        "pid": None,
+        "hostname": None,
+        "msgid": None,
+        "timestamp": None,
+        "structured_data": None,
+        "fields": None,
+    }
     assert (entry.format, entry.message, entry.priority, entry.facility) == ("rfc5424", "", 5, 1)
 
 
@@ -405,12 +419,29 @@ def test_json_non_string_ident_is_none() -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (0, 0), (7, 7), ("0", 0), ("7", 7),
-        ("emerg", 0), ("alert", 1), ("crit", 2), ("err", 3), ("warning", 4), ("notice", 5), ("info", 6), ("debug", 7),
-        ("emergency", 0), ("panic", 0), ("critical", 2), ("error", 3), ("warn", 4), ("informational", 6),
-        ("ERR", 3), (" Warning ", 4), ("Info\n", 6),
+        (0, 0),
+        (7, 7),
+        ("0", 0),
+        ("7", 7),
+        ("emerg", 0),
+        ("alert", 1),
+        ("crit", 2),
+        ("err", 3),
+        ("warning", 4),
+        ("notice", 5),
+        ("info", 6),
+        ("debug", 7),
+        ("emergency", 0),
+        ("panic", 0),
+        ("critical", 2),
+        ("error", 3),
+        ("warn", 4),
+        ("informational", 6),
+        ("ERR", 3),
+        (" Warning ", 4),
+        ("Info\n", 6),
     ],
-)  # fmt: skip
+)
 def test_severity(value: int | str, expected: int) -> None:
     assert severity(value) == expected
 
@@ -424,12 +455,28 @@ def test_severity_errors(value: Any) -> None:
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
-        (0, 0), (1, 1), (23, 23),
-        ("kern", 0), ("user", 1), ("mail", 2), ("daemon", 3), ("auth", 4), ("syslog", 5), ("lpr", 6), ("news", 7),
-        ("uucp", 8), ("cron", 9), ("authpriv", 10), ("ftp", 11),
-        ("local0", 16), ("local3", 19), ("local7", 23), ("LOCAL5", 21), ("Daemon", 3),
+        (0, 0),
+        (1, 1),
+        (23, 23),
+        ("kern", 0),
+        ("user", 1),
+        ("mail", 2),
+        ("daemon", 3),
+        ("auth", 4),
+        ("syslog", 5),
+        ("lpr", 6),
+        ("news", 7),
+        ("uucp", 8),
+        ("cron", 9),
+        ("authpriv", 10),
+        ("ftp", 11),
+        ("local0", 16),
+        ("local3", 19),
+        ("local7", 23),
+        ("LOCAL5", 21),
+        ("Daemon", 3),
     ],
-)  # fmt: skip
+)
 def test_facility(value: int | str, expected: int) -> None:
     assert facility(value) == expected
 

@@ -75,8 +75,12 @@ def wait_stored(d: Ipcd, n: int, timeout_s: float = 10.0) -> dict[str, Any]:
 
 def run(argv: list[str], stdin: bytes | None = None) -> int:
     """Run a client to completion; its pid (the sender pid the kernel reports)."""
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     out, err = proc.communicate(stdin, timeout=30)
     assert proc.returncode == 0, (argv, out, err)
     return proc.pid
@@ -159,7 +163,7 @@ LOGGER_CASES = [
         "plain default",
         {"format": "rfc3164", "ident": "fmtdefault", "pid": None, "hostname": None, "priority": 5, "facility": 1},
         id="default",
-    ),  # fmt: skip
+    ),
     pytest.param(
         ["-i", "-t", "fmtpid"],
         "with its pid",
@@ -183,7 +187,7 @@ LOGGER_CASES = [
         "new style",
         {"format": "rfc5424", "ident": "fmt5424", "msgid": "M42", "hostname": HOSTNAME, "pid": None},
         id="rfc5424",
-    ),  # fmt: skip
+    ),
     pytest.param(
         ["--octet-count", "-t", "fmtoc"], "counted", {"format": "rfc3164", "ident": "fmtoc"}, id="octet-count"
     ),
@@ -263,44 +267,128 @@ def test_python_sysloghandler(shared: Ipcd) -> None:
         logger.removeHandler(bare)
         handler.close()
         bare.close()
-    entries = wait_for(lambda: len(got := query(shared, pid=MY_PID, grep="boom|ünïcode|no formatter")) >= 3 and got,
-                       10, "SysLogHandler's three entries")  # fmt: skip
-    assert [(e["priority"], e["facility"], e["ident"], e["pid"], e["message"], e["format"], e["timestamp"])
-            for e in entries] == [
+    entries = wait_for(
+        lambda: len(got := query(shared, pid=MY_PID, grep="boom|ünïcode|no formatter")) >= 3 and got,
+        10,
+        "SysLogHandler's three entries",
+    )
+    assert [
+        (e["priority"], e["facility"], e["ident"], e["pid"], e["message"], e["format"], e["timestamp"]) for e in entries
+    ] == [
         (3, 16, "pyapp", MY_PID, "boom", "rfc3164", None),
         (7, 16, "pyapp", MY_PID, "details, ünïcode", "rfc3164", None),
         (4, 1, "pyident", None, "no formatter", "rfc3164", None),
-    ]  # fmt: skip
+    ]
     assert {(e["sender_pid"], e["sender_comm"]) for e in entries} == {(MY_PID, MY_COMM)}
 
 
 def test_raw_sendto_and_json(shared: Ipcd) -> None:
-    send(shared,
-         b"<14>rawtag: raw message\n",
-         b"<165>1 2026-11-27T10:00:00.5Z myhost rawapp 77 ID9 [x@1 k=\"v\"] raw five",
-         json.dumps({"message": "json hello", "priority": "err", "ident": "jsonapp", "pid": 99,
-                     "fields": {"user": "bob", "n": 3}, "request": "r1"}).encode(),
-         b'{"message": "json defaults"}',
-         b"just words, no header")  # fmt: skip
-    entries = wait_for(lambda: len(got := query(shared, pid=MY_PID, grep="raw|json|just words")) >= 5 and got,
-                       10, "five entries")  # fmt: skip
-    got = [{k: e[k] for k in ("priority", "facility", "ident", "pid", "hostname", "msgid", "timestamp",
-                                "structured_data", "fields", "message", "format")} for e in entries]  # fmt: skip
+    send(
+        shared,
+        b"<14>rawtag: raw message\n",
+        b'<165>1 2026-11-27T10:00:00.5Z myhost rawapp 77 ID9 [x@1 k="v"] raw five',
+        json.dumps(
+            {
+                "message": "json hello",
+                "priority": "err",
+                "ident": "jsonapp",
+                "pid": 99,
+                "fields": {"user": "bob", "n": 3},
+                "request": "r1",
+            }
+        ).encode(),
+        b'{"message": "json defaults"}',
+        b"just words, no header",
+    )
+    entries = wait_for(
+        lambda: len(got := query(shared, pid=MY_PID, grep="raw|json|just words")) >= 5 and got, 10, "five entries"
+    )
+    got = [
+        {
+            k: e[k]
+            for k in (
+                "priority",
+                "facility",
+                "ident",
+                "pid",
+                "hostname",
+                "msgid",
+                "timestamp",
+                "structured_data",
+                "fields",
+                "message",
+                "format",
+            )
+        }
+        for e in entries
+    ]
     assert got == [
-        {"priority": 6, "facility": 1, "ident": "rawtag", "pid": None, "hostname": None, "msgid": None,
-         "timestamp": None, "structured_data": None, "fields": None, "message": "raw message", "format": "rfc3164"},
-        {"priority": 5, "facility": 20, "ident": "rawapp", "pid": 77, "hostname": "myhost", "msgid": "ID9",
-         "timestamp": "2026-11-27T10:00:00.5Z", "structured_data": {"x@1": {"k": "v"}}, "fields": None,
-         "message": "raw five", "format": "rfc5424"},
-        {"priority": 3, "facility": 1, "ident": "jsonapp", "pid": 99, "hostname": None, "msgid": None,
-         "timestamp": None, "structured_data": None, "fields": {"request": "r1", "user": "bob", "n": 3},
-         "message": "json hello", "format": "json"},
-        {"priority": 6, "facility": 1, "ident": None, "pid": None, "hostname": None, "msgid": None,
-         "timestamp": None, "structured_data": None, "fields": None, "message": "json defaults", "format": "json"},
-        {"priority": 5, "facility": 1, "ident": None, "pid": None, "hostname": None, "msgid": None,
-         "timestamp": None, "structured_data": None, "fields": None, "message": "just words, no header",
-         "format": "plain"},
-    ]  # fmt: skip
+        {
+            "priority": 6,
+            "facility": 1,
+            "ident": "rawtag",
+            "pid": None,
+            "hostname": None,
+            "msgid": None,
+            "timestamp": None,
+            "structured_data": None,
+            "fields": None,
+            "message": "raw message",
+            "format": "rfc3164",
+        },
+        {
+            "priority": 5,
+            "facility": 20,
+            "ident": "rawapp",
+            "pid": 77,
+            "hostname": "myhost",
+            "msgid": "ID9",
+            "timestamp": "2026-11-27T10:00:00.5Z",
+            "structured_data": {"x@1": {"k": "v"}},
+            "fields": None,
+            "message": "raw five",
+            "format": "rfc5424",
+        },
+        {
+            "priority": 3,
+            "facility": 1,
+            "ident": "jsonapp",
+            "pid": 99,
+            "hostname": None,
+            "msgid": None,
+            "timestamp": None,
+            "structured_data": None,
+            "fields": {"request": "r1", "user": "bob", "n": 3},
+            "message": "json hello",
+            "format": "json",
+        },
+        {
+            "priority": 6,
+            "facility": 1,
+            "ident": None,
+            "pid": None,
+            "hostname": None,
+            "msgid": None,
+            "timestamp": None,
+            "structured_data": None,
+            "fields": None,
+            "message": "json defaults",
+            "format": "json",
+        },
+        {
+            "priority": 5,
+            "facility": 1,
+            "ident": None,
+            "pid": None,
+            "hostname": None,
+            "msgid": None,
+            "timestamp": None,
+            "structured_data": None,
+            "fields": None,
+            "message": "just words, no header",
+            "format": "plain",
+        },
+    ]
 
 
 def test_socat_unix_sendto(shared: Ipcd) -> None:
@@ -329,8 +417,10 @@ def test_spoofed_ident_and_pid_stay_apart_from_the_sender(shared: Ipcd) -> None:
 def test_sender_uid_and_gid_come_from_the_kernel(shared: Ipcd) -> None:
     def child() -> tuple[int, str]:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(b"<86>Nov 27 10:00:00 CRON[1]: pam_unix(cron:session): session opened for user root by nobody",
-                     shared.log_sock)  # fmt: skip
+            s.sendto(
+                b"<86>Nov 27 10:00:00 CRON[1]: pam_unix(cron:session): session opened for user root by nobody",
+                shared.log_sock,
+            )
         return 0, str(os.getpid())
 
     code, out = run_as(65534, 65534, child)
@@ -348,14 +438,23 @@ def test_bad_bytes_are_kept_and_counted(make_ipcd: Callable[..., Ipcd]) -> None:
     d = make_ipcd().start()
     send(d, b"")  # counted as received and malformed, never stored
     wait_for(lambda: status(d)["logs"]["received"] == 1, 10, "the empty datagram to be read")
-    send(d,
-         b"<13>badutf: caf\xe9 \xff\xfe end",
-         b"<999>hello with a bad PRI",
-         b"<13>nul: before\x00after\x00",
-         b"\xc3(\xa0\xa1")  # fmt: skip
+    send(
+        d,
+        b"<13>badutf: caf\xe9 \xff\xfe end",
+        b"<999>hello with a bad PRI",
+        b"<13>nul: before\x00after\x00",
+        b"\xc3(\xa0\xa1",
+    )
     st = wait_stored(d, 4)
-    assert st["logs"] == {"received": 5, "stored": 4, "rate_limited": 0, "truncated": 0, "malformed": 2,
-                          "dropped": 0, "pending": 0}  # fmt: skip
+    assert st["logs"] == {
+        "received": 5,
+        "stored": 4,
+        "rate_limited": 0,
+        "truncated": 0,
+        "malformed": 2,
+        "dropped": 0,
+        "pending": 0,
+    }
     got = [(e["ident"], e["message"], e["format"]) for e in query(d)]
     assert got == [
         ("badutf", "caf\ufffd \ufffd\ufffd end", "rfc3164"),
@@ -398,14 +497,28 @@ def test_status_logs_and_store_sections(make_ipcd: Callable[..., Ipcd]) -> None:
     d = make_ipcd(config="[log]\nmax_datagram_bytes = 100\n").start()
     st = status(d)
     db = str(d.state_dir / "ipcd.db")
-    assert st["logs"] == {"received": 0, "stored": 0, "rate_limited": 0, "truncated": 0, "malformed": 0,
-                          "dropped": 0, "pending": 0}  # fmt: skip
+    assert st["logs"] == {
+        "received": 0,
+        "stored": 0,
+        "rate_limited": 0,
+        "truncated": 0,
+        "malformed": 0,
+        "dropped": 0,
+        "pending": 0,
+    }
     store = st["store"]
     assert (store["path"], store["entries"], store["deleted"], store["writer"]) == (db, 0, 0, "ok")
     send(d, b"<13>a: one", b"<13>a: two", b"", b"<300>bad", b"t" * 101)
     st = wait_stored(d, 4)
-    assert st["logs"] == {"received": 5, "stored": 4, "rate_limited": 0, "truncated": 1, "malformed": 2,
-                          "dropped": 0, "pending": 0}  # fmt: skip
+    assert st["logs"] == {
+        "received": 5,
+        "stored": 4,
+        "rate_limited": 0,
+        "truncated": 1,
+        "malformed": 2,
+        "dropped": 0,
+        "pending": 0,
+    }
     assert st["store"]["entries"] == 4
     files = sum(os.stat(db + s).st_size for s in ("", "-wal", "-shm") if os.path.exists(db + s))
     assert st["store"]["bytes"] == files
@@ -427,14 +540,26 @@ def test_rate_limit_at_its_edge(make_ipcd: Callable[..., Ipcd]) -> None:
     run(["logger", "-u", d.log_sock, "-t", "rl", "w1 from logger"])
     wait_stored(d, 1)
     # Window 1: three pass, the fourth and fifth do not; crit and above always pass.
-    send(d, *[b"<13>rl: w1 n%d" % i for i in range(5)], b"<10>rl: w1 crit", b"<9>rl: w1 alert",
-         b"<8>rl: w1 emerg", b"<11>rl: w1 err")  # fmt: skip
+    send(
+        d,
+        *[b"<13>rl: w1 n%d" % i for i in range(5)],
+        b"<10>rl: w1 crit",
+        b"<9>rl: w1 alert",
+        b"<8>rl: w1 emerg",
+        b"<11>rl: w1 err",
+    )
     wait_for(lambda: query(d, ident="ipcd"), 10, "the suppressed report of window 1")
     entries = query(d)
     assert [(e["ident"], e["message"]) for e in entries] == [
-        ("rl", "w1 from logger"), ("rl", "w1 n0"), ("rl", "w1 n1"), ("rl", "w1 n2"), ("rl", "w1 crit"),
-        ("rl", "w1 alert"), ("rl", "w1 emerg"), ("ipcd", f"suppressed 3 messages from {who}"),
-    ]  # fmt: skip
+        ("rl", "w1 from logger"),
+        ("rl", "w1 n0"),
+        ("rl", "w1 n1"),
+        ("rl", "w1 n2"),
+        ("rl", "w1 crit"),
+        ("rl", "w1 alert"),
+        ("rl", "w1 emerg"),
+        ("ipcd", f"suppressed 3 messages from {who}"),
+    ]
     report = entries[-1]
     got = (report["priority"], report["facility"], report["fields"], report["sender_pid"])
     assert got == (4, 5, {"suppressed": 3, "sender": who}, daemon_pid)  # warning, syslog, from ipcd itself
@@ -448,8 +573,13 @@ def test_rate_limit_at_its_edge(make_ipcd: Callable[..., Ipcd]) -> None:
     send(d, b"<13>rl: after w2")
     wait_for(lambda: query(d, grep="after w2"), 10, "the first message of window 3")
     tail = [(e["ident"], e["message"]) for e in query(d, after_id=8)]
-    assert tail == [("rl", "w2 n0"), ("rl", "w2 n1"), ("rl", "w2 n2"),
-                    ("ipcd", f"suppressed 1 messages from {who}"), ("rl", "after w2")]  # fmt: skip
+    assert tail == [
+        ("rl", "w2 n0"),
+        ("rl", "w2 n1"),
+        ("rl", "w2 n2"),
+        ("ipcd", f"suppressed 1 messages from {who}"),
+        ("rl", "after w2"),
+    ]
     logs = status(d)["logs"]
     assert (logs["received"], logs["rate_limited"], logs["stored"]) == (15, 4, 13)
     assert len(query(d, ident="ipcd")) == 2  # one report per window, never twice
@@ -665,8 +795,16 @@ def test_logs_query_pages_forward_in_id_order(make_ipcd: Callable[..., Ipcd]) ->
     assert pages == [list(range(1, 11)), list(range(11, 21)), list(range(21, 26))]
     assert ids(limit=5, after_id=10, ident="odd") == [11, 13, 15, 17, 19]
     assert ids(limit=3, ident="odd") == [21, 23, 25]
-    for bad in ({"limit": 0}, {"limit": 10001}, {"after_id": -1}, {"priority": "loud"}, {"since": "soonish"},
-                {"grep": "(unclosed"}, {"pid": "one"}, {"colour": "red"}):  # fmt: skip
+    for bad in (
+        {"limit": 0},
+        {"limit": 10001},
+        {"after_id": -1},
+        {"priority": "loud"},
+        {"since": "soonish"},
+        {"grep": "(unclosed"},
+        {"pid": "one"},
+        {"colour": "red"},
+    ):
         err = d.call("logs.query", bad)
         assert err["code"] == -32602, (bad, err)
     assert len(query(d, limit=10000)) == 25
@@ -798,11 +936,14 @@ def corpus() -> Iterator[tuple[Ipcd, list[dict[str, Any]], dict[str, int]]]:
     try:
         d.start()
         pids = {}
-        for n, (name, args, line) in enumerate([
-            ("web1", ["-t", "web", "-p", "user.info"], b"GET /index 200\n"),
-            ("web2", ["-t", "web", "-p", "user.err"], b"Disk ERROR on sda\n"),
-            ("db", ["-t", "db", "-i", "-p", "daemon.warning"], b"disk error on sdb\n"),
-        ], 1):  # fmt: skip
+        for n, (name, args, line) in enumerate(
+            [
+                ("web1", ["-t", "web", "-p", "user.info"], b"GET /index 200\n"),
+                ("web2", ["-t", "web", "-p", "user.err"], b"Disk ERROR on sda\n"),
+                ("db", ["-t", "db", "-i", "-p", "daemon.warning"], b"disk error on sdb\n"),
+            ],
+            1,
+        ):
             with alive(["logger", "-u", d.log_sock, *args]) as (proc, write):
                 write(line)
                 wait_stored(d, n)  # while the sender lives, so that its command name is known
@@ -918,11 +1059,19 @@ def test_ipcctl_logs_json_and_verbose(corpus: Any) -> None:
     assert head.endswith(f" [id {e['id']}]")
     assert head.startswith(time.strftime("%a %Y-%m-%d %H:%M:%S", time.localtime(e["time"])))
     assert fields == [
-        "    PRIORITY=4 (warning)", "    FACILITY=3 (daemon)", "    IDENT=db", f"    PID={pids['db']}",
-        f"    TIMESTAMP={e['timestamp']}", "    FORMAT=rfc3164", "    TRUNCATED=False",
-        f"    SENDER_PID={pids['db']}", "    SENDER_UID=0", f"    SENDER_GID={os.getgid()}",
-        "    SENDER_COMM=logger", "    MESSAGE=disk error on sdb",
-    ]  # fmt: skip
+        "    PRIORITY=4 (warning)",
+        "    FACILITY=3 (daemon)",
+        "    IDENT=db",
+        f"    PID={pids['db']}",
+        f"    TIMESTAMP={e['timestamp']}",
+        "    FORMAT=rfc3164",
+        "    TRUNCATED=False",
+        f"    SENDER_PID={pids['db']}",
+        "    SENDER_UID=0",
+        f"    SENDER_GID={os.getgid()}",
+        "    SENDER_COMM=logger",
+        "    MESSAGE=disk error on sdb",
+    ]
 
 
 def test_ipcctl_json_logs_is_one_document(corpus: Any) -> None:
@@ -989,8 +1138,9 @@ class Lines:
 
 @contextlib.contextmanager
 def ipcctl_follow(*args: str) -> Iterator[Lines]:
-    proc = subprocess.Popen(ipcctl_argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE)  # fmt: skip
+    proc = subprocess.Popen(
+        ipcctl_argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     try:
         yield Lines(proc)
         proc.send_signal(signal.SIGINT)
@@ -1008,9 +1158,11 @@ def test_ipcctl_logs_follow(make_ipcd: Callable[..., Ipcd]) -> None:
     d = make_ipcd().start()
     send(d, *[b"<13>f: before %d" % i for i in range(12)], b"<13>g: old g", b"<11>f: old err")
     wait_stored(d, 14)
-    with ipcctl_follow("--socket", d.sock, "logs", "-f") as all_lines, \
-            ipcctl_follow("--socket", d.sock, "logs", "-f", "-n", "1", "-t", "g", "-o", "json") as tagged, \
-            ipcctl_follow("--socket", d.sock, "--json", "logs", "--follow", "-n", "1", "-p", "err") as errors:  # fmt: skip
+    with (
+        ipcctl_follow("--socket", d.sock, "logs", "-f") as all_lines,
+        ipcctl_follow("--socket", d.sock, "logs", "-f", "-n", "1", "-t", "g", "-o", "json") as tagged,
+        ipcctl_follow("--socket", d.sock, "--json", "logs", "--follow", "-n", "1", "-p", "err") as errors,
+    ):
         # As journalctl -f: the last 10 (or -n) first; once they are out, the follower is live.
         assert [all_lines.next().split(": ", 1)[1] for _ in range(10)] == (
             [f"before {i}" for i in range(4, 12)] + ["old g", "old err"]
@@ -1041,9 +1193,13 @@ def test_follower_that_keeps_reading_misses_nothing_in_a_burst(make_ipcd: Callab
 
 def test_ipcctl_send(make_ipcd: Callable[..., Ipcd]) -> None:
     d = make_ipcd().start()
-    for args in (["-p", "local3.err", "-t", "mytag", "hello", "world"], ["-p", "warning", "no tag"],
-                 ["-p", "2", "-t", "num", "by number"], ["--priority", "user.info", "--tag", "long", "opts"],
-                 ["-t", "dflt", "default priority"]):  # fmt: skip
+    for args in (
+        ["-p", "local3.err", "-t", "mytag", "hello", "world"],
+        ["-p", "warning", "no tag"],
+        ["-p", "2", "-t", "num", "by number"],
+        ["--priority", "user.info", "--tag", "long", "opts"],
+        ["-t", "dflt", "default priority"],
+    ):
         res = ipcctl("--socket", d.sock, "send", *args)
         assert (res.returncode, res.stdout, res.stderr) == (0, "", ""), args
     wait_stored(d, 5)
@@ -1067,8 +1223,11 @@ def test_ipcctl_send_reads_stdin_lines(make_ipcd: Callable[..., Ipcd]) -> None:
     assert res.returncode == 0, res.stderr
     wait_stored(d, 3)
     entries = query(d)
-    assert [(e["ident"], e["message"]) for e in entries] == [("lines", "one"), ("lines", "two words"),
-                                                            ("lines", "three")]  # fmt: skip
+    assert [(e["ident"], e["message"]) for e in entries] == [
+        ("lines", "one"),
+        ("lines", "two words"),
+        ("lines", "three"),
+    ]
     assert len({e["sender_pid"] for e in entries}) == 1
 
 
@@ -1131,11 +1290,15 @@ def test_log_socket_gets_the_receive_buffer_asked_for(make_ipcd: Callable[..., I
     d = make_ipcd(config="[log]\nreceive_buffer_bytes = 3145728\n").start()
     assert d.proc is not None
     fd_dir = Path(f"/proc/{d.proc.pid}/fd")
-    inodes = {os.readlink(fd_dir / fd)[8:-1] for fd in os.listdir(fd_dir)
-              if os.readlink(fd_dir / fd).startswith("socket:[")}  # fmt: skip
+    inodes = {
+        os.readlink(fd_dir / fd)[8:-1] for fd in os.listdir(fd_dir) if os.readlink(fd_dir / fd).startswith("socket:[")
+    }
     out = subprocess.run(["ss", "-xam"], capture_output=True, text=True, check=True).stdout
-    sizes = [int(m.group(2)) for m in re.finditer(r"^u_dgr\s.*?\s(\d+)\s+\*\s+0\s+skmem:\(r\d+,rb(\d+)", out, re.M)
-             if m.group(1) in inodes]  # fmt: skip
+    sizes = [
+        int(m.group(2))
+        for m in re.finditer(r"^u_dgr\s.*?\s(\d+)\s+\*\s+0\s+skmem:\(r\d+,rb(\d+)", out, re.M)
+        if m.group(1) in inodes
+    ]
     # The kernel doubles what it is asked for (socket(7), SO_RCVBUF); root may pass rmem_max.
     expected = 2 * 3145728 if os.geteuid() == 0 else None
     assert sizes, out

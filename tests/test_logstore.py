@@ -140,9 +140,11 @@ def test_new_store_is_created_at_the_current_schema(path: Path, open_writer: Any
 def test_store_at_version_1_is_migrated_and_keeps_its_entries(path: Path, open_writer: Any) -> None:
     with db(path) as c:
         c.executescript(SCHEMA_V1)
-        c.execute("INSERT INTO entries (id, time, priority, facility, ident, message, format, truncated) "
-                  "VALUES (1, 10.0, 3, 1, 'old', 'first', 'rfc3164', 0), "
-                  "(7, 11.0, 6, 1, 'old', 'second', 'plain', 1)")  # fmt: skip
+        c.execute(
+            "INSERT INTO entries (id, time, priority, facility, ident, message, format, truncated) "
+            "VALUES (1, 10.0, 3, 1, 'old', 'first', 'rfc3164', 0), "
+            "(7, 11.0, 6, 1, 'old', 'second', 'plain', 1)"
+        )
         c.commit()
     assert user_version(path) == 1
     w = open_writer()
@@ -269,17 +271,44 @@ def test_ids_stay_monotonic_after_retention_emptied_the_store(path: Path) -> Non
 def test_row_round_trip(path: Path, open_writer: Any, reader: Reader) -> None:
     w = open_writer()
     t = 1_790_000_000.25
-    entry = LogEntry(3, 19, "app", 42, "host1", "ID7", "2026-11-27T10:00:00Z",
-                     {"ex@1": {"a": "b"}}, {"k": [1, "two"], "ü": "ß"}, "héllo", "rfc5424", False)  # fmt: skip
+    entry = LogEntry(
+        3,
+        19,
+        "app",
+        42,
+        "host1",
+        "ID7",
+        "2026-11-27T10:00:00Z",
+        {"ex@1": {"a": "b"}},
+        {"k": [1, "two"], "ü": "ß"},
+        "héllo",
+        "rfc5424",
+        False,
+    )
     w.add([(t, entry, True, 4321, 1000, 1001, "myprog")])
     w.commit()
-    assert reader.query(Filters()) == [{
-        "id": 1, "time": t, "timestamp": "2026-11-27T10:00:00Z", "priority": 3, "facility": 19,
-        "ident": "app", "pid": 42, "hostname": "host1", "msgid": "ID7",
-        "structured_data": {"ex@1": {"a": "b"}}, "fields": {"k": [1, "two"], "ü": "ß"},
-        "message": "héllo", "format": "rfc5424", "truncated": True,
-        "sender_pid": 4321, "sender_uid": 1000, "sender_gid": 1001, "sender_comm": "myprog",
-    }]  # fmt: skip
+    assert reader.query(Filters()) == [
+        {
+            "id": 1,
+            "time": t,
+            "timestamp": "2026-11-27T10:00:00Z",
+            "priority": 3,
+            "facility": 19,
+            "ident": "app",
+            "pid": 42,
+            "hostname": "host1",
+            "msgid": "ID7",
+            "structured_data": {"ex@1": {"a": "b"}},
+            "fields": {"k": [1, "two"], "ü": "ß"},
+            "message": "héllo",
+            "format": "rfc5424",
+            "truncated": True,
+            "sender_pid": 4321,
+            "sender_uid": 1000,
+            "sender_gid": 1001,
+            "sender_comm": "myprog",
+        }
+    ]
 
 
 def _put(key: str) -> Any:
@@ -415,8 +444,12 @@ def test_retention_runs_every_retention_interval(path: Path, open_writer: Any) -
 def test_retention_by_age_uses_receive_time(path: Path, open_writer: Any) -> None:
     now = time.time()
     w = open_writer(max_age_s=60.0)
-    w.add([row("old", t=now - 100)] * 3 + [row("older than it looks", t=now - 61)]
-          + [row("young", t=now - 50)] * 2 + [row("new", t=now)])  # fmt: skip
+    w.add(
+        [row("old", t=now - 100)] * 3
+        + [row("older than it looks", t=now - 61)]
+        + [row("young", t=now - 50)] * 2
+        + [row("new", t=now)]
+    )
     w.commit()
     w.service()
     assert ids_on_disk(path) == [5, 6, 7]
@@ -537,9 +570,18 @@ def test_sql_and_live_filters_agree(f: Filters, corpus: list[Any], reader: Reade
 
 @pytest.mark.parametrize(
     ("grep", "ids"),
-    [("disk", [2, 3, 10]), ("DISK", []), ("Disk", [2]), ("error", [2, 3]), ("ERROR", [2]), ("cron", [7, 8]),
-     ("Cron", [8]), (r"\d", []), (r"sd[ab]$", [2, 3])],
-)  # fmt: skip
+    [
+        ("disk", [2, 3, 10]),
+        ("DISK", []),
+        ("Disk", [2]),
+        ("error", [2, 3]),
+        ("ERROR", [2]),
+        ("cron", [7, 8]),
+        ("Cron", [8]),
+        (r"\d", []),
+        (r"sd[ab]$", [2, 3]),
+    ],
+)
 def test_grep_is_smart_case(grep: str, ids: list[int], corpus: list[Any], reader: Reader) -> None:
     # Case-insensitive unless the pattern has a capital letter, as journalctl -g.
     assert [e["id"] for e in reader.query(Filters(grep=grep))] == ids
@@ -547,10 +589,23 @@ def test_grep_is_smart_case(grep: str, ids: list[int], corpus: list[Any], reader
 
 def test_make_filters_from_params() -> None:
     now = 1_790_000_000.0
-    f = make_filters({"since": "-5m", "until": 1_790_000_100, "priority": "warning", "ident": "a", "pid": 9,
-                      "uid": 5, "grep": "x", "limit": 7, "after_id": 3}, now)  # fmt: skip
-    assert f == Filters(since=now - 300, until=1_790_000_100.0, priority=4, ident="a", pid=9, uid=5, grep="x",
-                        limit=7, after_id=3)  # fmt: skip
+    f = make_filters(
+        {
+            "since": "-5m",
+            "until": 1_790_000_100,
+            "priority": "warning",
+            "ident": "a",
+            "pid": 9,
+            "uid": 5,
+            "grep": "x",
+            "limit": 7,
+            "after_id": 3,
+        },
+        now,
+    )
+    assert f == Filters(
+        since=now - 300, until=1_790_000_100.0, priority=4, ident="a", pid=9, uid=5, grep="x", limit=7, after_id=3
+    )
     assert make_filters({"priority": 2}, now).priority == 2
     assert make_filters({}, now) == Filters(limit=100)
     assert make_filters({"uid": 0}, now, forced_uid=1000).uid == 1000  # a non-admin sees its own only
@@ -773,7 +828,13 @@ def test_rate_limit_crit_opening_a_window_takes_no_share_of_the_burst() -> None:
 def test_rate_limit_is_per_key() -> None:
     rl = RateLimiter(burst=1, interval_s=10.0)
     assert [rl.check(k, 5, 0.0) for k in ("a", "b", (0, "x"), (0, "y"), "a", "b")] == [
-        (True, 0), (True, 0), (True, 0), (True, 0), (False, 0), (False, 0)]  # fmt: skip
+        (True, 0),
+        (True, 0),
+        (True, 0),
+        (True, 0),
+        (False, 0),
+        (False, 0),
+    ]
     assert len(rl) == 4
 
 

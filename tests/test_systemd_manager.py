@@ -67,10 +67,21 @@ def wheels() -> Iterator[Path]:
         shutil.copytree(ROOT / "systemd", src / "systemd")
         shutil.copytree(ROOT / "ipcd", src / "ipcd", symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
         res = subprocess.run(
-            [sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--wheel-dir",
-             str(base / "wheels"), str(src)],
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "wheel",
+                "--quiet",
+                "--disable-pip-version-check",
+                "--wheel-dir",
+                str(base / "wheels"),
+                str(src),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert res.returncode == 0, f"pip wheel failed:\n{res.stderr}"
         yield base / "wheels"
     finally:
@@ -84,8 +95,18 @@ def box(wheels: Path) -> Iterator[SdBox]:
     try:
         b.start()
         b.run("/usr/bin/python3", "-m", "venv", VENV, timeout=120)
-        b.run(f"{VENV}/bin/pip", "install", "--quiet", "--no-index", "--find-links", str(wheels),
-              "--root-user-action=ignore", "--disable-pip-version-check", "ipcd", timeout=300)  # fmt: skip
+        b.run(
+            f"{VENV}/bin/pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--find-links",
+            str(wheels),
+            "--root-user-action=ignore",
+            "--disable-pip-version-check",
+            "ipcd",
+            timeout=300,
+        )
         b.install_units = b.run(f"{VENV}/bin/ipcd", "install-units")  # type: ignore[attr-defined]
         b.run("systemd-sysusers")
         b.run("systemctl", "daemon-reload")
@@ -133,8 +154,9 @@ def stored(box: SdBox, text: str) -> list[dict[str, Any]]:
 
 
 def active(box: SdBox, unit: str = "ipcd.service") -> dict[str, str]:
-    return box.wait_unit(unit, lambda s: s["ActiveState"] == "active" and s["SubState"] == "running", 20,
-                         f"{unit} active (running)")  # fmt: skip
+    return box.wait_unit(
+        unit, lambda s: s["ActiveState"] == "active" and s["SubState"] == "running", 20, f"{unit} active (running)"
+    )
 
 
 def ipcd_gid(box: SdBox) -> int:
@@ -252,8 +274,13 @@ def test_failed_start_shows_status_and_errno(sd: SdBox) -> None:
     box.write_file(CONFIG, "[store]\nmax_entries = 0\n")
     res = box.run("systemctl", "start", "ipcd.service", check=False)
     assert res.returncode != 0
-    shown = box.wait_unit("ipcd.service", lambda s: s["ActiveState"] == "failed", 20, "ipcd.service failed",
-                          ["ActiveState", "Result", "ExecMainStatus", "StatusText", "StatusErrno", "NRestarts"])  # fmt: skip
+    shown = box.wait_unit(
+        "ipcd.service",
+        lambda s: s["ActiveState"] == "failed",
+        20,
+        "ipcd.service failed",
+        ["ActiveState", "Result", "ExecMainStatus", "StatusText", "StatusErrno", "NRestarts"],
+    )
     assert shown["Result"] == "exit-code" and shown["ExecMainStatus"] == "78", shown
     assert shown["StatusErrno"] == "22" and shown["StatusText"].startswith("config error:"), shown
     assert f"{CONFIG}:2" in shown["StatusText"] and "store.max_entries" in shown["StatusText"]
@@ -294,13 +321,24 @@ def test_watchdog_restarts_a_wedged_service(sd: SdBox) -> None:
         "c.execute('ROLLBACK')\n"
     )
     env = {"PATH": BOX_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
-    locker = subprocess.Popen(box.nsenter_argv("/usr/bin/python3", "-c", locker_src), stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, text=True)  # fmt: skip
+    locker = subprocess.Popen(
+        box.nsenter_argv("/usr/bin/python3", "-c", locker_src),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        text=True,
+    )
     try:
         assert locker.stdout is not None and locker.stdout.readline().strip() == "locked", locker.stderr
         send_log(box, "this datagram wedges the store writer")
-        box.wait_unit("ipcd.service", lambda s: int(s["NRestarts"]) > before, 30, "a watchdog restart",
-                      ["NRestarts", "ActiveState", "SubState", "Result"])  # fmt: skip
+        box.wait_unit(
+            "ipcd.service",
+            lambda s: int(s["NRestarts"]) > before,
+            30,
+            "a watchdog restart",
+            ["NRestarts", "ActiveState", "SubState", "Result"],
+        )
     finally:
         with contextlib.suppress(BrokenPipeError):
             locker.stdin.close()  # type: ignore[union-attr]
@@ -331,8 +369,15 @@ def test_doctor_inside_the_box(sd: SdBox) -> None:
     assert sysd["status"] == "ok" and "active (running)" in sysd["message"] and "watchdog 30s" in sysd["message"]
     assert checks["units"]["status"] == "ok" and f"ExecStart={VENV}/bin/ipcd" in checks["units"]["message"]
     # A user outside group ipcd is told what to do.
-    res = box.run("setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",
-                  f"{VENV}/bin/ipcctl", "doctor", check=False)  # fmt: skip
+    res = box.run(
+        "setpriv",
+        f"--reuid={OTHER_UID}",
+        f"--regid={OTHER_UID}",
+        "--clear-groups",
+        f"{VENV}/bin/ipcctl",
+        "doctor",
+        check=False,
+    )
     assert res.returncode == 1, res.stdout + res.stderr
     assert re.search(r"^problem +access: .*not in group ipcd", res.stdout, re.M), res.stdout
     assert "usermod -aG ipcd" in res.stdout

@@ -26,8 +26,13 @@ MAX_EXPOSURE = 1.5  # the issue's gate: `systemd-analyze security` exposure of i
 
 
 def install_units(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "ipcd"), "install-units", *args], capture_output=True, text=True, timeout=60,
-                          env={**os.environ, **(env or {})})  # fmt: skip
+    return subprocess.run(
+        [str(BIN / "ipcd"), "install-units", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def analyze(
@@ -191,8 +196,14 @@ def test_user_units_verify_clean(tmp_path: Path) -> None:
     unit_dir = tmp_path / "cfg" / "systemd" / "user"
     runtime = tmp_path / "rt"
     runtime.mkdir(mode=0o700)  # a user manager needs one, even offline
-    res = analyze("verify", "--user", "--man=no", *(str(unit_dir / u) for u in UNITS), unit_path=unit_dir,
-                  env={"XDG_RUNTIME_DIR": str(runtime), "XDG_CONFIG_HOME": str(tmp_path / "cfg")})  # fmt: skip
+    res = analyze(
+        "verify",
+        "--user",
+        "--man=no",
+        *(str(unit_dir / u) for u in UNITS),
+        unit_path=unit_dir,
+        env={"XDG_RUNTIME_DIR": str(runtime), "XDG_CONFIG_HOME": str(tmp_path / "cfg")},
+    )
     assert res.returncode == 0, res.stderr
     assert res.stderr == "", res.stderr
 

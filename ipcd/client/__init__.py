@@ -385,8 +385,9 @@ class Client:
             params["if_version"] = if_version
         return self.call("kv.set", params)  # type: ignore[no-any-return]
 
-    def kv_update(self, key: str, fn: Callable[[Any], Any], default: Any = None, ttl_s: float | None = None,
-                  max_tries: int = 1000) -> dict[str, Any]:  # fmt: skip
+    def kv_update(
+        self, key: str, fn: Callable[[Any], Any], default: Any = None, ttl_s: float | None = None, max_tries: int = 1000
+    ) -> dict[str, Any]:
         """Set `key` to `fn(current value)` (`default` if absent) with no lost update.
 
         Reads, then writes with `if_version`; on a `Conflict` (another writer
@@ -496,8 +497,15 @@ class Stream(Iterator[dict[str, Any]]):
     connection (it stopped), `next()` raises `Unreachable`.
     """
 
-    def __init__(self, client: Client, name: str, method: str, result: Any, timeout_s: float | None,
-                 wants: Callable[[dict[str, Any]], bool] = lambda params: True) -> None:  # fmt: skip
+    def __init__(
+        self,
+        client: Client,
+        name: str,
+        method: str,
+        result: Any,
+        timeout_s: float | None,
+        wants: Callable[[dict[str, Any]], bool] = lambda params: True,
+    ) -> None:
         self.client = client
         self.name = name
         self.method = method

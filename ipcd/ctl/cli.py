@@ -317,9 +317,31 @@ def clients(opts: Opts) -> None:
 
 SEVERITY_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
 FACILITY_NAMES = (
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news", "uucp", "cron", "authpriv", "ftp",
-    "ntp", "audit", "alert", "clock", "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
-)  # fmt: skip
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "audit",
+    "alert",
+    "clock",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
+    "local7",
+)
 
 
 def fmt_short(e: dict[str, Any], hostname: str) -> str:
@@ -339,8 +361,19 @@ def fmt_verbose(e: dict[str, Any]) -> str:
     prio, fac = e["priority"], e["facility"]
     lines.append(f"    PRIORITY={prio} ({SEVERITY_NAMES[prio]})")
     lines.append(f"    FACILITY={fac} ({FACILITY_NAMES[fac] if fac < len(FACILITY_NAMES) else '?'})")
-    for key in ("ident", "pid", "hostname", "msgid", "timestamp", "format", "truncated",
-                "sender_pid", "sender_uid", "sender_gid", "sender_comm"):  # fmt: skip
+    for key in (
+        "ident",
+        "pid",
+        "hostname",
+        "msgid",
+        "timestamp",
+        "format",
+        "truncated",
+        "sender_pid",
+        "sender_uid",
+        "sender_gid",
+        "sender_comm",
+    ):
         if e.get(key) is not None:
             lines.append(f"    {key.upper()}={e[key]}")
     for key in ("structured_data", "fields"):
@@ -379,8 +412,18 @@ def entry_printer(output: str) -> Callable[[dict[str, Any]], None]:
 @click.option("-g", "--grep", metavar="PATTERN", help="Messages matching this regular expression (smart case).")
 @click.option("-o", "--output", type=click.Choice(["short", "json", "verbose"]), default="short", show_default=True)
 @pass_opts
-def logs(opts: Opts, count: int | None, follow: bool, priority: str | None, ident: str | None, pid: int | None,
-         since: str | None, until: str | None, grep: str | None, output: str) -> None:  # fmt: skip
+def logs(
+    opts: Opts,
+    count: int | None,
+    follow: bool,
+    priority: str | None,
+    ident: str | None,
+    pid: int | None,
+    since: str | None,
+    until: str | None,
+    grep: str | None,
+    output: str,
+) -> None:
     """Show the log, newest last, like journalctl."""
     filters: dict[str, Any] = {
         k: v
@@ -391,7 +434,7 @@ def logs(opts: Opts, count: int | None, follow: bool, priority: str | None, iden
             ("since", since),
             ("until", until),
             ("grep", grep),
-        )  # fmt: skip
+        )
         if v is not None
     }
     show = entry_printer("json" if opts.json else output)

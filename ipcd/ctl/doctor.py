@@ -34,8 +34,12 @@ from ipcd import client, config
 from ipcd.errors import ConfigError
 
 UNITS = ("ipcd.socket", "ipcd-log.socket", "ipcd.service")
-SYSTEM_UNIT_DIRS = ("/etc/systemd/system", "/usr/local/lib/systemd/system", "/usr/lib/systemd/system",
-                    "/lib/systemd/system")  # fmt: skip
+SYSTEM_UNIT_DIRS = (
+    "/etc/systemd/system",
+    "/usr/local/lib/systemd/system",
+    "/usr/lib/systemd/system",
+    "/lib/systemd/system",
+)
 HOME_DIRS = ("/home/", "/root/", "/run/user/")  # hidden by ProtectHome=yes (systemd.exec(5))
 START = "start it: `systemctl start ipcd.socket ipcd-log.socket` (user instance: `systemctl --user start ...`), or run `ipcd`"
 EXIT_PROBLEM = 1
@@ -108,20 +112,26 @@ def check_config(d: Doctor) -> None:
     try:
         d.cfg = config.load(path, named)
     except ConfigError as e:
-        d.add("config", "problem", f"the config cannot be used: {e}; ipcd refuses it at start and reload",
-              f"correct it, then `ipcd --check-config --config {path}`")  # fmt: skip
+        d.add(
+            "config",
+            "problem",
+            f"the config cannot be used: {e}; ipcd refuses it at start and reload",
+            f"correct it, then `ipcd --check-config --config {path}`",
+        )
         return
     d.add("config", "ok", f"{path} is valid" if exists else f"no {path}: defaults")
 
 
 _CONNECT_FIXES: dict[int, tuple[str, str]] = {
     errno.ENOENT: ("no socket file: ipcd is not running", START),
-    errno.ECONNREFUSED: ("connection refused: the file is stale, nothing listens on it (ipcd died?)",
-                         "`systemctl restart ipcd.socket ipcd-log.socket`, or remove the file and run `ipcd`"),
+    errno.ECONNREFUSED: (
+        "connection refused: the file is stale, nothing listens on it (ipcd died?)",
+        "`systemctl restart ipcd.socket ipcd-log.socket`, or remove the file and run `ipcd`",
+    ),
     errno.EACCES: ("permission denied by the socket file or its directory", "see the access check below"),
     errno.ENOTSOCK: ("the path is not a socket", "remove it; ipcd or systemd binds a socket there"),
     errno.EPROTOTYPE: ("the socket is not a stream socket", "is --socket pointing at the log socket?"),
-}  # fmt: skip
+}
 
 
 def check_reachable(d: Doctor) -> None:
@@ -132,8 +142,12 @@ def check_reachable(d: Doctor) -> None:
     try:
         s.connect(d.path)
     except TimeoutError:
-        d.add("reachable", "problem", f"{d.path}: the connection was not accepted in {d.timeout_s:g} s (ipcd is stuck "
-              "or overloaded)", "`systemctl status ipcd.service`, `journalctl -u ipcd.service`")  # fmt: skip
+        d.add(
+            "reachable",
+            "problem",
+            f"{d.path}: the connection was not accepted in {d.timeout_s:g} s (ipcd is stuck or overloaded)",
+            "`systemctl status ipcd.service`, `journalctl -u ipcd.service`",
+        )
         return
     except OSError as e:
         what, fix = _CONNECT_FIXES.get(e.errno or 0, (e.strerror or str(e), START))
@@ -149,12 +163,15 @@ def check_reachable(d: Doctor) -> None:
             rtt_ms = (time.perf_counter() - t0) * 1000
             d.st = c.status()
     except client.ClientError as e:
-        d.add("reachable", "problem", f"{d.path} accepts connections but does not answer: {e}",
-              "`journalctl -u ipcd.service`; restart ipcd")  # fmt: skip
+        d.add(
+            "reachable",
+            "problem",
+            f"{d.path} accepts connections but does not answer: {e}",
+            "`journalctl -u ipcd.service`; restart ipcd",
+        )
         return
     d.reachable = True
-    d.add("reachable", "ok", f"ipcd {d.st.get('version')} answers on {d.path} (pid {d.st.get('pid')}, "
-          f"{rtt_ms:.1f} ms)")  # fmt: skip
+    d.add("reachable", "ok", f"ipcd {d.st.get('version')} answers on {d.path} (pid {d.st.get('pid')}, {rtt_ms:.1f} ms)")
 
 
 # -- the socket files ---------------------------------------------------------------
@@ -226,11 +243,19 @@ def check_control_file(d: Doctor) -> None:
         note = "" if _group_exists(want) else f"; no group {want} (`groupadd --system {want}` lets others in)"
         d.add("control-socket", "ok", f"{found}: only {who} may connect{note}")
     elif mode & 0o002:
-        d.add("control-socket", "problem", f"{found}: any local user may connect (expected 0660, group {want})",
-              f"`chmod 0660 {d.path}`; set SocketMode=0660 in ipcd.socket or [control] socket_mode")  # fmt: skip
+        d.add(
+            "control-socket",
+            "problem",
+            f"{found}: any local user may connect (expected 0660, group {want})",
+            f"`chmod 0660 {d.path}`; set SocketMode=0660 in ipcd.socket or [control] socket_mode",
+        )
     else:
-        d.add("control-socket", "warning", f"{found}: expected 0660 (group {want}) or 0600",
-              "set SocketMode= in ipcd.socket, or [control] socket_mode")  # fmt: skip
+        d.add(
+            "control-socket",
+            "warning",
+            f"{found}: expected 0660 (group {want}) or 0600",
+            "set SocketMode= in ipcd.socket, or [control] socket_mode",
+        )
 
 
 def _group_exists(name: str) -> bool:
@@ -254,9 +279,13 @@ def check_access(d: Doctor) -> None:
         return
     group = _group_name(st.st_gid)
     later = " (you are listed as a member: log in again to get the group)" if name in _members(st.st_gid) else ""
-    d.add("access", "problem", f"you ({name}) may not connect to {d.path} ({stat.S_IMODE(st.st_mode):04o} "
-          f"{_owner(st)}): not in group {group}{later}",
-          f"`sudo usermod -aG {group} {name}`, then log in again; or use sudo")  # fmt: skip
+    d.add(
+        "access",
+        "problem",
+        f"you ({name}) may not connect to {d.path} ({stat.S_IMODE(st.st_mode):04o} "
+        f"{_owner(st)}): not in group {group}{later}",
+        f"`sudo usermod -aG {group} {name}`, then log in again; or use sudo",
+    )
 
 
 def _members(gid: int) -> list[str]:
@@ -277,15 +306,23 @@ def check_log_socket(d: Doctor) -> None:
     found = f"{path} is {mode:04o} {_owner(st)}"
     uid, gids, name = _caller()
     if not may_write(st, uid, gids):
-        d.add("log-socket", "problem", f"{found}: you ({name}) cannot send logs",
-              f"`chmod 0666 {path}`; SocketMode=0666 in ipcd-log.socket or [log] socket_mode")  # fmt: skip
+        d.add(
+            "log-socket",
+            "problem",
+            f"{found}: you ({name}) cannot send logs",
+            f"`chmod 0666 {path}`; SocketMode=0666 in ipcd-log.socket or [log] socket_mode",
+        )
     elif mode == 0o666:
         d.add("log-socket", "ok", f"{found}: anyone may log")
     elif st.st_uid != 0 and mode == 0o600:
         d.add("log-socket", "ok", f"{found}: a user instance, only its owner logs")
     else:
-        d.add("log-socket", "warning", f"{found}: other users cannot log (expected 0666)",
-              "SocketMode=0666 in ipcd-log.socket, or [log] socket_mode")  # fmt: skip
+        d.add(
+            "log-socket",
+            "warning",
+            f"{found}: other users cannot log (expected 0666)",
+            "SocketMode=0666 in ipcd-log.socket, or [log] socket_mode",
+        )
 
 
 # -- what the daemon says about itself -------------------------------------------------
@@ -298,8 +335,12 @@ def check_activation(d: Doctor) -> None:
     if how == "systemd":
         d.add("activation", "ok", "the sockets were passed by systemd (socket activation)")
     elif how == "self" and _systemd_running() and _find_unit("ipcd.socket", d.user):
-        d.add("activation", "warning", "ipcd bound its own sockets although ipcd.socket is installed",
-              "stop this ipcd and `systemctl start ipcd.socket ipcd-log.socket`")  # fmt: skip
+        d.add(
+            "activation",
+            "warning",
+            "ipcd bound its own sockets although ipcd.socket is installed",
+            "stop this ipcd and `systemctl start ipcd.socket ipcd-log.socket`",
+        )
     else:
         d.add("activation", "ok", f"ipcd bound its own sockets (activation: {how})")
 
@@ -312,13 +353,21 @@ def check_watchdog(d: Doctor) -> None:
         d.add("watchdog", "warning", "this ipcd does not report its watchdog")
     elif not wd.get("enabled"):
         status = "warning" if d.st.get("activation") == "systemd" else "ok"
-        d.add("watchdog", status, "off (no WATCHDOG_USEC for ipcd)",
-              "WatchdogSec= in ipcd.service" if status == "warning" else None)  # fmt: skip
+        d.add(
+            "watchdog",
+            status,
+            "off (no WATCHDOG_USEC for ipcd)",
+            "WatchdogSec= in ipcd.service" if status == "warning" else None,
+        )
     elif wd.get("healthy"):
         d.add("watchdog", "ok", f"pinging systemd every {wd.get('interval_s'):g} s, healthy ({wd.get('pings')} pings)")
     else:
-        d.add("watchdog", "problem", f"unhealthy, pings withheld: {wd.get('problem')}; systemd will restart ipcd",
-              "`journalctl -u ipcd.service`; if it repeats, report it with that log")  # fmt: skip
+        d.add(
+            "watchdog",
+            "problem",
+            f"unhealthy, pings withheld: {wd.get('problem')}; systemd will restart ipcd",
+            "`journalctl -u ipcd.service`; if it repeats, report it with that log",
+        )
 
 
 def check_store(d: Doctor) -> None:
@@ -334,11 +383,19 @@ def check_store(d: Doctor) -> None:
         d.add("store", "ok", where)
     elif writer == "failing":
         folder = os.path.dirname(str(store.get("path")))
-        d.add("store", "problem", f"{where}: writes fail ({store.get('error')}); entries wait in memory",
-              f"free space or fix permissions in {folder} (`df -h {folder}`, `ls -l {folder}`)")  # fmt: skip
+        d.add(
+            "store",
+            "problem",
+            f"{where}: writes fail ({store.get('error')}); entries wait in memory",
+            f"free space or fix permissions in {folder} (`df -h {folder}`, `ls -l {folder}`)",
+        )
     else:
-        d.add("store", "problem", f"{where}: the writer is {writer} ({store.get('error')})",
-              "restart ipcd: `systemctl restart ipcd.service`")  # fmt: skip
+        d.add(
+            "store",
+            "problem",
+            f"{where}: the writer is {writer} ({store.get('error')})",
+            "restart ipcd: `systemctl restart ipcd.service`",
+        )
 
 
 # -- systemd ------------------------------------------------------------------------------
@@ -352,8 +409,14 @@ def check_systemd(d: Doctor) -> None:
     if not _systemd_running():
         d.add("systemd", "ok", "not checked: systemd is not the init system here (no /run/systemd/system)")
         return
-    argv = ["systemctl", *(["--user"] if d.user else []), "show", "ipcd.service",
-            "-p", "LoadState,ActiveState,SubState,StatusText,NRestarts,WatchdogUSec"]  # fmt: skip
+    argv = [
+        "systemctl",
+        *(["--user"] if d.user else []),
+        "show",
+        "ipcd.service",
+        "-p",
+        "LoadState,ActiveState,SubState,StatusText,NRestarts,WatchdogUSec",
+    ]
     try:
         out = subprocess.run(argv, capture_output=True, text=True, timeout=max(d.timeout_s, 5.0))
     except (OSError, subprocess.TimeoutExpired) as e:
@@ -367,15 +430,26 @@ def check_systemd(d: Doctor) -> None:
         d.add("systemd", "ok", "systemd does not know ipcd.service (see the units check)")
         return
     state = f"{props.get('ActiveState')} ({props.get('SubState')})"
-    text = f"ipcd.service {state}, status {props.get('StatusText') or '-'!r}, " \
-           f"{props.get('NRestarts', '0')} restarts, watchdog {props.get('WatchdogUSec')}"  # fmt: skip
+    text = (
+        f"ipcd.service {state}, status {props.get('StatusText') or '-'!r}, "
+        f"{props.get('NRestarts', '0')} restarts, watchdog {props.get('WatchdogUSec')}"
+    )
     ctl = "systemctl --user" if d.user else "systemctl"
     if props.get("ActiveState") == "failed":
-        d.add("systemd", "problem", text, f"`journalctl -u ipcd.service`, then `{ctl} reset-failed ipcd.service` "
-              f"and `{ctl} start ipcd.socket ipcd-log.socket`")  # fmt: skip
+        d.add(
+            "systemd",
+            "problem",
+            text,
+            f"`journalctl -u ipcd.service`, then `{ctl} reset-failed ipcd.service` "
+            f"and `{ctl} start ipcd.socket ipcd-log.socket`",
+        )
     elif props.get("ActiveState") == "active" and not props.get("StatusText"):
-        d.add("systemd", "warning", f"{text}: ipcd's STATUS= does not reach systemd",
-              "Type=notify and NotifyAccess=main in ipcd.service")  # fmt: skip
+        d.add(
+            "systemd",
+            "warning",
+            f"{text}: ipcd's STATUS= does not reach systemd",
+            "Type=notify and NotifyAccess=main in ipcd.service",
+        )
     elif props.get("NRestarts", "0") not in ("", "0"):
         d.add("systemd", "warning", f"{text}: ipcd was restarted (crash or watchdog)", "`journalctl -u ipcd.service`")
     else:
@@ -440,12 +514,20 @@ def check_units(d: Doctor) -> None:
     if len(missing) == len(UNITS):
         other = "system" if d.user else "user"
         hint = f" (the {other} instance has them)" if any(_find_unit(n, not d.user) for n in UNITS) else ""
-        d.add("units", "warning", f"no ipcd units installed for the {scope} instance{hint}",
-              f"{install}, then the systemctl commands it prints")  # fmt: skip
+        d.add(
+            "units",
+            "warning",
+            f"no ipcd units installed for the {scope} instance{hint}",
+            f"{install}, then the systemctl commands it prints",
+        )
         return
     if missing:
-        d.add("units", "problem", f"{', '.join(missing)} missing beside {found[next(n for n in UNITS if found[n])]}",
-              f"{install} writes all three")  # fmt: skip
+        d.add(
+            "units",
+            "problem",
+            f"{', '.join(missing)} missing beside {found[next(n for n in UNITS if found[n])]}",
+            f"{install} writes all three",
+        )
         return
     service = found["ipcd.service"]
     assert service is not None
@@ -456,24 +538,41 @@ def check_units(d: Doctor) -> None:
         return
     exe = _exec_path(text, "ExecStart")
     if exe is None or not (os.path.isfile(exe) and os.access(exe, os.X_OK)):
-        d.add("units", "problem", f"{service}: ExecStart={exe} is not an executable file",
-              f"{install} writes the path of this installation")  # fmt: skip
+        d.add(
+            "units",
+            "problem",
+            f"{service}: ExecStart={exe} is not an executable file",
+            f"{install} writes the path of this installation",
+        )
         return
     interp = _interpreter(exe)
     real = os.path.realpath(interp) if interp else None
     protected = not d.user and any(line.strip() == "ProtectHome=yes" for line in text.splitlines())
     if protected and real and (real.startswith(HOME_DIRS) or exe.startswith(HOME_DIRS)):
-        d.add("units", "problem", f"{service}: ExecStart={exe} runs on {real or exe}, which ProtectHome=yes hides",
-              "install ipcd in a venv outside /home and /root, made from /usr/bin/python3; or a drop-in with "
-              "ProtectHome=read-only")  # fmt: skip
+        d.add(
+            "units",
+            "problem",
+            f"{service}: ExecStart={exe} runs on {real or exe}, which ProtectHome=yes hides",
+            "install ipcd in a venv outside /home and /root, made from /usr/bin/python3; or a drop-in with "
+            "ProtectHome=read-only",
+        )
         return
     d.add("units", "ok", f"{', '.join(str(p) for p in found.values())}; ExecStart={exe}")
 
 
 STEPS: list[Callable[[Doctor], None]] = [
-    check_socket, check_config, check_reachable, check_control_file, check_access, check_log_socket,
-    check_activation, check_watchdog, check_systemd, check_store, check_units,
-]  # fmt: skip
+    check_socket,
+    check_config,
+    check_reachable,
+    check_control_file,
+    check_access,
+    check_log_socket,
+    check_activation,
+    check_watchdog,
+    check_systemd,
+    check_store,
+    check_units,
+]
 
 
 def register(cli: click.Group) -> None:

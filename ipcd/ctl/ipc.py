@@ -97,8 +97,12 @@ def kv_get(opts: Opts, key: str, verbose: bool) -> None:
 @click.argument("value")
 @json_value_opt
 @click.option("--ttl", "ttl_s", type=click.FloatRange(min=0.001), metavar="S", help="Expire after S seconds.")
-@click.option("--if-version", type=click.IntRange(min=0), metavar="N",
-              help="Only if KEY is at version N now (0: only if absent); exit 1 if not.")  # fmt: skip
+@click.option(
+    "--if-version",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Only if KEY is at version N now (0: only if absent); exit 1 if not.",
+)
 @click.pass_obj
 def kv_set(opts: Opts, key: str, value: str, json_value: bool, ttl_s: float | None, if_version: int | None) -> None:
     """Set KEY to VALUE (a string; any JSON with --json-value)."""

@@ -88,8 +88,14 @@ def run(runtime: str | None, state: str | None, config_file: str | None, log_lev
 @click.option("--log-level", type=click.Choice(config.LOG_LEVELS), help="Overrides daemon.log_level.")
 @click.option("--check-config", is_flag=True, help="Load the config, print the effective settings, exit.")
 @click.pass_context
-def cli(ctx: click.Context, runtime_dir: str | None, state_dir: str | None, config_file: str | None,
-        log_level: str | None, check_config: bool) -> None:  # fmt: skip
+def cli(
+    ctx: click.Context,
+    runtime_dir: str | None,
+    state_dir: str | None,
+    config_file: str | None,
+    log_level: str | None,
+    check_config: bool,
+) -> None:
     """ipcd: a local IPC daemon (control and log sockets), in the foreground."""
     if ctx.invoked_subcommand is not None:
         return

@@ -64,8 +64,7 @@ class Paths:
     config_named: bool
 
     @classmethod
-    def resolve(cls, runtime: str | None, state: str | None, config_file: str | None,
-                env: Any, uid: int) -> Paths:  # fmt: skip
+    def resolve(cls, runtime: str | None, state: str | None, config_file: str | None, env: Any, uid: int) -> Paths:
         cfg_path, named = config.config_path(config_file, env, uid)
         return cls(config.runtime_dir(runtime, env, uid), config.state_dir(state, env, uid), cfg_path, named)
 
@@ -128,9 +127,13 @@ class Daemon:
         self._start_control()
         log.info(
             "ipcd %s ready: control %s, log %s, store %s, activation %s (pid %d)",
-            __version__, self.app.sockets.get("control"), self.app.sockets.get("log"), self.paths.db,
-            self.app.activation, os.getpid(),
-        )  # fmt: skip
+            __version__,
+            self.app.sockets.get("control"),
+            self.app.sockets.get("log"),
+            self.paths.db,
+            self.app.activation,
+            os.getpid(),
+        )
         self.notifier.ready(status=self.summary())
 
     def _prepare_runtime_dir(self) -> None:
@@ -194,8 +197,7 @@ class Daemon:
         writer.on_commit = hub.publish
         self.writer, self.reader = writer, Reader(self.paths.db)
         self.kv = KvStore(writer, self.reader, self.cfg.kv)
-        self.app.services.update(writer=writer, reader=self.reader, follow_hub=hub, kv=self.kv,
-                                 channels=self.channels)  # fmt: skip
+        self.app.services.update(writer=writer, reader=self.reader, follow_hub=hub, kv=self.kv, channels=self.channels)
         self.app.sections["store"] = self._store_status
         self.app.sections["kv"] = self.kv.status
         self.app.sections["channels"] = self.channels.status
@@ -250,8 +252,10 @@ class Daemon:
         log.warning(
             "group %r does not exist, so the control socket is 0600 (only uid %d and root can use it); "
             "create the group (groupadd --system %s) and restart, or set control.socket_mode",
-            c.socket_group, self.uid, c.socket_group,
-        )  # fmt: skip
+            c.socket_group,
+            self.uid,
+            c.socket_group,
+        )
         return 0o600, -1
 
     def _start_control(self) -> None:
@@ -364,8 +368,13 @@ class Daemon:
         if not self.watchdog_s:
             return {"enabled": False}
         problem = self.health()
-        return {"enabled": True, "interval_s": self.watchdog_s, "healthy": problem is None, "problem": problem,
-                "pings": max(self.watchdog_pings, 0)}  # fmt: skip
+        return {
+            "enabled": True,
+            "interval_s": self.watchdog_s,
+            "healthy": problem is None,
+            "problem": problem,
+            "pings": max(self.watchdog_pings, 0),
+        }
 
     def reload(self) -> dict[str, Any]:
         """Re-read the config; on any error keep the old one and say why."""
@@ -383,8 +392,7 @@ class Daemon:
             self.app.policy = policy
             log.info("reloaded config from %s", src if src and src.exists() else "defaults")
             self.notifier.ready(status=self.summary())
-            return {"reloaded": True, "config": str(src) if src else None,
-                    "config_exists": bool(src and src.exists())}  # fmt: skip
+            return {"reloaded": True, "config": str(src) if src else None, "config_exists": bool(src and src.exists())}
 
     def _apply(self, new: Config) -> None:
         self.cfg = new

@@ -170,8 +170,9 @@ class _Notify(sdnotify.SystemdNotifier):  # type: ignore[misc]
 class Notifier:
     """sd_notify(3) for ipcd; a no-op when NOTIFY_SOCKET is not set."""
 
-    def __init__(self, environ: MutableMapping[str, str] | None = None,
-                 on_error: Callable[[str], None] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self, environ: MutableMapping[str, str] | None = None, on_error: Callable[[str], None] | None = None
+    ) -> None:
         env = os.environ if environ is None else environ
         self.address = env.get("NOTIFY_SOCKET") or ""
         self.on_error = on_error or (lambda msg: log.warning("%s", msg))

@@ -69,8 +69,11 @@ def plan(user: bool, unit_dir: Path | None = None, sysusers_dir: Path | None = N
                 "outside /home and /root (for example a venv in /opt/ipcd made from /usr/bin/python3), or add "
                 "a drop-in with ProtectHome=read-only"
             )
-    steps += [f"{ctl} daemon-reload", f"{ctl} enable --now ipcd.socket ipcd-log.socket",
-              f"ipcctl{' --user' if user else ''} status"]  # fmt: skip
+    steps += [
+        f"{ctl} daemon-reload",
+        f"{ctl} enable --now ipcd.socket ipcd-log.socket",
+        f"ipcctl{' --user' if user else ''} status",
+    ]
     return Plan(files, steps, warnings)
 
 

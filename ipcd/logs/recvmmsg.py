@@ -71,8 +71,9 @@ class Receiver:
         for i in range(n):
             struct.pack_into("PN", self._iov, i * 16, data + i * cap, cap)
             # msg_name, msg_namelen, msg_iov, msg_iovlen, msg_control, msg_controllen, msg_flags
-            struct.pack_into("PI4xPNPNi4x", self._vec, i * _MMSG, 0, 0, iov + i * 16, 1,
-                             ctrl + i * _CMSG_SPACE, _CMSG_SPACE, 0)  # fmt: skip
+            struct.pack_into(
+                "PI4xPNPNi4x", self._vec, i * _MMSG, 0, 0, iov + i * 16, 1, ctrl + i * _CMSG_SPACE, _CMSG_SPACE, 0
+            )
         self._template = self._vec.raw  # the kernel rewrites msg_controllen and msg_flags
         self._dview = memoryview(self._data).cast("B")
         self._vview = memoryview(self._vec).cast("B")

@@ -114,9 +114,20 @@ class Intake:
     def _suppressed_row(self, key: Hashable, n: int, now: float) -> Row:
         who = self._display.pop(key, str(key))
         self.suppressed_entries += 1
-        entry = LogEntry(4, 5, "ipcd", self._me[0], None, None, None, None,
-                         {"suppressed": n, "sender": who}, f"suppressed {n} messages from {who}", "plain",
-                         False)  # fmt: skip
+        entry = LogEntry(
+            4,
+            5,
+            "ipcd",
+            self._me[0],
+            None,
+            None,
+            None,
+            None,
+            {"suppressed": n, "sender": who},
+            f"suppressed {n} messages from {who}",
+            "plain",
+            False,
+        )
         return (now, entry, False, *self._me)
 
     def sweep(self, final: bool = False) -> None:

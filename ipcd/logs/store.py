@@ -39,10 +39,25 @@ log = logging.getLogger("ipcd")
 DB_NAME = "ipcd.db"
 
 COLUMNS = (
-    "id", "time", "timestamp", "priority", "facility", "ident", "pid", "hostname", "msgid",
-    "structured_data", "fields", "message", "format", "truncated",
-    "sender_pid", "sender_uid", "sender_gid", "sender_comm",
-)  # fmt: skip
+    "id",
+    "time",
+    "timestamp",
+    "priority",
+    "facility",
+    "ident",
+    "pid",
+    "hostname",
+    "msgid",
+    "structured_data",
+    "fields",
+    "message",
+    "format",
+    "truncated",
+    "sender_pid",
+    "sender_uid",
+    "sender_gid",
+    "sender_comm",
+)
 
 # Each migration takes the store from version N to N+1 (PRAGMA user_version).
 MIGRATIONS: list[str] = [
@@ -179,12 +194,28 @@ def _flatten(first_id: int, rows: list[Row]) -> list[Any]:
     dumps = json.dumps
     for entry_id, (t, e, truncated, spid, suid, sgid, scomm) in enumerate(rows, first_id):
         sd, fields = e[7], e[8]
-        extend((
-            entry_id, t, e[6], e[0], e[1], e[2], e[3], e[4], e[5],
-            dumps(sd) if sd else None,
-            dumps(fields, ensure_ascii=False, default=str) if fields else None,
-            e[9], e[10], truncated, spid, suid, sgid, scomm,
-        ))  # fmt: skip
+        extend(
+            (
+                entry_id,
+                t,
+                e[6],
+                e[0],
+                e[1],
+                e[2],
+                e[3],
+                e[4],
+                e[5],
+                dumps(sd) if sd else None,
+                dumps(fields, ensure_ascii=False, default=str) if fields else None,
+                e[9],
+                e[10],
+                truncated,
+                spid,
+                suid,
+                sgid,
+                scomm,
+            )
+        )
     return flat
 
 

@@ -72,5 +72,10 @@ class Channels:
         with self._lock:
             subscribers = len({s for members in self._subs.values() for s in members})
             channels = len(self._subs)
-        return {"channels": channels, "subscribers": subscribers, "published": self.published,
-                "delivered": self.delivered, "lagged": self.lagged}  # fmt: skip
+        return {
+            "channels": channels,
+            "subscribers": subscribers,
+            "published": self.published,
+            "delivered": self.delivered,
+            "lagged": self.lagged,
+        }

@@ -105,15 +105,17 @@ class KvStore:
 
     # -- writing ---------------------------------------------------------------
 
-    def set(self, key: str, value: Any, ttl_s: float | None, if_version: int | None,
-            uid: int, pid: int, comm: str | None) -> Item:  # fmt: skip
+    def set(
+        self, key: str, value: Any, ttl_s: float | None, if_version: int | None, uid: int, pid: int, comm: str | None
+    ) -> Item:
         encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
         size = len(encoded.encode("utf-8", "surrogatepass"))
         if size > self.cfg.max_value_bytes:
             raise LimitReached(
                 f"value is {size} bytes; kv.max_value_bytes = {self.cfg.max_value_bytes}",
-                "max_value_bytes", self.cfg.max_value_bytes,
-            )  # fmt: skip
+                "max_value_bytes",
+                self.cfg.max_value_bytes,
+            )
         now = time.time()
         with self._lock:
             old = self._items.get(key)
@@ -124,17 +126,21 @@ class KvStore:
                     {"key": key, "version": current, "if_version": if_version},
                 )
             if current == 0 and len(self._items) >= self.cfg.max_keys and key not in self._items:
-                raise LimitReached(f"{len(self._items)} keys; kv.max_keys = {self.cfg.max_keys}",
-                                   "max_keys", self.cfg.max_keys)  # fmt: skip
+                raise LimitReached(
+                    f"{len(self._items)} keys; kv.max_keys = {self.cfg.max_keys}", "max_keys", self.cfg.max_keys
+                )
             # Versions keep growing across expiry and delete, so that a stale
             # if_version never matches a new key of the same name by accident.
             version = (old.version if old is not None else self._gone.pop(key, 0)) + 1
             item = Item(value, version, now + ttl_s if ttl_s else None, now, uid, pid, comm)
             self._items[key] = item
-            op = self.writer.submit(lambda c: c.execute(
-                "INSERT OR REPLACE INTO kv (key, value, version, expires_at, set_at, set_by_uid, set_by_pid,"
-                " set_by_comm) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (key, encoded, version, item.expires_at, now, uid, pid, comm)))  # fmt: skip
+            op = self.writer.submit(
+                lambda c: c.execute(
+                    "INSERT OR REPLACE INTO kv (key, value, version, expires_at, set_at, set_by_uid, set_by_pid,"
+                    " set_by_comm) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    (key, encoded, version, item.expires_at, now, uid, pid, comm),
+                )
+            )
             seq = self._next_seq()  # after submit: a change that never queued never blocks the others
         try:
             self._persisted(op, key, old, item)
@@ -240,5 +246,10 @@ class KvStore:
                 self._told_cv.notify_all()
 
     def status(self) -> dict[str, Any]:
-        return {"keys": len(self._items), "watchers": len(self._watchers), "sets": self.sets,
-                "deletes": self.deletes, "expired": self.expired}  # fmt: skip
+        return {
+            "keys": len(self._items),
+            "watchers": len(self._watchers),
+            "sets": self.sets,
+            "deletes": self.deletes,
+            "expired": self.expired,
+        }

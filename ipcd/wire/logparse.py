@@ -30,10 +30,31 @@ SEVERITY_ALIASES = {"emergency": 0, "panic": 0, "critical": 2, "error": 3, "warn
 # glibc's and logger's old name for auth (syslog.h facilitynames[]).
 FACILITY_ALIASES = {"security": 4}
 FACILITIES = (
-    "kern", "user", "mail", "daemon", "auth", "syslog", "lpr", "news",
-    "uucp", "cron", "authpriv", "ftp", "ntp", "audit", "alert", "clock",
-    "local0", "local1", "local2", "local3", "local4", "local5", "local6", "local7",
-)  # fmt: skip
+    "kern",
+    "user",
+    "mail",
+    "daemon",
+    "auth",
+    "syslog",
+    "lpr",
+    "news",
+    "uucp",
+    "cron",
+    "authpriv",
+    "ftp",
+    "ntp",
+    "audit",
+    "alert",
+    "clock",
+    "local0",
+    "local1",
+    "local2",
+    "local3",
+    "local4",
+    "local5",
+    "local6",
+    "local7",
+)
 
 
 class LogEntry(NamedTuple):
@@ -106,9 +127,23 @@ def parse_datagram(data: bytes) -> LogEntry:
         pri_b, ts, tag, pid, msg = m.groups()
         pri = int(pri_b)
         if pri <= 191 and (len(pri_b) == 1 or pri_b[0] != 48):
-            return _new(LogEntry, (pri & 7, pri >> 3, tag.decode(), int(pid) if pid else None, None, None,
-                                   ts.decode(), None, None, msg.rstrip(b"\0\n\r").decode("utf-8", "replace"),
-                                   "rfc3164", False))  # fmt: skip
+            return _new(
+                LogEntry,
+                (
+                    pri & 7,
+                    pri >> 3,
+                    tag.decode(),
+                    int(pid) if pid else None,
+                    None,
+                    None,
+                    ts.decode(),
+                    None,
+                    None,
+                    msg.rstrip(b"\0\n\r").decode("utf-8", "replace"),
+                    "rfc3164",
+                    False,
+                ),
+            )
     return parse_general(data)
 
 
@@ -161,13 +196,37 @@ def _parse_rfc3164(pri: int, text: str) -> LogEntry:
     m = _RFC3164.match(text)
     if m is not None:
         tag, pid = m.group("tag"), m.group("pid")
-        return LogEntry(pri & 7, pri >> 3, tag, _pid(pid), m.group("host"), None, m.group("ts"), None,
-                        _procid(pid), m.group("msg"), "rfc3164", False)  # fmt: skip
+        return LogEntry(
+            pri & 7,
+            pri >> 3,
+            tag,
+            _pid(pid),
+            m.group("host"),
+            None,
+            m.group("ts"),
+            None,
+            _procid(pid),
+            m.group("msg"),
+            "rfc3164",
+            False,
+        )
     m = _TAGGED.match(text)
     if m is not None:
         pid = m.group("pid")
-        return LogEntry(pri & 7, pri >> 3, m.group("tag"), _pid(pid), None, None, None, None,
-                        _procid(pid), m.group("msg"), "rfc3164", False)  # fmt: skip
+        return LogEntry(
+            pri & 7,
+            pri >> 3,
+            m.group("tag"),
+            _pid(pid),
+            None,
+            None,
+            None,
+            None,
+            _procid(pid),
+            m.group("msg"),
+            "rfc3164",
+            False,
+        )
     return LogEntry(pri & 7, pri >> 3, None, None, None, None, None, None, None, text, "rfc3164", False)
 
 
@@ -202,8 +261,20 @@ def _parse_rfc5424(pri: int, text: str) -> LogEntry | None:
         return None
     if msg.startswith(_BOM):
         msg = msg[1:]  # RFC 5424 §6.4: the BOM marks UTF-8, it is not part of the text
-    return LogEntry(pri & 7, pri >> 3, _nil(app), _pid(_nil(procid)), _nil(host), _nil(msgid), _nil(ts),
-                    sd or None, _procid(_nil(procid)), msg, "rfc5424", False)  # fmt: skip
+    return LogEntry(
+        pri & 7,
+        pri >> 3,
+        _nil(app),
+        _pid(_nil(procid)),
+        _nil(host),
+        _nil(msgid),
+        _nil(ts),
+        sd or None,
+        _procid(_nil(procid)),
+        msg,
+        "rfc5424",
+        False,
+    )
 
 
 def _split_sd(rest: str) -> tuple[dict[str, dict[str, str]] | None, str]:
@@ -258,9 +329,20 @@ def _parse_json(data: bytes) -> LogEntry | None:
         fields = {"fields": fields} if fields is not None else {}
     fields = {**extra, **fields} or None
     pid = doc.get("pid")
-    return LogEntry(prio, fac, _str(doc.get("ident")), pid if _is_pid(pid) else None, _str(doc.get("hostname")),
-                    _str(doc.get("msgid")), _str(doc.get("timestamp")), None, fields, doc["message"], "json",
-                    False)  # fmt: skip
+    return LogEntry(
+        prio,
+        fac,
+        _str(doc.get("ident")),
+        pid if _is_pid(pid) else None,
+        _str(doc.get("hostname")),
+        _str(doc.get("msgid")),
+        _str(doc.get("timestamp")),
+        None,
+        fields,
+        doc["message"],
+        "json",
+        False,
+    )
 
 
 _JSON_KEYS = {"message", "priority", "facility", "ident", "pid", "hostname", "msgid", "timestamp", "fields"}

@@ -206,64 +206,178 @@ def capture_all(cap: Capture, workdir: Path) -> list[dict[str, Any]]:
 
     # --- util-linux logger ---------------------------------------------------
     d, _ = logger("hello from logger")
-    add("logger default", d, format="rfc3164", priority=5, facility=1, ident=user, timestamp=ts_3164(d),
-        message="hello from logger")  # fmt: skip
+    add(
+        "logger default",
+        d,
+        format="rfc3164",
+        priority=5,
+        facility=1,
+        ident=user,
+        timestamp=ts_3164(d),
+        message="hello from logger",
+    )
 
     d, _ = logger("--rfc3164", "hello rfc3164")
-    add("logger --rfc3164", d, format="rfc3164", priority=5, facility=1, ident=user, hostname=host_3164,
-        timestamp=ts_3164(d), message="hello rfc3164")  # fmt: skip
+    add(
+        "logger --rfc3164",
+        d,
+        format="rfc3164",
+        priority=5,
+        facility=1,
+        ident=user,
+        hostname=host_3164,
+        timestamp=ts_3164(d),
+        message="hello rfc3164",
+    )
 
     d, _ = logger("--rfc5424", "hello rfc5424")
-    add("logger --rfc5424", d, format="rfc5424", priority=5, facility=1, ident=user, hostname=host,
-        timestamp=ts_5424(d), structured_data={"timeQuality": time_quality(d)}, message="hello rfc5424")  # fmt: skip
+    add(
+        "logger --rfc5424",
+        d,
+        format="rfc5424",
+        priority=5,
+        facility=1,
+        ident=user,
+        hostname=host,
+        timestamp=ts_5424(d),
+        structured_data={"timeQuality": time_quality(d)},
+        message="hello rfc5424",
+    )
 
     d, _ = logger("--octet-count", "hello octet count")
-    add("logger --octet-count", d, format="rfc3164", priority=5, facility=1, ident=user, timestamp=ts_3164(d),
-        message="hello octet count")  # fmt: skip
+    add(
+        "logger --octet-count",
+        d,
+        format="rfc3164",
+        priority=5,
+        facility=1,
+        ident=user,
+        timestamp=ts_3164(d),
+        message="hello octet count",
+    )
 
     d, _ = logger("--octet-count", "--rfc5424", "hello octet count rfc5424")
-    add("logger --octet-count --rfc5424", d, format="rfc5424", priority=5, facility=1, ident=user, hostname=host,
-        timestamp=ts_5424(d), structured_data={"timeQuality": time_quality(d)},
-        message="hello octet count rfc5424")  # fmt: skip
+    add(
+        "logger --octet-count --rfc5424",
+        d,
+        format="rfc5424",
+        priority=5,
+        facility=1,
+        ident=user,
+        hostname=host,
+        timestamp=ts_5424(d),
+        structured_data={"timeQuality": time_quality(d)},
+        message="hello octet count rfc5424",
+    )
 
     # A message that ends in a newline: logger counts (and sends) the newline too.
     d, _ = logger("--octet-count", "trailing newline\n")
-    add("logger --octet-count trailing newline", d, format="rfc3164", priority=5, facility=1, ident=user,
-        timestamp=ts_3164(d), message="trailing newline")  # fmt: skip
+    add(
+        "logger --octet-count trailing newline",
+        d,
+        format="rfc3164",
+        priority=5,
+        facility=1,
+        ident=user,
+        timestamp=ts_3164(d),
+        message="trailing newline",
+    )
 
     d, pid = logger("-t", "TAG", "-i", "-p", "local3.err", "tagged with pid")
-    add("logger -t TAG -i -p local3.err", d, format="rfc3164", priority=3, facility=19, ident="TAG", pid=pid,
-        timestamp=ts_3164(d), message="tagged with pid")  # fmt: skip
+    add(
+        "logger -t TAG -i -p local3.err",
+        d,
+        format="rfc3164",
+        priority=3,
+        facility=19,
+        ident="TAG",
+        pid=pid,
+        timestamp=ts_3164(d),
+        message="tagged with pid",
+    )
 
     d, _ = logger("--rfc5424=notq,notime,nohost", "bare rfc5424")
-    add("logger --rfc5424=notq,notime,nohost", d, format="rfc5424", priority=5, facility=1, ident=user,
-        message="bare rfc5424")  # fmt: skip
+    add(
+        "logger --rfc5424=notq,notime,nohost",
+        d,
+        format="rfc5424",
+        priority=5,
+        facility=1,
+        ident=user,
+        message="bare rfc5424",
+    )
 
-    d, _ = logger("--rfc5424", "--sd-id", "zoo@123", "--sd-param", 'tiger="hungry"',
-                  "--sd-param", r'note="say \"hi\" \\ [x\]"', "with structured data")  # fmt: skip
-    add("logger --rfc5424 --sd-id zoo@123", d, format="rfc5424", priority=5, facility=1, ident=user, hostname=host,
+    d, _ = logger(
+        "--rfc5424",
+        "--sd-id",
+        "zoo@123",
+        "--sd-param",
+        'tiger="hungry"',
+        "--sd-param",
+        r'note="say \"hi\" \\ [x\]"',
+        "with structured data",
+    )
+    add(
+        "logger --rfc5424 --sd-id zoo@123",
+        d,
+        format="rfc5424",
+        priority=5,
+        facility=1,
+        ident=user,
+        hostname=host,
         timestamp=ts_5424(d),
         structured_data={"timeQuality": time_quality(d), "zoo@123": {"tiger": "hungry", "note": 'say "hi" \\ [x]'}},
-        message="with structured data")  # fmt: skip
+        message="with structured data",
+    )
 
     d, pid = logger("--rfc5424", "--msgid", "ID47", "-i", "-p", "daemon.warning", "with msgid")
-    add("logger --rfc5424 --msgid ID47 -i", d, format="rfc5424", priority=4, facility=3, ident=user, pid=pid,
-        hostname=host, msgid="ID47", timestamp=ts_5424(d), structured_data={"timeQuality": time_quality(d)},
-        message="with msgid")  # fmt: skip
+    add(
+        "logger --rfc5424 --msgid ID47 -i",
+        d,
+        format="rfc5424",
+        priority=4,
+        facility=3,
+        ident=user,
+        pid=pid,
+        hostname=host,
+        msgid="ID47",
+        timestamp=ts_5424(d),
+        structured_data={"timeQuality": time_quality(d)},
+        message="with msgid",
+    )
 
     # --msgid only exists in RFC 5424: with the default format logger drops it.
     d, _ = logger("--msgid", "ID47", "msgid ignored")
     assert b"ID47" not in d, d
-    add("logger --msgid (local format)", d, format="rfc3164", priority=5, facility=1, ident=user,
-        timestamp=ts_3164(d), message="msgid ignored")  # fmt: skip
+    add(
+        "logger --msgid (local format)",
+        d,
+        format="rfc3164",
+        priority=5,
+        facility=1,
+        ident=user,
+        timestamp=ts_3164(d),
+        message="msgid ignored",
+    )
 
     d, _ = logger("grüße ✓")
-    add("logger utf-8", d, format="rfc3164", priority=5, facility=1, ident=user, timestamp=ts_3164(d),
-        message="grüße ✓")  # fmt: skip
+    add(
+        "logger utf-8", d, format="rfc3164", priority=5, facility=1, ident=user, timestamp=ts_3164(d), message="grüße ✓"
+    )
 
     d, _ = logger("--rfc5424", "grüße ✓")
-    add("logger --rfc5424 utf-8", d, format="rfc5424", priority=5, facility=1, ident=user, hostname=host,
-        timestamp=ts_5424(d), structured_data={"timeQuality": time_quality(d)}, message="grüße ✓")  # fmt: skip
+    add(
+        "logger --rfc5424 utf-8",
+        d,
+        format="rfc5424",
+        priority=5,
+        facility=1,
+        ident=user,
+        hostname=host,
+        timestamp=ts_5424(d),
+        structured_data={"timeQuality": time_quality(d)},
+        message="grüße ✓",
+    )
 
     # Multi-line: from stdin logger sends one datagram per line (checked here), so
     # only a message given as an argument arrives as one multi-line datagram.
@@ -272,17 +386,42 @@ def capture_all(cap: Capture, workdir: Path) -> list[dict[str, Any]]:
     if len(per_line) != 2:
         raise SystemExit(f"logger stdin: expected one datagram per line, got {per_line!r}")
     d, _ = logger("line one\nline two")
-    add("logger multi-line argument", d, format="rfc3164", priority=5, facility=1, ident=user,
-        timestamp=ts_3164(d), message="line one\nline two")  # fmt: skip
+    add(
+        "logger multi-line argument",
+        d,
+        format="rfc3164",
+        priority=5,
+        facility=1,
+        ident=user,
+        timestamp=ts_3164(d),
+        message="line one\nline two",
+    )
 
     d, _ = logger("-t", LONG_TAG, "long tag")
-    add("logger -t <200-char tag>", d, format="rfc3164", priority=5, facility=1, ident=LONG_TAG,
-        timestamp=ts_3164(d), message="long tag")  # fmt: skip
+    add(
+        "logger -t <200-char tag>",
+        d,
+        format="rfc3164",
+        priority=5,
+        facility=1,
+        ident=LONG_TAG,
+        timestamp=ts_3164(d),
+        message="long tag",
+    )
 
     d, _ = logger("--rfc5424", "-t", TAG_48, "long app-name")
-    add("logger --rfc5424 -t <48-char tag>", d, format="rfc5424", priority=5, facility=1, ident=TAG_48,
-        hostname=host, timestamp=ts_5424(d), structured_data={"timeQuality": time_quality(d)},
-        message="long app-name")  # fmt: skip
+    add(
+        "logger --rfc5424 -t <48-char tag>",
+        d,
+        format="rfc5424",
+        priority=5,
+        facility=1,
+        ident=TAG_48,
+        hostname=host,
+        timestamp=ts_5424(d),
+        structured_data={"timeQuality": time_quality(d)},
+        message="long app-name",
+    )
 
     # --- Python logging.handlers.SysLogHandler ---------------------------------
     def handler_send(configure: Callable[[logging.handlers.SysLogHandler], None], level: int, msg: str) -> bytes:
@@ -309,8 +448,16 @@ def capture_all(cap: Capture, workdir: Path) -> list[dict[str, Any]]:
         h.facility = h.LOG_LOCAL5
 
     d = handler_send(with_ident, logging.ERROR, "handler with ident")
-    add("SysLogHandler ident", d, format="rfc3164", priority=3, facility=21, ident="pyapp", pid=os.getpid(),
-        message="handler with ident")  # fmt: skip
+    add(
+        "SysLogHandler ident",
+        d,
+        format="rfc3164",
+        priority=3,
+        facility=21,
+        ident="pyapp",
+        pid=os.getpid(),
+        message="handler with ident",
+    )
 
     def no_nul(h: logging.handlers.SysLogHandler) -> None:
         h.append_nul = False
@@ -326,20 +473,54 @@ def capture_all(cap: Capture, workdir: Path) -> list[dict[str, Any]]:
 
     with dev_log_mount_point():
         d, pid = one(lambda: run(in_private_dev_log(cap.path, [sys.executable, "-c", PY_SYSLOG_SENDER])))
-        add("python syslog module (glibc)", d, format="rfc3164", priority=3, facility=3, ident="pysys", pid=pid,
-            timestamp=ts_3164(d), message="hello from the python syslog module")  # fmt: skip
+        add(
+            "python syslog module (glibc)",
+            d,
+            format="rfc3164",
+            priority=3,
+            facility=3,
+            ident="pysys",
+            pid=pid,
+            timestamp=ts_3164(d),
+            message="hello from the python syslog module",
+        )
 
         d, pid = one(lambda: run(in_private_dev_log(cap.path, [str(cbin), "pid"])))
-        add("C syslog LOG_PID|LOG_NDELAY (glibc)", d, format="rfc3164", priority=4, facility=16, ident="csender",
-            pid=pid, timestamp=ts_3164(d), message="hello from C with LOG_PID")  # fmt: skip
+        add(
+            "C syslog LOG_PID|LOG_NDELAY (glibc)",
+            d,
+            format="rfc3164",
+            priority=4,
+            facility=16,
+            ident="csender",
+            pid=pid,
+            timestamp=ts_3164(d),
+            message="hello from C with LOG_PID",
+        )
 
         d, _ = one(lambda: run(in_private_dev_log(cap.path, [str(cbin), "nopid"])))
-        add("C syslog without LOG_PID (glibc)", d, format="rfc3164", priority=6, facility=16, ident="csender",
-            timestamp=ts_3164(d), message="hello from C without LOG_PID")  # fmt: skip
+        add(
+            "C syslog without LOG_PID (glibc)",
+            d,
+            format="rfc3164",
+            priority=6,
+            facility=16,
+            ident="csender",
+            timestamp=ts_3164(d),
+            message="hello from C without LOG_PID",
+        )
 
         d, _ = one(lambda: run(in_private_dev_log(cap.path, [str(cbin)])))
-        add("C syslog without openlog (glibc)", d, format="rfc3164", priority=5, facility=1, ident=cbin.name,
-            timestamp=ts_3164(d), message="hello from C without openlog")  # fmt: skip
+        add(
+            "C syslog without openlog (glibc)",
+            d,
+            format="rfc3164",
+            priority=5,
+            facility=1,
+            ident=cbin.name,
+            timestamp=ts_3164(d),
+            message="hello from C without openlog",
+        )
 
     # --- raw datagrams: sendto and socat ------------------------------------
     def sendto(payload: bytes) -> int:
@@ -363,8 +544,16 @@ def capture_all(cap: Capture, workdir: Path) -> list[dict[str, Any]]:
         "fields": {"user": "alice", "attempt": 2},
     }
     d, _ = one(lambda: sendto(json.dumps(doc).encode()))
-    add("sendto JSON priority number", d, format="json", priority=3, facility=1, ident="jsonapp",
-        message="json with numeric priority", fields={"user": "alice", "attempt": 2})  # fmt: skip
+    add(
+        "sendto JSON priority number",
+        d,
+        format="json",
+        priority=3,
+        facility=1,
+        ident="jsonapp",
+        message="json with numeric priority",
+        fields={"user": "alice", "attempt": 2},
+    )
 
     doc = {
         "message": "json with named priority",
@@ -376,12 +565,20 @@ def capture_all(cap: Capture, workdir: Path) -> list[dict[str, Any]]:
         "fields": {"path": "/srv/ünï", "ok": False},
     }
     d, _ = one(lambda: socat(json.dumps(doc, ensure_ascii=False).encode() + b"\n"))
-    add("socat JSON priority name", d, format="json", priority=4, facility=18, ident="jsonapp", pid=4242,
-        message="json with named priority", fields={"request_id": "r-17", "path": "/srv/ünï", "ok": False})  # fmt: skip
+    add(
+        "socat JSON priority name",
+        d,
+        format="json",
+        priority=4,
+        facility=18,
+        ident="jsonapp",
+        pid=4242,
+        message="json with named priority",
+        fields={"request_id": "r-17", "path": "/srv/ünï", "ok": False},
+    )
 
     d, _ = one(lambda: sendto(b'{"message": "only a message"}'))
-    add("sendto JSON message only", d, format="json", priority=6, facility=1, message="only a message",
-        fields=None)  # fmt: skip
+    add("sendto JSON message only", d, format="json", priority=6, facility=1, message="only a message", fields=None)
 
     return table
 
