@@ -9,6 +9,7 @@ classes and carry what the operator needs to fix them.
 
 from __future__ import annotations
 
+import errno
 from typing import Any, ClassVar
 
 
@@ -84,6 +85,12 @@ class Conflict(RpcError):
     code = -32004
 
 
+class ReloadFailed(RpcError):
+    """The new config was refused; the old one stays."""
+
+    code = -32005
+
+
 # Codes by number, for clients that turn a reply back into an exception.
 RPC_ERRORS: dict[int, type[RpcError]] = {
     cls.code: cls
@@ -97,6 +104,7 @@ RPC_ERRORS: dict[int, type[RpcError]] = {
         LimitReached,
         NotFound,
         Conflict,
+        ReloadFailed,
     )
 }
 
@@ -126,11 +134,19 @@ class ConfigError(IpcdError):
 
 
 class StartupError(IpcdError):
-    """ipcd cannot start: another instance runs, a path is unusable, ..."""
+    """ipcd cannot start: a path is unusable, a store cannot be opened, ...
+
+    `errno` is what systemd shows for the failed start (sd_notify ERRNO=).
+    """
+
+    def __init__(self, message: str, errno_: int = errno.EINVAL) -> None:
+        super().__init__(message)
+        self.errno = errno_
 
 
 class AlreadyRunning(StartupError):
-    def __init__(self, path: str, pid: int | None) -> None:
-        who = f"pid {pid}" if pid else "pid unknown"
-        super().__init__(f"ipcd is already running on {path} ({who})")
+    """Another ipcd holds the runtime dir or answers on the socket."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message, errno.EADDRINUSE)
         self.pid = pid

@@ -194,7 +194,7 @@ def test_dead_store_writer_is_noticed_and_stops_the_watchdog(short_tmp) -> None:
     notify.settimeout(0.05)
     paths = Paths(short_tmp / "run", short_tmp / "state", None, False)
     d = Daemon(config.Config(), paths, Notifier({"NOTIFY_SOCKET": notify_path}))
-    d.watchdog_s = 0.05
+    d.health.watchdog_s = 0.05
     d.start()
     runner = threading.Thread(target=d.run)
     runner.start()
@@ -210,7 +210,8 @@ def test_dead_store_writer_is_noticed_and_stops_the_watchdog(short_tmp) -> None:
 
     try:
         wait_for(lambda: sum(n == "WATCHDOG=1" for n in read_notes()) >= 3, 10, "watchdog pings while healthy")
-        log_thread = d._threads["ipcd-log"]
+        assert d.logs is not None and d.logs._thread is not None
+        log_thread = d.logs._thread
         # A real fault in the thread: an exception it did not expect (here, raised into it).
         hit = ctypes.pythonapi.PyThreadState_SetAsyncExc(
             ctypes.c_ulong(log_thread.ident), ctypes.py_object(RuntimeError)
@@ -220,12 +221,12 @@ def test_dead_store_writer_is_noticed_and_stops_the_watchdog(short_tmp) -> None:
         st = d.app.status()
         assert st["store"]["writer"] == "dead" and "RuntimeError" in st["store"]["error"]
         assert st["watchdog"]["healthy"] is False and "RuntimeError" in st["watchdog"]["problem"]
-        assert d.health() is not None
+        assert d.health.problem() is not None
         read_notes()
         before = notes.count("WATCHDOG=1")
         time.sleep(0.5)  # ten ping intervals: none may come now (the absence is the point)
         assert read_notes().count("WATCHDOG=1") == before
-        assert "STORE FAILING" in d.summary()
+        assert "STORE FAILING" in d.health.summary()
     finally:
         d.request_stop()
         runner.join(10)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import os
 import select
 import sqlite3
@@ -27,7 +28,8 @@ from ipcd.config import StoreConfig
 from ipcd.logs.methods import Follower
 from ipcd.logs.query import Filters, FollowHub, Reader, make_filters, parse_time
 from ipcd.logs.ratelimit import RateLimiter
-from ipcd.logs.store import COLUMNS, SCHEMA_VERSION, Writer
+from ipcd.logs.store import COLUMNS, SCHEMA_VERSION
+from ipcd.logs.writer import Received, Writer, flatten
 from ipcd.wire.logparse import LogEntry
 
 # The schema as ipcd 0.1 shipped it (user_version 1), written out by hand:
@@ -63,10 +65,10 @@ def row(
     comm: str | None = "sender",
     fields: dict[str, Any] | None = None,
     truncated: bool = False,
-) -> tuple[Any, ...]:
+) -> Received:
     """A row as `Intake` hands it to the writer."""
     entry = LogEntry(prio, 1, ident, pid, None, None, None, None, fields, message, "rfc3164", False)
-    return (time.time() if t is None else t, entry, truncated, spid, uid, gid, comm)
+    return Received(time.time() if t is None else t, entry, truncated, spid, uid, gid, comm)
 
 
 @contextlib.contextmanager
@@ -268,6 +270,28 @@ def test_ids_stay_monotonic_after_retention_emptied_the_store(path: Path) -> Non
     assert ids_on_disk(path) == [6]  # id 1 again would make after_id=5 skip it
 
 
+def test_columns_agree_with_the_table_the_entry_and_the_row(path: Path, open_writer: Any) -> None:
+    """The store's columns, the parsed entry's fields and `flatten`'s order name the same things."""
+    w = open_writer()
+    table = [r[1] for r in w.conn.execute("PRAGMA table_info(entries)")]
+    assert tuple(table) == COLUMNS
+    entry = LogEntry(*(f"<{name}>" for name in LogEntry._fields))  # every field a distinct value
+    r = Received(*(f"<{name}>" for name in Received._fields))._replace(entry=entry)
+    flat = dict(zip(COLUMNS, flatten(7, [r]), strict=True))
+    json_columns = {"structured_data", "fields"}
+    for name in COLUMNS:
+        if name == "id":
+            assert flat[name] == 7
+        elif name in LogEntry._fields:
+            want = getattr(entry, name)
+            assert flat[name] == (json.dumps(want) if name in json_columns else want), name
+        else:
+            assert flat[name] == getattr(r, name), name
+    # Every parsed field is stored but `malformed` (a counter), every row field but the entry itself.
+    assert set(LogEntry._fields) - set(COLUMNS) == {"malformed"}
+    assert set(Received._fields) - set(COLUMNS) == {"entry"}
+
+
 def test_row_round_trip(path: Path, open_writer: Any, reader: Reader) -> None:
     w = open_writer()
     t = 1_790_000_000.25
@@ -285,7 +309,7 @@ def test_row_round_trip(path: Path, open_writer: Any, reader: Reader) -> None:
         "rfc5424",
         False,
     )
-    w.add([(t, entry, True, 4321, 1000, 1001, "myprog")])
+    w.add([Received(t, entry, True, 4321, 1000, 1001, "myprog")])
     w.commit()
     assert reader.query(Filters()) == [
         {
@@ -470,9 +494,9 @@ def test_retention_by_bytes_removes_the_oldest_share(path: Path, open_writer: An
     w = open_writer(max_bytes=max_bytes)
     w.add([row(f"{i:04d} " + "x" * 1000) for i in range(400)])
     w.commit()
-    used = w.used_bytes()
+    used = w.retention.used_bytes()
     assert used > 2 * max_bytes
-    # The oldest share that brings the store to 90% of the limit (logstore._delete_over_bytes).
+    # The oldest share that brings the store to 90% of the limit (retention.Retention._over_bytes).
     expected = int(400 * (used - 0.9 * max_bytes) / used)
     w.service()
     kept = ids_on_disk(path)
@@ -482,7 +506,7 @@ def test_retention_by_bytes_removes_the_oldest_share(path: Path, open_writer: An
     # (every table and index holds at least one page, whatever it stores).
     assert expected <= first - 1 < 400
     assert (w.entries, w.deleted) == (len(kept), first - 1)
-    assert w.used_bytes() <= max_bytes
+    assert w.retention.used_bytes() <= max_bytes
 
 
 def test_retention_by_bytes_under_the_limit_deletes_nothing(path: Path, open_writer: Any) -> None:
@@ -869,7 +893,7 @@ def test_rate_limit_burst_0_is_off_and_configure_applies() -> None:
 def test_a_row_that_cannot_be_bound_is_skipped_and_counted(path: Path, open_writer: Any) -> None:
     w = open_writer()
     bad = LogEntry(5, 1, "tag", None, None, None, None, None, None, "lone \ud800 surrogate", "json", False)
-    rows = [row("before"), (time.time(), bad, False, 1, 0, 0, "x"), row("after")]
+    rows = [row("before"), Received(time.time(), bad, False, 1, 0, 0, "x"), row("after")]
     w.add(rows)
     assert w.commit() is True
     assert (w.stored, w.unstorable, w.entries) == (2, 1, 2)

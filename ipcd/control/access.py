@@ -22,6 +22,7 @@ import socket
 import struct
 from dataclasses import dataclass, field
 
+from ipcd import procfs
 from ipcd.config import AccessConfig
 from ipcd.errors import ConfigError, PermissionDenied
 
@@ -110,32 +111,10 @@ def peer_groups(sock: socket.socket, pid: int) -> tuple[int, ...]:
                 continue
             break
         return tuple(struct.unpack(f"{len(raw) // 4}I", raw))
-    return proc_groups(pid)
-
-
-def proc_groups(pid: int) -> tuple[int, ...]:
-    try:
-        with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
-            for line in f:
-                if line.startswith("Groups:"):
-                    return tuple(int(g) for g in line.split()[1:])
-    except OSError:
-        pass
-    return ()
-
-
-def proc_comm(pid: int) -> str | None:
-    """The command name of `pid` (proc(5), /proc/pid/comm); None if it is gone."""
-    if pid <= 0:
-        return None
-    try:
-        with open(f"/proc/{pid}/comm", "rb") as f:
-            return f.read().rstrip(b"\n").decode("utf-8", "replace")
-    except OSError:
-        return None
+    return procfs.groups(pid)
 
 
 def identify(sock: socket.socket, policy: Policy) -> Peer:
     pid, uid, gid = peer_credentials(sock)
     groups = peer_groups(sock, pid)
-    return Peer(pid, uid, gid, groups, proc_comm(pid), policy.role(uid, gid, groups))
+    return Peer(pid, uid, gid, groups, procfs.comm(pid), policy.role(uid, gid, groups))

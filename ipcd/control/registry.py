@@ -1,27 +1,23 @@
-"""The method registry: name -> handler, params, role, doc.
+"""Method registries: name -> handler, params, role, doc.
 
-Every control method is declared here or by a subsystem module through
-`REGISTRY.method(...)`: its params (validated before the handler runs; a bad
+Each package that serves methods declares them on a `Registry` of its own
+(`control.methods.METHODS`, `logs.methods.METHODS`, ...) with
+`@METHODS.method(...)`: its params (validated before the handler runs; a bad
 one is -32602 naming it), the role it needs (checked before the params) and
-a one-line doc, which `methods` returns.  Handlers take a `Call` (the peer,
-the `App`, the connection) and keyword params, and return the result or
-raise an `RpcError`.  Turning results and errors into replies is `server`'s
-job; what each subsystem does is its own module's.
+a one-line doc, which `methods` returns.  The daemon joins them into the
+one registry its server dispatches through (`Registry.join`).  Handlers take
+a `Call` (`control.app`) and keyword params, and return the result or raise
+an `RpcError`.  Turning results and errors into replies is `server`'s job.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
-from ipcd import __version__
-from ipcd.config import Config
-from ipcd.control.access import ROLES, Peer, Policy, require
-from ipcd.errors import InternalError, InvalidParams, MethodNotFound
+from ipcd.control.access import ROLES
+from ipcd.errors import InvalidParams, MethodNotFound
 from ipcd.wire.jsonrpc import Request
 
 Handler = Callable[..., Any]
@@ -155,6 +151,17 @@ class Registry:
     def __init__(self) -> None:
         self._methods: dict[str, Method] = {}
 
+    @classmethod
+    def join(cls, parts: Iterable[Registry]) -> Registry:
+        """One registry holding every method of `parts`; a name twice is an error."""
+        out = cls()
+        for part in parts:
+            for m in part:
+                if m.name in out._methods:
+                    raise ValueError(f"method {m.name!r} registered twice")
+                out._methods[m.name] = m
+        return out
+
     def method(
         self,
         name: str,
@@ -183,147 +190,3 @@ class Registry:
 
     def __iter__(self) -> Iterator[Method]:
         return iter(sorted(self._methods.values(), key=lambda m: m.name))
-
-
-REGISTRY = Registry()
-
-
-# -- what handlers see -------------------------------------------------------
-
-
-class Counters:
-    """Named counters, safe to bump from any thread."""
-
-    def __init__(self, *names: str) -> None:
-        self._lock = threading.Lock()
-        self._values = dict.fromkeys(names, 0)
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._values[name] += n
-
-    def __getitem__(self, name: str) -> int:
-        return self._values[name]
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._values)
-
-
-class Connection(Protocol):
-    """What a handler may do with the connection it runs on (see `server`)."""
-
-    peer: Peer
-    connected_at: float
-    requests: int
-
-    def open_stream(self, name: str) -> Any: ...
-
-    def on_close(self, fn: Callable[[], None]) -> None: ...
-
-
-@dataclass
-class App:
-    """The running daemon as the methods see it.  Subsystems that exist add
-    their status section to `sections`; absent ones are simply not there."""
-
-    config: Config
-    policy: Policy
-    pid: int = field(default_factory=os.getpid)
-    started_mono: float = field(default_factory=time.monotonic)
-    activation: str = "self"
-    sockets: dict[str, str] = field(default_factory=dict)
-    connections: Counters = field(default_factory=lambda: Counters("active", "total", "refused"))
-    requests: Counters = field(default_factory=lambda: Counters("total", "errors"))
-    sections: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
-    services: dict[str, Any] = field(default_factory=dict)  # "store", "kv", "channels", ...
-    live: Callable[[], list[Connection]] = lambda: []
-    request_shutdown: Callable[[], None] = lambda: None
-    reload: Callable[[], dict[str, Any]] | None = None
-
-    def status(self) -> dict[str, Any]:
-        conns = self.connections.snapshot()
-        out: dict[str, Any] = {
-            "version": __version__,
-            "pid": self.pid,
-            "uptime_s": round(time.monotonic() - self.started_mono, 3),
-            "activation": self.activation,
-            "sockets": dict(self.sockets),
-            "connections": {
-                "active": conns["active"],
-                "total": conns["total"],
-                "refused": conns["refused"],
-                "max": self.config.control.max_connections,
-            },
-            "requests": self.requests.snapshot(),
-        }
-        for name, section in self.sections.items():
-            out[name] = section()
-        return out
-
-
-@dataclass
-class Call:
-    app: App
-    peer: Peer
-    conn: Connection
-    method: Method
-
-
-# -- the core methods --------------------------------------------------------
-
-
-@REGISTRY.method("ping", role="read", doc="Answer at once; the round trip shows ipcd is alive.")
-def ping(call: Call) -> dict[str, Any]:
-    return {"pong": True, "time": time.time()}
-
-
-@REGISTRY.method("status", role="read", doc="What an operator needs: pid, uptime, sockets, counters.")
-def status(call: Call) -> dict[str, Any]:
-    return call.app.status()
-
-
-@REGISTRY.method("methods", role="read", doc="This table: every method, its params, role and doc.")
-def methods(call: Call) -> dict[str, Any]:
-    return {"methods": [m.describe() for m in REGISTRY]}
-
-
-@REGISTRY.method("shutdown", role="admin", doc="Answer, then stop as on SIGTERM.")
-def shutdown(call: Call) -> dict[str, Any]:
-    call.app.request_shutdown()
-    return {"stopping": True, "pid": call.app.pid}
-
-
-@REGISTRY.method(
-    "reload",
-    role="admin",
-    doc="Re-read the config; answers when done (a config that fails keeps the old one).",
-)
-def reload(call: Call) -> dict[str, Any]:
-    if call.app.reload is None:
-        raise InternalError("this ipcd cannot reload (no config source)")
-    return call.app.reload()
-
-
-@REGISTRY.method("clients", role="admin", doc="The live control connections and who holds them.")
-def clients(call: Call) -> dict[str, Any]:
-    out = []
-    for conn in call.app.live():
-        p = conn.peer
-        out.append(
-            {
-                "pid": p.pid,
-                "uid": p.uid,
-                "gid": p.gid,
-                "command": p.comm,
-                "role": p.role,
-                "connected_at": conn.connected_at,
-                "requests": conn.requests,
-                "self": conn is call.conn,
-            }
-        )
-    return {"clients": out}
-
-
-def check_role(peer: Peer, m: Method) -> None:
-    require(peer.role, m.role, m.name)

@@ -1,13 +1,13 @@
-"""The socket servers: the only server code that touches sockets.
+"""The control server: the only control code that touches sockets.
 
 `ControlServer` is a `ThreadingUnixStreamServer`: a thread per connection,
 each running `ControlHandler`, which frames lines (`jsonrpc.LineFramer`),
-dispatches them through the method registry and writes replies in order.
-A connection that opens a stream (logs.follow, subscribe, kv.watch) gets an
-`Outbox` (`streams`), so that a slow reader costs only itself.  `LogServer` (in `logserver`) is the datagram side.
+dispatches them through the app's method registry and writes replies in
+order.  A connection that opens a stream (logs.follow, subscribe, kv.watch)
+gets an `Outbox` (`streams`), so that a slow reader costs only itself.
 
-Binding the socket file is `binding`'s; what to bind, when to stop and what
-to unlink is `daemon`'s.
+The server is handed a listening socket: binding the file (or adopting
+systemd's) is the daemon's business, as are when to stop and what to unlink.
 """
 
 from __future__ import annotations
@@ -20,16 +20,16 @@ import struct
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
-from ipcd.control.access import Peer, identify
-from ipcd.control.registry import REGISTRY, App, Call, check_role
+from ipcd.control.access import Peer, identify, require
+from ipcd.control.app import App, Call
 from ipcd.control.streams import Outbox, Stream
-from ipcd.daemon.binding import Bound, bind_unix
 from ipcd.errors import InternalError, LimitReached, RpcError
 from ipcd.wire import jsonrpc
 
 log = logging.getLogger("ipcd")
+T = TypeVar("T")
 
 # -- the control server ------------------------------------------------------
 
@@ -48,7 +48,7 @@ class ClientConnection:
         self.requests = 0
         self.outbox: Outbox | None = None
         self.streams: set[Stream] = set()
-        self.subscription: Any = None  # the channels it listens to (kvmethods)
+        self._attached: dict[type, Any] = {}
         self._closers: list[Callable[[], None]] = []
         self._wlock = threading.Lock()
         self._lock = threading.Lock()
@@ -69,6 +69,24 @@ class ClientConnection:
             stream = Stream(self, name)
             self.streams.add(stream)
             return stream
+
+    def attach(self, kind: type[T], make: Callable[[], T]) -> T:
+        """The connection's one `kind` of state (a subscription...), made on first use."""
+        with self._lock:
+            value = self._attached.get(kind)
+        if value is None:  # made outside the lock: `make` may open a stream, which takes it
+            value = make()
+            with self._lock:
+                value = self._attached.setdefault(kind, value)
+        return value  # type: ignore[no-any-return]
+
+    def attachment(self, kind: type[T]) -> T | None:
+        with self._lock:
+            return self._attached.get(kind)
+
+    def detach(self, kind: type) -> None:
+        with self._lock:
+            self._attached.pop(kind, None)
 
     def stream_closed(self, stream: Stream) -> None:
         with self._lock:
@@ -210,8 +228,8 @@ class ControlHandler(socketserver.BaseRequestHandler):
             app.requests.add("errors")
             return jsonrpc.error(msg.id, msg.error)
         try:
-            method = REGISTRY.get(msg.method)
-            check_role(conn.peer, method)
+            method = app.registry.get(msg.method)
+            require(conn.peer.role, method.role, method.name)
             params = method.bind(msg)
             value = method.handler(Call(app, conn.peer, conn, method), **params)
         except RpcError as e:
@@ -238,32 +256,17 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
     # DESIGN.md: listen with SOMAXCONN, as systemd's Backlog= default.
     request_queue_size = socket.SOMAXCONN
 
-    def __init__(
-        self,
-        path: str,
-        app: App,
-        *,
-        bind_and_activate: bool = True,
-        mode: int = 0o660,
-        gid: int = -1,
-    ) -> None:
+    def __init__(self, sock: socket.socket, app: App) -> None:
+        """Serve `sock`, a listening AF_UNIX stream socket (bound or adopted by the caller)."""
         self.app = app
-        self.mode = mode
-        self.gid = gid
-        self.bound: Bound | None = None
         self._conns: set[ClientConnection] = set()
         self._per_uid: dict[int, int] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self.last_loop = time.monotonic()  # the accept loop turned (the watchdog's health check)
-        super().__init__(path, ControlHandler, bind_and_activate)
-
-    def server_bind(self) -> None:
-        # Bound and made to listen in one step by bind_unix, in server_activate.
-        pass
-
-    def server_activate(self) -> None:
-        self.bound = bind_unix(self.socket, str(self.server_address), self.mode, self.gid, self.request_queue_size)
+        super().__init__(sock.getsockname(), ControlHandler, bind_and_activate=False)
+        self.socket.close()  # the placeholder socketserver made
+        self.socket = sock
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = self.socket.accept()

@@ -17,7 +17,6 @@ from __future__ import annotations
 import errno
 import os
 import socket
-import socketserver
 import stat
 import tempfile
 from dataclasses import dataclass
@@ -54,7 +53,8 @@ def check_path_length(path: str) -> None:
     if n > SUN_PATH_MAX:
         raise StartupError(
             f"socket path {path!r} is {n} bytes; AF_UNIX allows at most {SUN_PATH_MAX} (unix(7)): "
-            "choose a shorter --runtime-dir"
+            "choose a shorter --runtime-dir",
+            errno.ENAMETOOLONG,
         )
 
 
@@ -78,7 +78,7 @@ def probe(path: str, kind: int) -> str:
     except OSError as e:
         if e.errno == errno.EPROTOTYPE:  # a socket of the other type: not ours, in use or not
             return "other"
-        raise StartupError(f"cannot probe {path}: {e.strerror}") from None
+        raise StartupError(f"cannot probe {path}: {e.strerror}", e.errno or errno.EIO) from None
     finally:
         s.close()
 
@@ -114,9 +114,3 @@ def bind_unix(sock: socket.socket, path: str, mode: int, gid: int = -1, backlog:
         os.rmdir(tmpdir)
     st = os.lstat(path)
     return Bound(path, st.st_dev, st.st_ino)
-
-
-def adopt(server: socketserver.TCPServer, fd_sock: socket.socket) -> None:
-    """Serve an inherited socket: replace the placeholder the constructor made."""
-    server.socket.close()
-    server.socket = fd_sock

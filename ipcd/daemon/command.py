@@ -8,6 +8,7 @@ and ERRNO= say why.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -18,35 +19,16 @@ import click
 from ipcd import __version__, config
 from ipcd.config import Config
 from ipcd.daemon import units
-from ipcd.daemon.daemon import Daemon, Paths, _set_log_level, startup_errno
+from ipcd.daemon.daemon import Daemon
+from ipcd.daemon.diagnostics import set_log_level, setup_logging
+from ipcd.daemon.instance import Paths
 from ipcd.daemon.systemd import Notifier
-from ipcd.errors import ConfigError, IpcdError
+from ipcd.errors import ConfigError, IpcdError, StartupError
 
 log = logging.getLogger("ipcd")
 
 EXIT_FAILURE = 1
 EXIT_CONFIG = 78  # sysexits.h EX_CONFIG; systemd shows it as "CONFIG"
-
-
-class _JournalFormatter(logging.Formatter):
-    # sd-daemon(3): a "<N>" prefix gives journald the syslog priority.
-    PRIORITY = {"DEBUG": 7, "INFO": 6, "WARNING": 4, "ERROR": 3, "CRITICAL": 2}
-
-    def format(self, record: logging.LogRecord) -> str:
-        text = super().format(record)
-        prefix = f"<{self.PRIORITY.get(record.levelname, 6)}>"
-        return "\n".join(prefix + line for line in text.splitlines())
-
-
-def setup_logging(level: str) -> None:
-    handler = logging.StreamHandler(sys.stderr)
-    if os.environ.get("JOURNAL_STREAM"):
-        handler.setFormatter(_JournalFormatter("%(message)s"))
-    else:
-        handler.setFormatter(logging.Formatter("%(asctime)s ipcd[%(process)d]: %(levelname)s: %(message)s"))
-    log.handlers[:] = [handler]
-    log.propagate = False
-    _set_log_level(level)
 
 
 def run(runtime: str | None, state: str | None, config_file: str | None, log_level: str | None) -> int:
@@ -56,23 +38,24 @@ def run(runtime: str | None, state: str | None, config_file: str | None, log_lev
         paths = Paths.resolve(runtime, state, config_file, os.environ, os.geteuid())
         cfg = config.load(paths.config_path, paths.config_named)
         if log_level is None:
-            _set_log_level(cfg.daemon.log_level)
+            set_log_level(cfg.daemon.log_level)
         d = Daemon(cfg, paths, notifier)
     except ConfigError as e:
         log.error("config error: %s", e)
-        notifier.failed_exit(f"config error: {e}", 22)  # EINVAL
+        notifier.failed_exit(f"config error: {e}", errno.EINVAL)
         return EXIT_CONFIG
     try:
         d.install_signals()
         d.start()
     except (IpcdError, OSError) as e:
         log.error("cannot start: %s", e)
-        notifier.failed_exit(f"cannot start: {e}", startup_errno(e))
+        code = e.errno if isinstance(e, (StartupError, OSError)) and e.errno else errno.EINVAL
+        notifier.failed_exit(f"cannot start: {e}", code)
         d.stop(quiet=True)
         return EXIT_FAILURE
     except Exception as e:
         log.exception("cannot start: unexpected error")
-        notifier.failed_exit(f"cannot start: {type(e).__name__}: {e}", 5)  # EIO
+        notifier.failed_exit(f"cannot start: {type(e).__name__}: {e}", errno.EIO)
         d.stop(quiet=True)
         return EXIT_FAILURE
     d.run()

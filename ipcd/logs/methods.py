@@ -16,12 +16,15 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
-from ipcd.control.registry import REGISTRY, Call, Param
+from ipcd.control.app import Call
+from ipcd.control.registry import Param, Registry
 from ipcd.errors import InvalidParams, PermissionDenied
 from ipcd.logs.query import MAX_LIMIT, Filters, FollowHub, Reader, compile_grep, make_filters, parse_time
 from ipcd.wire.logparse import severity
 
 log = logging.getLogger("ipcd")
+
+METHODS = Registry()
 
 
 def _time(value: Any) -> Any:
@@ -62,10 +65,10 @@ def _filters(call: Call, params: dict[str, Any], limit: int) -> Filters:
 
 
 def _reader(call: Call) -> Reader:
-    return call.app.services["reader"]  # type: ignore[no-any-return]
+    return call.app.get(Reader)
 
 
-@REGISTRY.method(
+@METHODS.method(
     "logs.query",
     role="read",
     doc="Log entries: the newest `limit`, or the oldest `limit` after `after_id`; always in id order.",
@@ -145,7 +148,7 @@ class Follower:
             self.cursor = page[-1]["id"] if len(page) == self.PAGE else head
 
 
-@REGISTRY.method(
+@METHODS.method(
     "logs.follow",
     role="read",
     stream=True,
@@ -154,10 +157,9 @@ class Follower:
 )
 def logs_follow(call: Call, backlog: int, **params: Any) -> dict[str, Any]:
     f = _filters(call, params, max(backlog, 1))
-    hub: FollowHub = call.app.services["follow_hub"]
-    writer = call.app.services["writer"]
+    hub = call.app.get(FollowHub)
     reader = _reader(call)
-    head = writer.next_id - 1  # committed up to here: ids are given in commit order
+    head = hub.head  # committed up to here: ids are given in commit order
     cursor, sent_back = head, 0
     if backlog:
         newest = [e for e in reader.query(replace(f, limit=backlog)) if e["id"] <= head]
@@ -173,5 +175,5 @@ def logs_follow(call: Call, backlog: int, **params: Any) -> dict[str, Any]:
 
     call.conn.on_close(stop)
     follower.start()
-    follower.wake(writer.next_id - 1)  # what was committed while it registered, too
+    follower.wake(hub.head)  # what was committed while it registered, too
     return {"following": True, "backlog": sent_back}

@@ -8,7 +8,7 @@ journalctl -g), limit, after_id.  `Reader` answers queries on a small pool
 of read-only connections (WAL lets them run beside the writer); `FollowHub`
 hands each committed entry to the followers whose filters match, through
 their bounded stream queues, on the writer's thread.  Writing is
-`logstore`'s business.
+`writer`'s business.
 """
 
 from __future__ import annotations
@@ -244,9 +244,13 @@ class Follower(Protocol):
 
 
 class FollowHub:
-    """Live followers of the log; the writer tells them the last id of each commit."""
+    """Live followers of the log; the writer tells them the last id of each commit.
 
-    def __init__(self) -> None:
+    `head` is the last id committed, as far as the hub has heard.
+    """
+
+    def __init__(self, head: int = 0) -> None:
+        self.head = head
         self._followers: list[Follower] = []
         self._lock = threading.Lock()
         self.on_change: Callable[[bool], None] = lambda any_left: None
@@ -265,5 +269,6 @@ class FollowHub:
         return len(self._followers)
 
     def publish(self, last_id: int) -> None:
+        self.head = max(self.head, last_id)
         for f in self._followers:  # the list is replaced, never changed in place
             f.wake(last_id)

@@ -60,7 +60,7 @@ Watcher = Callable[[dict[str, Any]], bool]
 
 
 class KvStore:
-    def __init__(self, writer: Any, reader: Any, cfg: KvConfig) -> None:
+    def __init__(self, writer: Any, cfg: KvConfig) -> None:
         self.writer = writer
         self.cfg = cfg
         self._lock = threading.Lock()

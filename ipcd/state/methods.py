@@ -9,17 +9,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from ipcd.control.registry import REGISTRY, Call, Param
+from ipcd.control.app import Call
+from ipcd.control.registry import Param, Registry
 from ipcd.state.channels import Channels, Subscription
 from ipcd.state.kv import MAX_KEY_CHARS, KvStore, check_key
 
+METHODS = Registry()
+
 
 def _kv(call: Call) -> KvStore:
-    return call.app.services["kv"]  # type: ignore[no-any-return]
+    return call.app.get(KvStore)
 
 
 def _channels(call: Call) -> Channels:
-    return call.app.services["channels"]  # type: ignore[no-any-return]
+    return call.app.get(Channels)
 
 
 def _key(value: str) -> str:
@@ -38,12 +41,12 @@ def _names(values: list[str]) -> list[str]:
 KEY = Param("key", "string", required=True, check=_key, doc=f"1 to {MAX_KEY_CHARS} printable characters")
 
 
-@REGISTRY.method("kv.get", role="read", doc="A key's value, version and expiry; -32003 if missing.", params=(KEY,))
+@METHODS.method("kv.get", role="read", doc="A key's value, version and expiry; -32003 if missing.", params=(KEY,))
 def kv_get(call: Call, key: str) -> dict[str, Any]:
     return _kv(call).get(key).to_json(key)
 
 
-@REGISTRY.method(
+@METHODS.method(
     "kv.list",
     role="read",
     doc="The keys that start with `prefix`, sorted.",
@@ -53,7 +56,7 @@ def kv_list(call: Call, prefix: str) -> dict[str, Any]:
     return {"keys": _kv(call).keys(prefix)}
 
 
-@REGISTRY.method(
+@METHODS.method(
     "kv.set",
     role="write",
     doc="Set a key to any JSON value; `if_version` makes it compare-and-set (0: only if absent).",
@@ -70,13 +73,13 @@ def kv_set(call: Call, key: str, value: Any, ttl_s: float | None, if_version: in
     return {"key": key, "version": item.version, "expires_at": item.expires_at}
 
 
-@REGISTRY.method("kv.delete", role="write", doc="Delete a key; -32003 if missing.", params=(KEY,))
+@METHODS.method("kv.delete", role="write", doc="Delete a key; -32003 if missing.", params=(KEY,))
 def kv_delete(call: Call, key: str) -> dict[str, Any]:
     _kv(call).delete(key)
     return {"deleted": True}
 
 
-@REGISTRY.method(
+@METHODS.method(
     "kv.watch",
     role="read",
     stream=True,
@@ -94,7 +97,7 @@ def kv_watch(call: Call, prefix: str) -> dict[str, Any]:
 CHANNEL = Param("channel", "string", required=True, check=lambda v: _names([v])[0])
 
 
-@REGISTRY.method(
+@METHODS.method(
     "publish",
     role="write",
     doc="Send `message` (any JSON) to the channel's subscribers; how many it reached.",
@@ -114,17 +117,22 @@ class StreamSubscription(Subscription):
 
 def _subscription(call: Call) -> StreamSubscription:
     """The connection's one subscription (and its stream), made on first use."""
-    conn: Any = call.conn
-    sub: StreamSubscription | None = conn.subscription
-    if sub is None:
+    conn = call.conn
+    channels = _channels(call)
+
+    def make() -> StreamSubscription:
         sub = StreamSubscription(conn.open_stream("subscribe"))
-        conn.subscription = sub
-        channels = _channels(call)
-        conn.on_close(lambda: channels.unsubscribe(sub))
-    return sub
+
+        def drop() -> None:
+            channels.unsubscribe(sub)
+
+        conn.on_close(drop)
+        return sub
+
+    return conn.attach(StreamSubscription, make)
 
 
-@REGISTRY.method(
+@METHODS.method(
     "subscribe",
     role="read",
     stream=True,
@@ -135,19 +143,19 @@ def subscribe(call: Call, channels: list[str]) -> dict[str, Any]:
     return {"channels": _channels(call).subscribe(_subscription(call), channels)}
 
 
-@REGISTRY.method(
+@METHODS.method(
     "unsubscribe",
     role="read",
     doc="Stop receiving from `channels` (all of them if absent); the channels left.",
     params=(Param("channels", "strings"),),
 )
 def unsubscribe(call: Call, channels: list[str] | None) -> dict[str, Any]:
-    conn: Any = call.conn
-    sub: StreamSubscription | None = conn.subscription
+    conn = call.conn
+    sub = conn.attachment(StreamSubscription)
     if sub is None:
         return {"channels": []}
     left = _channels(call).unsubscribe(sub, channels)
     if not sub.channels:
         sub.stream.close()
-        conn.subscription = None
+        conn.detach(StreamSubscription)
     return {"channels": left}

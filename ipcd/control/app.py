@@ -1,0 +1,163 @@
+"""What a method handler sees: the `App` (the running daemon) and its `Call`.
+
+The daemon builds one `App` and hands it its services once, by type
+(`app.provide(kv)`); a handler asks for what it needs by type
+(`call.app.get(KvStore)`), so the wiring is typed and a missing service is a
+clear error, not a KeyError.  Status sections are added by name, since the
+name is what `status` shows.  Starting, stopping and reloading are the
+daemon's (`Lifecycle`); the connection a call runs on is `server`'s.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+
+from ipcd import __version__
+from ipcd.config import Config
+from ipcd.control.access import Peer, Policy
+from ipcd.control.registry import Method, Registry
+from ipcd.errors import InternalError
+
+if TYPE_CHECKING:
+    from ipcd.control.streams import Stream
+
+T = TypeVar("T")
+
+
+class Counters:
+    """Named counters, safe to bump from any thread."""
+
+    def __init__(self, *names: str) -> None:
+        self._lock = threading.Lock()
+        self._values = dict.fromkeys(names, 0)
+
+    def add(self, name: str, n: int = 1) -> None:
+        with self._lock:
+            self._values[name] += n
+
+    def __getitem__(self, name: str) -> int:
+        return self._values[name]
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._values)
+
+
+class Server(Protocol):
+    def live(self) -> Sequence[Connection]: ...
+
+
+class Connection(Protocol):
+    """What a handler may do with the connection it runs on (`server.ClientConnection`)."""
+
+    peer: Peer
+    connected_at: float
+    requests: int
+
+    @property
+    def server(self) -> Server: ...
+
+    def open_stream(self, name: str) -> Stream: ...
+
+    def on_close(self, fn: Callable[[], None]) -> None: ...
+
+    def attach(self, kind: type[T], make: Callable[[], T]) -> T: ...
+
+    def attachment(self, kind: type[T]) -> T | None: ...
+
+    def detach(self, kind: type) -> None: ...
+
+
+class Lifecycle(Protocol):
+    """What the daemon lets methods ask of it."""
+
+    def request_stop(self) -> None: ...
+
+    def reload(self) -> dict[str, Any]: ...
+
+
+class NoLifecycle:
+    """For a control server with no daemon around it (tests, tools)."""
+
+    def request_stop(self) -> None:
+        pass
+
+    def reload(self) -> dict[str, Any]:
+        raise InternalError("this ipcd cannot reload (no config source)")
+
+
+class App:
+    """The running daemon as the methods see it.
+
+    Subsystems that exist add their status section; absent ones are simply
+    not there (DESIGN.md: a section is absent, never faked).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        policy: Policy,
+        registry: Registry,
+        lifecycle: Lifecycle | None = None,
+        activation: str = "self",
+    ) -> None:
+        self.config = config
+        self.policy = policy
+        self.registry = registry
+        self.lifecycle: Lifecycle = lifecycle or NoLifecycle()
+        self.activation = activation
+        self.pid = os.getpid()
+        self.started_mono = time.monotonic()
+        self.sockets: dict[str, str] = {}
+        self.connections = Counters("active", "total", "refused")
+        self.requests = Counters("total", "errors")
+        self._sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._services: dict[type, object] = {}
+
+    def provide(self, service: object, kind: type | None = None) -> None:
+        """Make `service` available to handlers as `get(kind)` (its own class by default)."""
+        self._services[kind or type(service)] = service
+
+    def get(self, kind: type[T]) -> T:
+        try:
+            return cast(T, self._services[kind])
+        except KeyError:
+            raise InternalError(f"{kind.__name__} is not running in this ipcd") from None
+
+    def add_section(self, name: str, section: Callable[[], dict[str, Any]]) -> None:
+        self._sections[name] = section
+
+    def status(self) -> dict[str, Any]:
+        conns = self.connections.snapshot()
+        out: dict[str, Any] = {
+            "version": __version__,
+            "pid": self.pid,
+            "uptime_s": round(time.monotonic() - self.started_mono, 3),
+            "activation": self.activation,
+            "sockets": dict(self.sockets),
+            "connections": {
+                "active": conns["active"],
+                "total": conns["total"],
+                "refused": conns["refused"],
+                "max": self.config.control.max_connections,
+            },
+            "requests": self.requests.snapshot(),
+        }
+        for name, section in self._sections.items():
+            out[name] = section()
+        return out
+
+
+@dataclass(slots=True)
+class Call:
+    """One method call: who asked, on which connection, through which method."""
+
+    app: App
+    peer: Peer
+    conn: Connection
+    method: Method
