@@ -23,6 +23,7 @@ from ipcd.errors import ConfigError
 
 MiB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
+DURABILITY = ("normal", "fsync")
 
 
 def _opt(default: Any, kind: str, lo: float | None = None, hi: float | None = None, doc: str = "") -> Any:
@@ -45,6 +46,7 @@ class ControlConfig:
     max_request_bytes: int = _opt(MiB, "int", 64, 64 * MiB)
     idle_timeout_s: float = _opt(300.0, "float", 0.05, 86400)
     stream_queue: int = _opt(1024, "int", 1, 1_000_000, "notifications held for a slow reader")
+    max_queued_bytes_per_connection: int = _opt(8 * MiB, "int", 64 * 1024, 1024 * MiB, "replies and notifications")
     socket_mode: int = _opt(0o660, "mode")
     socket_group: str = _opt("ipcd", "str")
 
@@ -74,6 +76,8 @@ class StoreConfig:
 class KvConfig:
     max_value_bytes: int = _opt(MiB, "int", 1, 64 * MiB)
     max_keys: int = _opt(100_000, "int", 1, 10**8)
+    max_bytes: int = _opt(64 * MiB, "int", 1, 2**40, "all values together")
+    durability: str = _opt("normal", "durability", doc='"normal": survives kill -9; "fsync": power loss too')
 
 
 @dataclass
@@ -232,6 +236,8 @@ def _check(value: Any, meta: Mapping[str, Any]) -> Any:
             raise ValueError("must be a non-empty string")
     elif kind == "level" and value not in LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+    elif kind == "durability" and value not in DURABILITY:
+        raise ValueError(f"must be one of {', '.join(DURABILITY)}")
     elif kind == "mode":
         value = parse_mode(value)
     elif kind == "ids" and (

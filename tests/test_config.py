@@ -274,6 +274,7 @@ max_connections_per_uid = 3
 max_request_bytes = 4096
 idle_timeout_s = 60          # an integer where a number goes
 stream_queue = 16
+max_queued_bytes_per_connection = 131072
 socket_mode = "0600"
 socket_group = "wheel"
 
@@ -297,6 +298,8 @@ max_pending = 50
 [kv]
 max_value_bytes = 100
 max_keys = 7
+max_bytes = 1000
+durability = "fsync"
 
 [access]
 admin_uids = [0, "alice"]
@@ -318,6 +321,7 @@ def test_parse_every_key() -> None:
         max_request_bytes=4096,
         idle_timeout_s=60.0,
         stream_queue=16,
+        max_queued_bytes_per_connection=131072,
         socket_mode=0o600,
         socket_group="wheel",
     )
@@ -338,12 +342,12 @@ def test_parse_every_key() -> None:
         retention_interval_s=1.5,
         max_pending=50,
     )
-    assert cfg.kv == KvConfig(max_value_bytes=100, max_keys=7)
+    assert cfg.kv == KvConfig(max_value_bytes=100, max_keys=7, max_bytes=1000, durability="fsync")
     assert cfg.access == AccessConfig(
         admin_uids=[0, "alice"], admin_groups=["wheel"], write_uids=[1000, 1001], write_groups=[]
     )
     assert cfg.explicit == ALL_KEYS
-    assert len(ALL_KEYS) == 28  # a new key needs a line in FULL
+    assert len(ALL_KEYS) == 31  # a new key needs a line in FULL
 
 
 def test_parse_turns_integers_into_floats_for_number_keys() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import socket
@@ -17,7 +16,8 @@ import pytest
 from conftest import Ipcd, needs_root, wait_for
 
 from ipcd import config
-from ipcd.daemon.daemon import Daemon, Paths
+from ipcd.daemon.daemon import Daemon
+from ipcd.daemon.instance import Paths
 from ipcd.daemon.systemd import Notifier
 
 
@@ -184,10 +184,10 @@ def test_state_dir_turning_read_only(make_ipcd, short_tmp) -> None:
     assert "entries lost" in d.stderr()
 
 
-# -- a store writer that dies ---------------------------------------------------------
+# -- a log process that hangs or dies ---------------------------------------------------
 
 
-def test_dead_store_writer_is_noticed_and_stops_the_watchdog(short_tmp) -> None:
+def test_a_stuck_log_process_stops_the_watchdog_until_it_turns_again(short_tmp) -> None:
     notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     notify_path = str(short_tmp / "notify")
     notify.bind(notify_path)
@@ -208,30 +208,43 @@ def test_dead_store_writer_is_noticed_and_stops_the_watchdog(short_tmp) -> None:
             pass
         return notes
 
+    assert d.logs is not None
+    log_pid = d.logs.pid
     try:
         wait_for(lambda: sum(n == "WATCHDOG=1" for n in read_notes()) >= 3, 10, "watchdog pings while healthy")
-        assert d.logs is not None and d.logs._thread is not None
-        log_thread = d.logs._thread
-        # A real fault in the thread: an exception it did not expect (here, raised into it).
-        hit = ctypes.pythonapi.PyThreadState_SetAsyncExc(
-            ctypes.c_ulong(log_thread.ident), ctypes.py_object(RuntimeError)
-        )
-        assert hit == 1
-        wait_for(lambda: not log_thread.is_alive(), 10, "the writer's thread to die")
+        os.kill(log_pid, signal.SIGSTOP)  # a real hang: the process runs no more
+        wait_for(lambda: d.health.problem() is not None, 10, "the hang to be noticed")
         st = d.app.status()
-        assert st["store"]["writer"] == "dead" and "RuntimeError" in st["store"]["error"]
-        assert st["watchdog"]["healthy"] is False and "RuntimeError" in st["watchdog"]["problem"]
-        assert d.health.problem() is not None
+        assert st["watchdog"]["healthy"] is False and "stuck" in st["watchdog"]["problem"]
         read_notes()
         before = notes.count("WATCHDOG=1")
         time.sleep(0.5)  # ten ping intervals: none may come now (the absence is the point)
         assert read_notes().count("WATCHDOG=1") == before
-        assert "STORE FAILING" in d.health.summary()
+        os.kill(log_pid, signal.SIGCONT)
+        wait_for(lambda: read_notes().count("WATCHDOG=1") > before, 10, "pings again once it turns")
     finally:
+        os.kill(log_pid, signal.SIGCONT)
         d.request_stop()
         runner.join(10)
         d.stop(quiet=True)
         notify.close()
+    assert d.failure is None
+
+
+def test_a_dead_log_process_stops_ipcd_with_exit_1(make_ipcd) -> None:
+    d: Ipcd = make_ipcd().start()
+    log_pid = d.call("status")["log_process"]["pid"]
+    assert log_pid and log_pid != d.proc.pid
+    os.kill(log_pid, signal.SIGKILL)
+    assert d.wait(20) == 1
+    assert f"the log process (pid {log_pid}) died: killed by signal SIGKILL; ipcd stops" in d.stderr()
+    assert not Path(d.sock).exists()  # it stopped in order: its socket files are gone
+
+
+def test_a_log_process_stopped_by_sigterm_stops_ipcd_cleanly(make_ipcd) -> None:
+    d: Ipcd = make_ipcd().start()
+    os.kill(d.call("status")["log_process"]["pid"], signal.SIGTERM)  # as `kill` on the whole group would
+    assert d.wait(20) == 0
 
 
 def test_sigterm_while_store_is_busy_still_commits(make_ipcd) -> None:

@@ -24,7 +24,7 @@ def get(c: Conn, key: str) -> Any:
 
 def db_keys(d: Ipcd) -> list[str]:
     """The keys in the SQLite file itself, read beside the daemon."""
-    path = d.call("status")["store"]["path"]
+    path = d.call("status")["kv"]["path"]
     with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
         return sorted(k for (k,) in db.execute("SELECT key FROM kv"))
 

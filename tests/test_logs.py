@@ -534,7 +534,7 @@ def test_status_logs_and_store_sections(make_ipcd: Callable[..., Ipcd]) -> None:
 def test_rate_limit_at_its_edge(make_ipcd: Callable[..., Ipcd]) -> None:
     interval_s = 0.5
     d = make_ipcd(config=f"[log]\nrate_limit_burst = 3\nrate_limit_interval_s = {interval_s}\n").start()
-    daemon_pid = status(d)["pid"]
+    log_pid = status(d)["log_process"]["pid"]  # the log process writes ipcd's own entries
     who = f"{MY_COMM}[{MY_PID}]"
     # Another sender (another command) has a budget of its own.
     run(["logger", "-u", d.log_sock, "-t", "rl", "w1 from logger"])
@@ -562,7 +562,8 @@ def test_rate_limit_at_its_edge(make_ipcd: Callable[..., Ipcd]) -> None:
     ]
     report = entries[-1]
     got = (report["priority"], report["facility"], report["fields"], report["sender_pid"])
-    assert got == (4, 5, {"suppressed": 3, "sender": who}, daemon_pid)  # warning, syslog, from ipcd itself
+    assert got == (4, 5, {"suppressed": 3, "sender": who}, log_pid)  # warning, syslog, from ipcd itself
+    assert report["sender_comm"] == "ipcd-log"
     logs = status(d)["logs"]
     assert (logs["received"], logs["rate_limited"], logs["stored"]) == (10, 3, 8)
 
@@ -1288,8 +1289,7 @@ def test_receiver_reads_bursts_with_credentials_and_real_lengths(short_tmp: Path
 @pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read a socket's buffer size")
 def test_log_socket_gets_the_receive_buffer_asked_for(make_ipcd: Callable[..., Ipcd]) -> None:
     d = make_ipcd(config="[log]\nreceive_buffer_bytes = 3145728\n").start()
-    assert d.proc is not None
-    fd_dir = Path(f"/proc/{d.proc.pid}/fd")
+    fd_dir = Path(f"/proc/{status(d)['log_process']['pid']}/fd")  # the log process holds the log socket
     inodes = {
         os.readlink(fd_dir / fd)[8:-1] for fd in os.listdir(fd_dir) if os.readlink(fd_dir / fd).startswith("socket:[")
     }

@@ -12,7 +12,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import select
 import sqlite3
 import threading
 import time
@@ -128,13 +127,13 @@ def reader(path: Path) -> Iterator[Reader]:
 
 def test_new_store_is_created_at_the_current_schema(path: Path, open_writer: Any) -> None:
     w = open_writer()
-    assert SCHEMA_VERSION == 3
+    assert SCHEMA_VERSION == 4
     assert user_version(path) == SCHEMA_VERSION
     with db(path) as c:
         tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         assert c.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         cols = tuple(r[1] for r in c.execute("PRAGMA table_info(entries)"))
-    assert tables == {"entries", "kv", "meta"}
+    assert tables == {"entries", "meta"}  # key/value state has a file of its own
     assert cols == COLUMNS
     assert (w.next_id, w.entries) == (1, 0)
 
@@ -152,7 +151,7 @@ def test_store_at_version_1_is_migrated_and_keeps_its_entries(path: Path, open_w
     w = open_writer()
     assert user_version(path) == SCHEMA_VERSION
     with db(path) as c:
-        assert c.execute("SELECT count(*) FROM kv").fetchone()[0] == 0
+        assert c.execute("SELECT count(*) FROM sqlite_master WHERE name = 'kv'").fetchone()[0] == 0
         assert c.execute("SELECT count(*) FROM meta").fetchone()[0] == 0
     assert (w.next_id, w.entries) == (8, 2)  # ids go on after the highest kept one
     w.add([row("third")])
@@ -351,47 +350,6 @@ def _put_then_fail(conn: sqlite3.Connection) -> None:
 def kv_keys(path: Path) -> list[str]:
     with db(path) as c:
         return [r[0] for r in c.execute("SELECT key FROM kv ORDER BY key")]
-
-
-def test_ops_run_and_commit_at_the_next_service(path: Path, open_writer: Any) -> None:
-    w = open_writer(commit_batch=1000)
-    w.add([row("pending log row")])
-    a, bad, b = w.submit(_put("a")), w.submit(_put_then_fail), w.submit(_put("b"))
-    assert select.select([w.wake_fd], [], [], 0)[0] == [w.wake_fd]  # the writer's loop would wake
-    assert not a.done.is_set()
-    with pytest.raises(TimeoutError, match="did not answer in time"):
-        a.wait(timeout_s=0.001)
-    assert w.due_in() == 0.0
-    w.service()
-    assert select.select([w.wake_fd], [], [], 0)[0] == []  # drained
-    assert a.wait() == "put a" and b.wait() == "put b"
-    with pytest.raises(ValueError, match="conflict"):
-        bad.wait()
-    # The failed op was undone alone; the others and the pending log row are committed with it.
-    assert kv_keys(path) == ["a", "b"]
-    assert ids_on_disk(path) == [1]
-    assert (w.commits, w.stored) == (1, 1)
-
-
-def test_op_submitted_from_another_thread_waits_for_the_writer(path: Path, open_writer: Any) -> None:
-    w = open_writer()
-    got: list[Any] = []
-    t = threading.Thread(target=lambda: got.append(w.submit(_put("x")).wait(10.0)))
-    t.start()
-    wait_for(lambda: select.select([w.wake_fd], [], [], 0)[0], 5.0, "the op to wake the writer")
-    assert got == []
-    w.service()
-    t.join(10.0)
-    assert got == ["put x"]
-    assert kv_keys(path) == ["x"]
-
-
-def test_op_after_close_fails_at_once(path: Path) -> None:
-    w = Writer(str(path), make_cfg())
-    w.close()
-    op = w.submit(_put("late"))
-    with pytest.raises(RuntimeError, match="the store is closed"):
-        op.wait(0.0)
 
 
 def test_on_commit_hears_the_last_id_of_each_commit(open_writer: Any) -> None:

@@ -64,7 +64,8 @@ class ClientConnection:
     def open_stream(self, name: str) -> Stream:
         with self._lock:
             if self.outbox is None:
-                self.outbox = Outbox(self, self.server.app.config.control.stream_queue)
+                c = self.server.app.config.control
+                self.outbox = Outbox(self, c.stream_queue, c.max_queued_bytes_per_connection)
                 self.outbox.hold()  # released once the subscribing reply is out
             stream = Stream(self, name)
             self.streams.add(stream)
@@ -193,15 +194,14 @@ class ControlHandler(socketserver.BaseRequestHandler):
         outbox = conn.outbox
         if outbox is not None:
             outbox.hold()
-        out: Any
         try:
             if isinstance(parsed, list):
                 replies = [r for r in (self._dispatch(m) for m in parsed) if r is not None]
-                out = replies or None
+                out = f"[{','.join(replies)}]" if replies else None
             else:
                 out = self._dispatch(parsed)
             if out is not None:
-                conn.send(self._encode(out))
+                conn.send(jsonrpc.to_bytes(out))
             return True
         except OSError:
             return False
@@ -211,36 +211,31 @@ class ControlHandler(socketserver.BaseRequestHandler):
             elif conn.outbox is not None:  # this call opened the first stream
                 conn.outbox.release()
 
-    def _encode(self, out: Any) -> bytes:
-        try:
-            return jsonrpc.encode(out)
-        except (TypeError, ValueError):
-            log.exception("cannot encode a reply")
-            self.server.app.requests.add("errors")
-            return jsonrpc.encode(jsonrpc.error(None, InternalError("internal error: reply not encodable")))
-
-    def _dispatch(self, msg: jsonrpc.Message) -> dict[str, Any] | None:
+    def _dispatch(self, msg: jsonrpc.Message) -> str | None:
+        """One call: its reply as a line of text (None for a notification)."""
         app = self.server.app
         conn = self.request
         app.requests.add("total")
         conn.requests += 1
         if isinstance(msg, jsonrpc.Invalid):
             app.requests.add("errors")
-            return jsonrpc.error(msg.id, msg.error)
+            return _error_line(msg.id, msg.error)
         try:
             method = app.registry.get(msg.method)
             require(conn.peer.role, method.role, method.name)
             params = method.bind(msg)
             value = method.handler(Call(app, conn.peer, conn, method), **params)
+            if msg.notification:
+                return None
+            return jsonrpc.result_line(msg.id, value)
         except RpcError as e:
             app.requests.add("errors")
-            return None if msg.notification else jsonrpc.error(msg.id, e)
+            return None if msg.notification else _error_line(msg.id, e)
         except Exception:
             app.requests.add("errors")
             log.exception("internal error in %s", msg.method)
             err = InternalError(f"internal error in {msg.method}; ipcd's log has the details")
-            return None if msg.notification else jsonrpc.error(msg.id, err)
-        return None if msg.notification else jsonrpc.result(msg.id, value)
+            return None if msg.notification else _error_line(msg.id, err)
 
     def _send_error(self, err: RpcError) -> None:
         try:
@@ -372,6 +367,10 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
                     return False
                 self._idle.wait(left)
         return True
+
+
+def _error_line(req_id: Any, err: RpcError) -> str:
+    return jsonrpc.dumps(jsonrpc.error(req_id, err))
 
 
 def _timeval(sec: int, usec: int) -> bytes:

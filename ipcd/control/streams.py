@@ -31,17 +31,21 @@ class Conn(Protocol):
 class Outbox:
     """Notifications waiting for one connection's reader.
 
-    `push` never blocks: past `maxlen` queued notifications it drops and
-    counts per stream, and the reader later gets one `lagged` notification
-    (`stream`, `missed`) in the place of what it missed.  The pump thread
-    writes while no reply is being prepared (`hold`), so that a subscribing
-    call's result always comes before its first notification.
+    Notifications are queued encoded (one line of bytes each), so the queue
+    is bounded both in count (`maxlen`) and in bytes (`max_bytes`).  `push`
+    never blocks: past either bound it drops and counts per stream, and the
+    reader later gets one `lagged` notification (`stream`, `missed`) in the
+    place of what it missed.  The pump thread writes while no reply is being
+    prepared (`hold`), so that a subscribing call's result always comes
+    before its first notification.
     """
 
-    def __init__(self, conn: Conn, maxlen: int) -> None:
+    def __init__(self, conn: Conn, maxlen: int, max_bytes: int) -> None:
         self.conn = conn
         self.maxlen = maxlen
-        self._q: deque[dict[str, Any]] = deque()
+        self.max_bytes = max_bytes
+        self.queued_bytes = 0
+        self._q: deque[bytes] = deque()
         self._missed: dict[str, int] = {}
         self._cv = threading.Condition()
         self._held = 0
@@ -51,26 +55,33 @@ class Outbox:
         self._thread = threading.Thread(target=self._pump, name="ipcd-outbox", daemon=True)
         self._thread.start()
 
-    def push(self, stream: str, message: dict[str, Any], block: bool = False) -> bool:
-        """Queue `message`; if full, drop and count it, or with `block` wait for room."""
+    def _full(self, size: int) -> bool:
+        return len(self._q) >= self.maxlen or (self.queued_bytes + size > self.max_bytes and bool(self._q))
+
+    def push(self, stream: str, line: bytes, block: bool = False) -> bool:
+        """Queue one encoded line; if full, drop and count it, or with `block` wait for room."""
+        size = len(line)
         with self._cv:
-            while block and len(self._q) >= self.maxlen and not self._closed:
+            while block and self._full(size) and not self._closed:
                 self._cv.wait()
             if self._closed:
                 return False
-            if len(self._q) >= self.maxlen:
+            if self._full(size):
                 self._missed[stream] = self._missed.get(stream, 0) + 1
                 self.dropped += 1
                 return False
             self._flush_missed(stream)
-            self._q.append(message)
+            self._q.append(line)
+            self.queued_bytes += size
             self._cv.notify_all()
             return True
 
     def _flush_missed(self, stream: str) -> None:
         n = self._missed.pop(stream, 0)
         if n:
-            self._q.append(jsonrpc.notification("lagged", {"stream": stream, "missed": n}))
+            line = jsonrpc.to_bytes(jsonrpc.notification_line("lagged", {"stream": stream, "missed": n}))
+            self._q.append(line)
+            self.queued_bytes += len(line)
 
     def hold(self) -> None:
         with self._cv:
@@ -100,9 +111,11 @@ class Outbox:
                     for stream in list(self._missed):
                         self._flush_missed(stream)
                 batch = [self._q.popleft() for _ in range(min(len(self._q), 256))]
+                data = b"".join(batch)
+                self.queued_bytes -= len(data)
                 self._cv.notify_all()  # room for a producer that waits (block=True)
             try:
-                self.conn.send(b"".join(jsonrpc.encode(m) for m in batch))
+                self.conn.send(data)
                 self.sent += len(batch)
             except (OSError, ValueError):
                 # The reader is gone or stalled past the send timeout: cut it off.
@@ -119,10 +132,15 @@ class Stream:
         self.closed = False
 
     def push(self, method: str, params: Any, block: bool = False) -> bool:
+        """Queue a notification (`params` may be `jsonrpc.Raw`); False if it was dropped."""
+        return self.push_line(jsonrpc.to_bytes(jsonrpc.notification_line(method, params)), block)
+
+    def push_line(self, line: bytes, block: bool = False) -> bool:
+        """Queue an encoded notification (one encoding for many subscribers)."""
         outbox = self.conn.outbox
         if self.closed or outbox is None:
             return False
-        return outbox.push(self.name, jsonrpc.notification(method, params), block)
+        return outbox.push(self.name, line, block)
 
     def close(self) -> None:
         if not self.closed:

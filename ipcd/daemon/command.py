@@ -60,6 +60,9 @@ def run(runtime: str | None, state: str | None, config_file: str | None, log_lev
         return EXIT_FAILURE
     d.run()
     d.stop()
+    if d.failure is not None:
+        notifier.failed_exit(f"stopped: {d.failure}", errno.EIO)
+        return EXIT_FAILURE
     return 0
 
 

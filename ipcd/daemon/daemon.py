@@ -1,9 +1,9 @@
 """The running daemon: the order things start and stop in, signals, reload.
 
 Start: both sockets (`instance`: adopted from systemd or bound here, with
-the lock and the stale-socket probe), the store and the log side
-(`logs.pipeline`), key/value state and channels, the control server, then
-READY=1.  The main thread then only waits: signal handlers set flags, and
+the lock and the stale-socket probe), the log process (`logs.process`,
+forked before any thread runs; it opens the store), key/value state and
+channels, the control server, then READY=1.  The main thread then only waits: signal handlers set flags, and
 the loop acts on them (SIGTERM/SIGINT: stop; SIGHUP: reload) and does the
 periodic work (expiring keys, STATUS=, the watchdog through `health`).
 Stop runs the start in reverse: STOPPING=1, stop accepting, read what is
@@ -36,10 +36,12 @@ from ipcd.daemon.instance import Instance, Paths
 from ipcd.daemon.systemd import Notifier, watchdog_interval_s
 from ipcd.errors import ConfigError, ReloadFailed, StartupError
 from ipcd.logs import methods as log_methods
-from ipcd.logs.pipeline import LogPipeline
+from ipcd.logs.process import LogProcess
+from ipcd.logs.store import old_kv_rows
 from ipcd.state import methods as state_methods
 from ipcd.state.channels import Channels
 from ipcd.state.kv import KvStore
+from ipcd.state.kvdb import KV_DB_NAME, KvDb
 
 log = logging.getLogger("ipcd")
 
@@ -55,8 +57,10 @@ class Daemon:
         self.instance = Instance(paths, os.geteuid())
         self.app = App(cfg, make_policy(cfg.access, os.geteuid()), REGISTRY, lifecycle=self)
         self.health = Health(self.notifier, watchdog_interval_s(), self.app)
-        self.logs: LogPipeline | None = None
+        self.logs: LogProcess | None = None
+        self.kvdb: KvDb | None = None
         self.kv: KvStore | None = None
+        self.failure: str | None = None  # why ipcd stops on its own (exit 1)
         self.control: ControlServer | None = None
         self._control_thread: threading.Thread | None = None
         self._stop = threading.Event()
@@ -70,41 +74,53 @@ class Daemon:
         _raise_nofile()
         listeners = self.instance.open(self.cfg)
         self.app.activation = self.instance.activation
+        self.app.sockets.update({name: lst.path for name, lst in sorted(listeners.items())})
         self.app.add_section("watchdog", self.health.status)
+        self._prepare_state_dir()
+        kv_rows = old_kv_rows(self.paths.db)  # before the log process drops them from ipcd.db
         self._start_logs(listeners["log"].sock, owned=listeners["log"].bound is not None)
-        self.app.sockets["log"] = listeners["log"].path
-        self._start_state()
+        self._start_state(kv_rows)
         self._start_control(listeners["control"].sock)
-        self.app.sockets["control"] = listeners["control"].path
         log.info(
-            "ipcd %s ready: control %s, log %s, store %s, activation %s (pid %d)",
+            "ipcd %s ready: control %s, log %s, store %s, activation %s (pid %d, log process %d)",
             __version__,
             self.app.sockets["control"],
             self.app.sockets["log"],
             self.paths.db,
             self.app.activation,
             os.getpid(),
+            self.logs.pid if self.logs else 0,
         )
         self.notifier.ready(status=self.health.summary())
 
-    def _start_logs(self, sock: Any, owned: bool) -> None:
+    def _prepare_state_dir(self) -> None:
         sd = self.paths.state_dir
         try:
             sd.mkdir(mode=0o750, parents=True, exist_ok=True)
         except OSError as e:
             raise StartupError(f"cannot create state dir {sd}: {e.strerror}") from None
-        try:
-            self.logs = LogPipeline(self.cfg, self.paths.db, sock, owned=owned)
-        except sqlite3.Error as e:
-            raise StartupError(f"cannot open the store {self.paths.db}: {e}") from None
+
+    def _start_logs(self, sock: Any, owned: bool) -> None:
+        """Fork the log process: first of all, while this is the only thread."""
+        self.logs = LogProcess(self.cfg, self.paths.db, sock, owned=owned, on_exit=self._log_process_ended)
+        self.logs.start(close_in_child=[*self.instance.fds_except("log"), *self.notifier.fds()])
         self.logs.provide(self.app)
         self.health.logs = self.logs
         self.health.watch(self.logs.problem)
-        self.logs.start()
 
-    def _start_state(self) -> None:
-        assert self.logs is not None
-        self.kv = KvStore(self.logs.writer, self.cfg.kv)
+    def _start_state(self, kv_rows: list[tuple[Any, ...]]) -> None:
+        path = str(self.paths.state_dir / KV_DB_NAME)
+        try:
+            self.kvdb = KvDb(path, self.cfg.kv.durability)
+            if kv_rows:
+                self.kvdb.import_rows(kv_rows)
+                log.info("moved %d keys from %s to %s", len(kv_rows), self.paths.db, path)
+        except sqlite3.Error as e:
+            raise StartupError(f"cannot open the key/value store {path}: {e}") from None
+        self.kv = KvStore(self.kvdb, self.cfg.kv)
+        for problem in self.kv.skipped:
+            log.error("key/value store: a key could not be loaded and was left out: %s", problem)
+        self.kvdb.start()
         channels = Channels()
         self.app.provide(self.kv)
         self.app.provide(channels)
@@ -141,6 +157,11 @@ class Daemon:
     def request_stop(self) -> None:
         self._stop.set()
         self._wake.set()
+
+    def _log_process_ended(self, why: str | None) -> None:
+        """The log process ended on its own: stop, and exit 1 if it died (`why`)."""
+        self.failure = why
+        self.request_stop()
 
     def run(self) -> None:
         watchdog_s = self.health.watchdog_s
@@ -191,8 +212,9 @@ class Daemon:
         set_log_level(new.daemon.log_level)
         if self.logs is not None:
             self.logs.configure(new)
-        if self.kv is not None:
+        if self.kv is not None and self.kvdb is not None:
             self.kv.cfg = new.kv
+            self.kvdb.set_durability(new.kv.durability)
         self.instance.apply_modes(new)
 
     # -- stop --------------------------------------------------------------
@@ -220,15 +242,16 @@ class Daemon:
             self.control.shutdown()  # serve_forever returns: no more accepts
             self.instance.unlink("control")
         if self.logs is not None:
-            self.logs.stop_reading()
             self.instance.unlink("log")  # new senders now fail at once
-            n = self.logs.drain()  # what was sent before is still read and kept
+            n = self.logs.stop()  # what was sent before is still read and kept
             if n:
                 log.info("read %d queued datagrams from the log socket before stopping", n)
         if self.control is not None:
-            self.control.stop(grace_s=STOP_GRACE_S)
+            self.control.stop(grace_s=STOP_GRACE_S)  # answers what was asked, kv writes included
         if self._control_thread is not None:
             self._control_thread.join()
+        if self.kvdb is not None:
+            self.kvdb.close()
         if self.logs is not None:
             self.logs.close()
         self.instance.close()

@@ -16,7 +16,7 @@ from typing import Any
 
 from ipcd.control.app import App
 from ipcd.daemon.systemd import Notifier
-from ipcd.logs.pipeline import LogPipeline
+from ipcd.logs.process import LogProcess
 
 log = logging.getLogger("ipcd")
 
@@ -29,7 +29,7 @@ class Health:
         self.watchdog_s = watchdog_s  # ping interval: half of WATCHDOG_USEC
         self.app = app
         self.parts: list[Part] = []
-        self.logs: LogPipeline | None = None
+        self.logs: LogProcess | None = None
         self.pings = 0
         self._reported = False
         self._last_received = 0
@@ -75,13 +75,14 @@ class Health:
         """The one-line STATUS=: clients, messages/s, drops."""
         now = time.monotonic()
         lp = self.logs
-        received = lp.intake.received if lp else 0
+        received = lp.received if lp else 0
         if now - self._last_rate_at >= 0.5:
             self.rate = (received - self._last_received) / (now - self._last_rate_at)
             self._last_received, self._last_rate_at = received, now
         conns = self.app.connections["active"]
-        dropped = lp.writer.dropped if lp else 0
+        dropped = lp.dropped if lp else 0
         text = f"{conns} clients, {self.rate:.0f} msg/s, {received} received, {dropped} dropped"
-        if lp is not None and (lp.writer.error or lp.writer.dead):
-            text += f"; STORE FAILING: {lp.writer.dead or lp.writer.error}"
+        problem = lp.store_problem() if lp else None
+        if problem:
+            text += f"; STORE FAILING: {problem}"
         return text

@@ -17,6 +17,7 @@ import grp
 import logging
 import os
 import socket
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,7 @@ CONTROL_NAME = "ipcd.sock"
 LOG_NAME = "log.sock"
 LOCK_NAME = "ipcd.lock"
 KINDS = {"control": socket.SOCK_STREAM, "log": socket.SOCK_DGRAM}
+OUTLIVE_S = 10.0  # how long a killed ipcd's log process may take to finish
 
 
 @dataclass
@@ -141,6 +143,8 @@ class Instance:
     def _bind(self, name: str, cfg: Config) -> Listener:
         path, kind = self._path(name), KINDS[name]
         state = probe(path, kind)
+        if state == "live" and name == "log":
+            state = self._outlive(path, kind)
         if state == "live":
             raise AlreadyRunning(f"ipcd is already running: {path} answers ({_who_answers(path)})")
         if state == "other":
@@ -163,6 +167,19 @@ class Instance:
             raise
         return Listener(sock, path, bound)
 
+    def _outlive(self, path: str, kind: int) -> str:
+        """Wait a little for a live log socket to go: holding the lock, this instance is the
+        only ipcd here, so what answers is the log process of one that was just killed,
+        still storing what was queued before it exits."""
+        deadline = time.monotonic() + OUTLIVE_S
+        state = "live"
+        while state == "live" and time.monotonic() < deadline:
+            time.sleep(0.02)
+            state = probe(path, kind)
+        if state != "live":
+            log.info("the previous ipcd's log process has finished with %s", path)
+        return state
+
     def apply_modes(self, cfg: Config) -> None:
         """A reload's socket modes, on the files ipcd made (systemd's are the .socket units')."""
         for name, lst in self.listeners.items():
@@ -177,6 +194,11 @@ class Instance:
                     os.chmod(lst.path, cfg.log.socket_mode)
             except OSError as e:
                 log.warning("cannot change the mode of %s: %s", lst.path, e.strerror)
+
+    def fds_except(self, name: str) -> list[int]:
+        """The descriptors this instance holds but the `name` listener's (for a child to close)."""
+        fds = [lst.sock.fileno() for n, lst in self.listeners.items() if n != name]
+        return fds + ([self._lock_fd] if self._lock_fd is not None else [])
 
     def unlink(self, name: str) -> None:
         """Remove the socket file, if ipcd made it and it is still the one it made."""

@@ -194,6 +194,11 @@ class Notifier:
     def enabled(self) -> bool:
         return bool(self.address)
 
+    def fds(self) -> list[int]:
+        """The descriptor it sends on, if connected (for a child process to close)."""
+        n = self._n
+        return [n.socket.fileno()] if n is not None and n.socket is not None else []
+
     def send(self, **fields: object) -> bool:
         """Send KEY=VALUE lines (`ready=1` -> READY=1); True if it went out."""
         if not self.address:

@@ -27,6 +27,7 @@ import socket
 import socketserver
 import threading
 import time
+from collections.abc import Callable
 
 from ipcd.logs.intake import Intake
 from ipcd.logs.recvmmsg import Datagram, Receiver
@@ -57,6 +58,9 @@ class LogServer(socketserver.UnixDatagramServer):
         self._stopped.set()
         self._tick_at = 0.0
         self.last_progress = time.monotonic()
+        # More descriptors the loop waits on, with what to do when one is readable.
+        self.watched: dict[int, Callable[[], None]] = {}
+        self.on_turn: Callable[[], None] | None = None  # after each turn of the loop
         super().__init__(sock.getsockname(), socketserver.BaseRequestHandler, bind_and_activate=False)
         self.socket.close()  # the placeholder socketserver made
         self.socket = sock
@@ -84,9 +88,9 @@ class LogServer(socketserver.UnixDatagramServer):
     def serve_forever(self, poll_interval: float = 0.5) -> None:
         """Read, ingest and commit until `shutdown`, on this one thread.
 
-        Overridden because the loop waits on two things, the socket and the
-        writer's wake-up pipe (an op from another thread), and wakes on time
-        for the next commit.
+        Overridden because the loop waits on several things, the socket, the
+        writer's wake-up pipe (an op from another thread) and the `watched`
+        descriptors, and wakes on time for the next commit.
         """
         self._stopped.clear()
         writer = self.writer
@@ -96,8 +100,13 @@ class LogServer(socketserver.UnixDatagramServer):
             poller = select.poll()
             poller.register(self.socket, select.POLLIN)
             poller.register(writer.wake_fd, select.POLLIN)
+            watched = self.watched
+            for fd in watched:
+                poller.register(fd, select.POLLIN)
             while not self._stopping:
-                poller.poll(min(poll_interval, writer.due_in()) * 1000)
+                for fd, _ in poller.poll(min(poll_interval, writer.due_in()) * 1000):
+                    if fd in watched:
+                        watched[fd]()
                 self._read_while_busy()
                 writer.service()
                 self.service_actions()
@@ -125,10 +134,16 @@ class LogServer(socketserver.UnixDatagramServer):
         if now >= self._tick_at:
             self._tick_at = now + 1.0
             self.intake.sweep()
+        if self.on_turn is not None:
+            self.on_turn()
 
-    def shutdown(self) -> None:
+    def request_stop(self) -> None:
+        """Make `serve_forever` return soon; safe in a signal handler."""
         self._stopping = True
         self.writer.wake()
+
+    def shutdown(self) -> None:
+        self.request_stop()
         self._stopped.wait()
 
     def drain(self) -> int:

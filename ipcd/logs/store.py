@@ -94,8 +94,27 @@ MIGRATIONS: list[str] = [
     """
     CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER) WITHOUT ROWID;
     """,
+    # 4: key/value state lives in kv.db (state.kvdb); the daemon copies the rows there first
+    """
+    DROP TABLE IF EXISTS kv;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def old_kv_rows(path: str) -> list[tuple[Any, ...]]:
+    """The key/value rows of a store from before kv.db (schema 2 and 3); [] if none."""
+    if not os.path.exists(path):
+        return []
+    conn = sqlite3.connect(path)  # before the log process opens it
+    try:
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'kv'").fetchone() is None:
+            return []
+        return conn.execute(
+            "SELECT key, value, version, expires_at, set_at, set_by_uid, set_by_pid, set_by_comm FROM kv"
+        ).fetchall()
+    finally:
+        conn.close()
 
 
 def connect(path: str, readonly: bool = False) -> sqlite3.Connection:

@@ -1,4 +1,4 @@
-"""The store's one writer: log rows in batches, other writes as ops.
+"""The store's one writer: log rows in batches.
 
 `Writer` runs on the thread that reads the log socket (`logs.server`):
 datagrams are read, parsed and inserted by one thread, into one open
@@ -7,9 +7,7 @@ intake never waits on a commit per message, and a burst that outruns the
 store waits in the kernel's socket queue, which blocks the senders:
 back-pressure, not loss.  One thread rather than a reader and a writer
 handing rows over: under the GIL the hand-over cost more than the work (75k
-against 110k messages/s on two cores, bench/intake.py).  Other threads'
-writes (key/value state) are `submit`ted as ops and committed at once.
-After each commit `on_commit` hears the last id (log followers read on from
+against 110k messages/s on two cores, bench/intake.py).  After each commit `on_commit` hears the last id (log followers read on from
 there).  `retention` runs between commits.
 """
 
@@ -19,11 +17,8 @@ import json
 import logging
 import os
 import sqlite3
-import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from ipcd.config import StoreConfig
@@ -82,23 +77,6 @@ def flatten(first_id: int, rows: list[Received]) -> list[Any]:
     return flat
 
 
-@dataclass
-class Op:
-    """A write that is not a log row: run in the writer's transaction, committed at once."""
-
-    fn: Callable[[sqlite3.Connection], Any]
-    done: threading.Event = field(default_factory=threading.Event)
-    result: Any = None
-    error: BaseException | None = None
-
-    def wait(self, timeout_s: float | None = 30.0) -> Any:
-        if not self.done.wait(timeout_s):
-            raise TimeoutError("the store writer did not answer in time")
-        if self.error is not None:
-            raise self.error
-        return self.result
-
-
 class Writer:
     """The store's one writer; it runs on the thread that reads the log socket.
 
@@ -107,7 +85,6 @@ class Writer:
     commit they stay in memory too, so that a failed commit (a full or
     read-only disk) loses nothing: they are written again when the store
     recovers, and only past `max_pending` are new rows dropped and counted.
-    Other threads' writes are `submit`ted as ops and committed at once.
     """
 
     def __init__(self, path: str, cfg: StoreConfig) -> None:
@@ -137,23 +114,11 @@ class Writer:
         self._first_at = 0.0
         self._retry_at = 0.0
         self._next_retention = 0.0
-        self._ops: deque[Op] = deque()
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wakes_pending = False
         self._closed = False
 
-    # -- from other threads --------------------------------------------------
-
-    def submit(self, fn: Callable[[sqlite3.Connection], Any]) -> Op:
-        """Queue a write for the writer's thread; `wait()` on the result."""
-        op = Op(fn)
-        if self._closed or self.dead:
-            op.error = RuntimeError("the store is closed" if self._closed else f"the store writer died: {self.dead}")
-            op.done.set()
-            return op
-        self._ops.append(op)
-        self.wake()
-        return op
+    # -- from a signal handler or another thread -----------------------------
 
     def wake(self) -> None:
         self._wakes_pending = True
@@ -197,9 +162,7 @@ class Writer:
                     self._failed(e)
 
     def due_in(self) -> float:
-        """Seconds until `service` has work: a commit, an op, a retry."""
-        if self._ops:
-            return 0.0
+        """Seconds until `service` has work: a commit, a retry, retention."""
         if not self._pending:
             return max(0.0, self._next_retention - time.monotonic())
         if self.error is not None:
@@ -207,30 +170,23 @@ class Writer:
         return max(0.0, self._first_at + self.cfg.commit_interval_ms / 1000.0 - time.monotonic())
 
     def service(self) -> None:
-        """Commit if due, run queued ops, enforce retention."""
+        """Commit if due, enforce retention."""
         self.last_progress = time.monotonic()
-        if self._ops or self._wakes_pending:
+        if self._wakes_pending:
             self.drain_wakes()
-        if self._ops or (self._pending and self.due_in() <= 0):
+        if self._pending and self.due_in() <= 0:
             self.commit()
         if not self._in_tx and self.error is None and time.monotonic() >= self._next_retention:
             self._retain()
 
     def commit(self) -> bool:
-        ops = []
-        while self._ops:
-            ops.append(self._ops.popleft())
         try:
             self._insert_pending()
-            results = [self._run_op(op) for op in ops]
             if self._in_tx:
                 self.conn.execute("COMMIT")
                 self._in_tx = False
         except sqlite3.Error as e:
             self._failed(e)
-            for op in ops:  # ops are not retried: their callers hear of it now
-                op.error = e
-                op.done.set()
             return False
         rows = self.pending
         self._pending, self._inserted = [], 0
@@ -243,9 +199,6 @@ class Writer:
         if self.error is not None:
             log.warning("the store is writable again, after %d failed attempts", self.failures)
             self.error = None
-        for op, (result, err) in zip(ops, results, strict=False):
-            op.result, op.error = result, err
-            op.done.set()
         if rows and self.on_commit is not None:
             self.on_commit(self.next_id - 1)
         return True
@@ -284,20 +237,6 @@ class Writer:
                 if self.unstorable + self._skipped == 1:
                     log.error("an entry could not be stored and was skipped (id %s): %s", row[0], e)
 
-    def _run_op(self, op: Op) -> tuple[Any, BaseException | None]:
-        self._begin()
-        self.conn.execute("SAVEPOINT op")
-        try:
-            result = op.fn(self.conn)
-        except sqlite3.OperationalError:
-            raise  # the store's failure, not the op's
-        except Exception as e:  # the op's own failure (a conflict...): undo just it
-            self.conn.execute("ROLLBACK TO op")
-            self.conn.execute("RELEASE op")
-            return None, e
-        self.conn.execute("RELEASE op")
-        return result, None
-
     def _rollback(self) -> None:
         if self._in_tx:
             try:
@@ -319,12 +258,8 @@ class Writer:
     def close(self) -> None:
         """Commit what is pending and close (on the writer's thread, or after it ended)."""
         self._closed = True
-        if (self._pending or self._ops) and not self.commit():
+        if self._pending and not self.commit():
             log.error("the store could not be written at stop: %d entries lost (%s)", self.pending, self.error)
-        while self._ops:  # submitted after the last commit
-            op = self._ops.popleft()
-            op.error = RuntimeError("the store is closed")
-            op.done.set()
         self.conn.close()
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)

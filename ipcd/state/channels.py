@@ -15,7 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-Push = Callable[[dict[str, Any]], bool]
+from ipcd.wire import jsonrpc
+
+Push = Callable[[bytes], bool]  # one encoded `message` notification; False if it was dropped
 
 
 class Subscription:
@@ -57,10 +59,14 @@ class Channels:
     def publish(self, channel: str, message: Any, uid: int, pid: int) -> int:
         with self._lock:
             members = list(self._subs.get(channel, ()))
+        if not members:
+            self.published += 1
+            return 0
         note = {"channel": channel, "message": message, "published_at": time.time(), "uid": uid, "pid": pid}
+        line = jsonrpc.to_bytes(jsonrpc.notification_line("message", note))  # encoded once for all
         reached = 0
         for sub in members:
-            if sub.push(note):
+            if sub.push(line):
                 reached += 1
             else:
                 self.lagged += 1

@@ -1,14 +1,18 @@
 """Shared key/value state: versions, compare-and-set, TTLs, watchers.
 
-Keys live in memory, guarded by one lock, and in the store's `kv` table,
-written through the store's one writer: a `set` or `delete` answers only
-once it is committed, so an acknowledged write survives kill -9.  Each key
-records its version (1, 2, ... per key; compare-and-set with `if_version`,
-0 meaning "only if absent"), who set it (uid, pid, command) and when.  An
-expired key is gone for readers at once; `purge_expired` (called every
-second by the daemon) removes it for good and tells the watchers.  Watchers
-see the changes in the order they were made, each once it is committed.
-Roles, params and the wire are `kvmethods`' business.
+Keys live in memory, guarded by one lock, and in kv.db (`kvdb`), whose one
+writer commits whatever is queued at once (group commit): a `set` or
+`delete` answers only once its commit is done, so an acknowledged write
+survives kill -9.  Versions are given, and compare-and-set (`if_version`, 0
+meaning "only if absent") decided, under the lock, in the order the writes
+then reach the disk: of racing writers with the same `if_version`, exactly
+one wins.  Values are kept as their JSON text, as they arrived and as they
+go out again (`kv.get` splices it into the reply), so a value costs its
+size, not a tree of Python objects.  An expired key is gone for readers at
+once; `purge_expired` (every second) removes it for good.  Watchers are
+indexed by prefix: a write costs a lookup per prefix of its key plus the
+watchers that match, never a look at every watcher.  Roles, params and the
+wire are `methods`' business.
 """
 
 from __future__ import annotations
@@ -22,13 +26,16 @@ from typing import Any
 
 from ipcd.config import KvConfig
 from ipcd.errors import Conflict, InternalError, InvalidParams, LimitReached, NotFound
+from ipcd.state.kvdb import DELETE, DELETE_VERSION, UPSERT, KvDb, Write
 
 MAX_KEY_CHARS = 256
+MAX_DEPTH = 64  # DESIGN.md "Limits": JSON nesting depth
 
 
-@dataclass
+@dataclass(slots=True)
 class Item:
-    value: Any
+    value: str  # JSON text
+    size: int  # its UTF-8 bytes
     version: int
     expires_at: float | None
     set_at: float
@@ -39,15 +46,13 @@ class Item:
     def alive(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
 
-    def to_json(self, key: str) -> dict[str, Any]:
-        return {
-            "key": key,
-            "value": self.value,
-            "version": self.version,
-            "expires_at": self.expires_at,
-            "set_at": self.set_at,
-            "set_by": {"uid": self.set_by_uid, "pid": self.set_by_pid, "command": self.set_by_comm},
-        }
+    def to_json(self, key: str) -> str:
+        """The `kv.get` result, as JSON text (the value spliced in as stored)."""
+        by = json.dumps({"uid": self.set_by_uid, "pid": self.set_by_pid, "command": self.set_by_comm})
+        return (
+            f'{{"key":{json.dumps(key, ensure_ascii=False)},"value":{self.value},"version":{self.version},'
+            f'"expires_at":{json.dumps(self.expires_at)},"set_at":{json.dumps(self.set_at)},"set_by":{by}}}'
+        )
 
 
 def check_key(key: str, what: str = "key") -> str:
@@ -56,49 +61,88 @@ def check_key(key: str, what: str = "key") -> str:
     return key
 
 
-Watcher = Callable[[dict[str, Any]], bool]
+def change_line(key: str, op: str, value: str | None, version: int) -> str:
+    """A `kv.change` notification's params, as JSON text."""
+    return f'{{"key":{json.dumps(key, ensure_ascii=False)},"op":"{op}","value":{value or "null"},"version":{version}}}'
+
+
+Watcher = Callable[[str], Any]  # takes a kv.change's params as JSON text
+
+
+class Watchers:
+    """Watchers by prefix: who hears of a change to `key` is found from its prefixes."""
+
+    def __init__(self) -> None:
+        self._by_prefix: dict[str, dict[int, Watcher]] = {}
+        self._next = 0
+        self.count = 0
+
+    def add(self, prefix: str, push: Watcher) -> int:
+        self._next += 1
+        self._by_prefix.setdefault(prefix, {})[self._next] = push
+        self.count += 1
+        return self._next
+
+    def remove(self, prefix: str, handle: int) -> None:
+        members = self._by_prefix.get(prefix)
+        if members is not None and members.pop(handle, None) is not None:
+            self.count -= 1
+            if not members:
+                del self._by_prefix[prefix]
+
+    def matching(self, key: str) -> list[Watcher]:
+        if not self._by_prefix:
+            return []
+        out: list[Watcher] = []
+        by_prefix = self._by_prefix
+        for n in range(len(key) + 1):
+            members = by_prefix.get(key[:n])
+            if members:
+                out.extend(members.values())
+        return out
 
 
 class KvStore:
-    def __init__(self, writer: Any, cfg: KvConfig) -> None:
-        self.writer = writer
+    def __init__(self, db: KvDb, cfg: KvConfig) -> None:
+        self.db = db
         self.cfg = cfg
         self._lock = threading.Lock()
         self._items: dict[str, Item] = {}
-        self._watchers: dict[int, tuple[str, Watcher]] = {}
-        self._next_watch = 0
+        self._bytes = 0  # of the values, together
+        self._watchers = Watchers()
         # The last version of keys deleted or purged (at most max_keys of
         # them, for this run of the daemon): a key made again goes on from it.
         self._gone: dict[str, int] = {}
-        # Changes are numbered under _lock and told to watchers in that
-        # order, each after its commit: commits finish in order, but the
-        # threads that waited for them wake in any order.
-        self._seq = 0
-        self._told = 0
-        self._told_cv = threading.Condition()
         self.sets = 0
         self.deletes = 0
         self.expired = 0
-        # Loaded on the starting thread, before the writer's thread runs.
-        for key, value, version, expires_at, set_at, uid, pid, comm in writer.conn.execute(
-            "SELECT key, value, version, expires_at, set_at, set_by_uid, set_by_pid, set_by_comm FROM kv"
-        ):
-            self._items[key] = Item(json.loads(value), version, expires_at, set_at, uid, pid, comm)
+        self.skipped: list[str] = []  # rows that could not be loaded
+        self._load()
+
+    def _load(self) -> None:
+        """Every row of kv.db; a row that cannot be used is skipped and reported, never fatal."""
+        for key, value, version, expires_at, set_at, uid, pid, comm in self.db.rows():
+            try:
+                check_key(key)
+                checked = _checked_json(value)
+            except (InvalidParams, ValueError) as e:
+                self.skipped.append(f"{key!r}: {e}")
+                continue
+            self._items[key] = Item(checked, _size(checked), version, expires_at, set_at, uid, pid, comm)
+            self._bytes += self._items[key].size
 
     # -- reading ---------------------------------------------------------------
 
     def get(self, key: str) -> Item:
-        now = time.time()
-        with self._lock:
-            item = self._items.get(key)
-            if item is None or not item.alive(now):
-                raise NotFound(f"no key {key!r}", {"key": key})
-            return item
+        item = self._items.get(key)  # a dict read is atomic: no lock, no wait behind a writer
+        if item is None or not item.alive(time.time()):
+            raise NotFound(f"no key {key!r}", {"key": key})
+        return item
 
     def keys(self, prefix: str = "") -> list[str]:
         now = time.time()
-        with self._lock:
-            return sorted(k for k, it in self._items.items() if k.startswith(prefix) and it.alive(now))
+        items = list(self._items.items())
+        return sorted(k for k, it in items if k.startswith(prefix) and it.alive(now))
 
     def __len__(self) -> int:
         return len(self._items)
@@ -108,14 +152,7 @@ class KvStore:
     def set(
         self, key: str, value: Any, ttl_s: float | None, if_version: int | None, uid: int, pid: int, comm: str | None
     ) -> Item:
-        encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-        size = len(encoded.encode("utf-8", "surrogatepass"))
-        if size > self.cfg.max_value_bytes:
-            raise LimitReached(
-                f"value is {size} bytes; kv.max_value_bytes = {self.cfg.max_value_bytes}",
-                "max_value_bytes",
-                self.cfg.max_value_bytes,
-            )
+        encoded, size = _encode(value, self.cfg.max_value_bytes)
         now = time.time()
         with self._lock:
             old = self._items.get(key)
@@ -125,30 +162,18 @@ class KvStore:
                     f"key {key!r} is at version {current}, not {if_version}",
                     {"key": key, "version": current, "if_version": if_version},
                 )
-            if current == 0 and len(self._items) >= self.cfg.max_keys and key not in self._items:
-                raise LimitReached(
-                    f"{len(self._items)} keys; kv.max_keys = {self.cfg.max_keys}", "max_keys", self.cfg.max_keys
-                )
+            self._check_room(key, old, size)
             # Versions keep growing across expiry and delete, so that a stale
             # if_version never matches a new key of the same name by accident.
             version = (old.version if old is not None else self._gone.pop(key, 0)) + 1
-            item = Item(value, version, now + ttl_s if ttl_s else None, now, uid, pid, comm)
-            self._items[key] = item
-            op = self.writer.submit(
-                lambda c: c.execute(
-                    "INSERT OR REPLACE INTO kv (key, value, version, expires_at, set_at, set_by_uid, set_by_pid,"
-                    " set_by_comm) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (key, encoded, version, item.expires_at, now, uid, pid, comm),
-                )
+            item = Item(encoded, size, version, now + ttl_s if ttl_s else None, now, uid, pid, comm)
+            self._put(key, item)
+            params = (key, encoded, version, item.expires_at, now, uid, pid, comm)
+            batch = self.db.submit(
+                Write(UPSERT, params, undo=lambda: self._undo(key, item, old), after=self._teller(key, "set", item))
             )
-            seq = self._next_seq()  # after submit: a change that never queued never blocks the others
-        try:
-            self._persisted(op, key, old, item)
-        except BaseException:
-            self._tell(seq, None)
-            raise
+        self._wait(batch)
         self.sets += 1
-        self._tell(seq, {"key": key, "op": "set", "value": value, "version": version})
         return item
 
     def delete(self, key: str) -> None:
@@ -157,50 +182,76 @@ class KvStore:
             old = self._items.get(key)
             if old is None or not old.alive(now):
                 raise NotFound(f"no key {key!r}", {"key": key})
-            del self._items[key]
+            self._put(key, None)
             self._remember(key, old.version)
-            op = self.writer.submit(lambda c: c.execute("DELETE FROM kv WHERE key = ?", (key,)))
-            seq = self._next_seq()
-        try:
-            self._persisted(op, key, old, None)
-        except BaseException:
-            self._tell(seq, None)
-            raise
+            tell = self._teller(key, "delete", old)
+            batch = self.db.submit(Write(DELETE, (key,), undo=lambda: self._undo(key, None, old), after=tell))
+        self._wait(batch)
         self.deletes += 1
-        self._tell(seq, {"key": key, "op": "delete", "value": None, "version": old.version})
 
-    def _persisted(self, op: Any, key: str, old: Item | None, new: Item | None) -> None:
-        """Wait for the commit; if it failed, undo the change in memory (if still ours)."""
+    def _check_room(self, key: str, old: Item | None, size: int) -> None:
+        cfg = self.cfg
+        if old is None and len(self._items) >= cfg.max_keys:
+            raise LimitReached(f"{len(self._items)} keys; kv.max_keys = {cfg.max_keys}", "max_keys", cfg.max_keys)
+        total = self._bytes - (old.size if old is not None else 0) + size
+        if total > cfg.max_bytes:
+            raise LimitReached(
+                f"all values together would be {total} bytes; kv.max_bytes = {cfg.max_bytes}",
+                "max_bytes",
+                cfg.max_bytes,
+            )
+
+    def _put(self, key: str, item: Item | None) -> None:
+        """Replace `key`'s item (under _lock), keeping the byte count."""
+        old = self._items.pop(key, None)
+        if old is not None:
+            self._bytes -= old.size
+        if item is not None:
+            self._items[key] = item
+            self._bytes += item.size
+
+    def _undo(self, key: str, new: Item | None, old: Item | None) -> None:
+        """The commit failed: put back what was there, if the write is still the latest."""
+        with self._lock:
+            if self._items.get(key) is new:
+                self._put(key, old)
+
+    def _wait(self, batch: Any) -> None:
         try:
-            op.wait()
+            batch.wait()
         except Exception as e:
-            with self._lock:
-                if self._items.get(key) is new:
-                    if old is None:
-                        self._items.pop(key, None)
-                    else:
-                        self._items[key] = old
             raise InternalError(f"the store could not be written, nothing changed: {e}") from None
+
+    def _teller(self, key: str, op: str, item: Item) -> Callable[[], None]:
+        """What tells the watchers of this change, once committed (on the writer's thread)."""
+
+        def tell() -> None:
+            watchers = self._watchers.matching(key)
+            if watchers:
+                line = change_line(key, op, item.value if op == "set" else None, item.version)
+                for push in watchers:
+                    push(line)
+
+        return tell
 
     def purge_expired(self) -> int:
         now = time.time()
         with self._lock:
             gone = [(k, it) for k, it in self._items.items() if not it.alive(now)]
+            if not gone:
+                return 0
             for k, it in gone:
-                del self._items[k]
+                self._put(k, None)
                 self._remember(k, it.version)
-            first = self._seq + 1
-            self._seq += len(gone)
-        if not gone:
-            return 0
-        rows = [(k, it.version) for k, it in gone]
-        try:
-            # By version: a key set again meanwhile has a new one, and stays.
-            self.writer.submit(lambda c: c.executemany("DELETE FROM kv WHERE key = ? AND version = ?", rows))
-            self.expired += len(gone)
-        finally:
-            for seq, (k, it) in enumerate(gone, first):
-                self._tell(seq, {"key": k, "op": "expire", "value": None, "version": it.version})
+            tellers = [self._teller(k, "expire", it) for k, it in gone]
+            rows = [(k, it.version) for k, it in gone]  # by version: a key set again meanwhile stays
+
+            def tell_all() -> None:
+                for tell in tellers:
+                    tell()
+
+            self.db.submit(Write(DELETE_VERSION, rows, many=True, after=tell_all))
+        self.expired += len(gone)
         return len(gone)
 
     def _remember(self, key: str, version: int) -> None:
@@ -211,45 +262,63 @@ class KvStore:
 
     # -- watchers --------------------------------------------------------------
 
-    def watch(self, prefix: str, push: Watcher) -> int:
+    def watch(self, prefix: str, push: Watcher) -> Callable[[], None]:
+        """Call `push` with each committed change under `prefix`; returns what stops it."""
         with self._lock:
-            self._next_watch += 1
-            self._watchers[self._next_watch] = (prefix, push)
-            return self._next_watch
+            handle = self._watchers.add(prefix, push)
 
-    def unwatch(self, handle: int) -> None:
-        with self._lock:
-            self._watchers.pop(handle, None)
+        def unwatch() -> None:
+            with self._lock:
+                self._watchers.remove(prefix, handle)
 
-    def _next_seq(self) -> int:
-        """Number a change (under _lock)."""
-        self._seq += 1
-        return self._seq
-
-    def _tell(self, seq: int, change: dict[str, Any] | None) -> None:
-        """Push change number `seq` to the watchers once every earlier one is out.
-
-        None: the change did not happen (its commit failed); only its turn passes.
-        Pushes never block (a stream's queue drops and counts instead), so the
-        wait is only for other writers' threads to reach this point.
-        """
-        with self._told_cv:
-            while self._told != seq - 1:
-                self._told_cv.wait()
-            try:
-                if change is not None:
-                    for prefix, push in list(self._watchers.values()):
-                        if change["key"].startswith(prefix):
-                            push(change)
-            finally:
-                self._told = seq
-                self._told_cv.notify_all()
+        return unwatch
 
     def status(self) -> dict[str, Any]:
         return {
+            "path": self.db.path,
             "keys": len(self._items),
-            "watchers": len(self._watchers),
+            "bytes": self._bytes,
+            "watchers": self._watchers.count,
             "sets": self.sets,
             "deletes": self.deletes,
             "expired": self.expired,
+            "commits": self.db.counters.commits,
         }
+
+
+def _depth_ok(value: Any) -> bool:
+    """Whether `value` nests at most MAX_DEPTH arrays and objects deep (iteratively)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (list, dict)):
+            if depth > MAX_DEPTH:
+                return False
+            stack.extend((child, depth + 1) for child in (v.values() if isinstance(v, dict) else v))
+    return True
+
+
+def _size(text: str) -> int:
+    return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
+
+
+def _encode(value: Any, max_bytes: int) -> tuple[str, int]:
+    """The value as JSON text, and its size; over the limits, -32602 or -32002."""
+    if not _depth_ok(value):
+        raise InvalidParams(f"invalid param 'value': nested more than {MAX_DEPTH} deep", "value")
+    encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    size = _size(encoded)
+    if size > max_bytes:
+        raise LimitReached(f"value is {size} bytes; kv.max_value_bytes = {max_bytes}", "max_value_bytes", max_bytes)
+    return encoded, size
+
+
+def _checked_json(text: str) -> str:
+    """A stored value, if it is JSON this ipcd would accept (nesting included)."""
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deep") from None
+    if not _depth_ok(value):
+        raise ValueError(f"nested more than {MAX_DEPTH} deep")
+    return text

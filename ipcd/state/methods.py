@@ -11,8 +11,10 @@ from typing import Any
 
 from ipcd.control.app import Call
 from ipcd.control.registry import Param, Registry
+from ipcd.control.streams import Stream
 from ipcd.state.channels import Channels, Subscription
 from ipcd.state.kv import MAX_KEY_CHARS, KvStore, check_key
+from ipcd.wire.jsonrpc import Raw
 
 METHODS = Registry()
 
@@ -42,8 +44,8 @@ KEY = Param("key", "string", required=True, check=_key, doc=f"1 to {MAX_KEY_CHAR
 
 
 @METHODS.method("kv.get", role="read", doc="A key's value, version and expiry; -32003 if missing.", params=(KEY,))
-def kv_get(call: Call, key: str) -> dict[str, Any]:
-    return _kv(call).get(key).to_json(key)
+def kv_get(call: Call, key: str) -> Raw:
+    return Raw(_kv(call).get(key).to_json(key))
 
 
 @METHODS.method(
@@ -87,10 +89,8 @@ def kv_delete(call: Call, key: str) -> dict[str, Any]:
     params=(Param("prefix", "string", default=""),),
 )
 def kv_watch(call: Call, prefix: str) -> dict[str, Any]:
-    kv = _kv(call)
     stream = call.conn.open_stream("kv.watch")
-    handle = kv.watch(prefix, lambda change: stream.push("kv.change", change))
-    call.conn.on_close(lambda: kv.unwatch(handle))
+    call.conn.on_close(_kv(call).watch(prefix, lambda change: stream.push("kv.change", Raw(change))))
     return {"watching": prefix}
 
 
@@ -110,8 +110,8 @@ def publish(call: Call, channel: str, message: Any) -> dict[str, Any]:
 class StreamSubscription(Subscription):
     """A connection's subscription, pushing `message` notifications on its stream."""
 
-    def __init__(self, stream: Any) -> None:
-        super().__init__(lambda note: bool(stream.push("message", note)))
+    def __init__(self, stream: Stream) -> None:
+        super().__init__(stream.push_line)
         self.stream = stream
 
 

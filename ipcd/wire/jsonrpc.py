@@ -242,6 +242,42 @@ def encode(message: Any) -> bytes:
         return json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + b"\n"
 
 
+class Raw:
+    """JSON text to go out as it is: a value kept as text (a kv value) is not parsed to be sent."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return f"Raw({self.text!r})"
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+
+
+def result_line(req_id: Any, value: Any) -> str:
+    """A result reply as one line of text (no newline), a `Raw` value spliced in."""
+    body = value.text if isinstance(value, Raw) else dumps(value)
+    return f'{{"jsonrpc":"2.0","id":{dumps(req_id)},"result":{body}}}'
+
+
+def notification_line(method: str, params: Any) -> str:
+    """A notification as one line of text (no newline), `Raw` params spliced in."""
+    body = params.text if isinstance(params, Raw) else dumps(params)
+    return f'{{"jsonrpc":"2.0","method":{dumps(method)},"params":{body}}}'
+
+
+def to_bytes(line: str) -> bytes:
+    """A line of text out, newline added; a lone surrogate goes escaped, as it came."""
+    try:
+        return line.encode() + b"\n"
+    except UnicodeEncodeError:
+        return json.dumps(json.loads(line), separators=(",", ":"), allow_nan=False).encode() + b"\n"
+
+
 def result(req_id: Any, value: Any) -> dict[str, Any]:
     return {"jsonrpc": JSONRPC, "id": req_id, "result": value}
 

@@ -1,0 +1,187 @@
+"""kv.db: the key/value table on disk, and its one writer with group commit.
+
+Key/value state has a file of its own, apart from the log's store, so that
+the log process and the control process never queue on one SQLite write
+lock (DESIGN.md "Processes and sockets").  Writes are `submit`ted by the
+threads that serve `kv.set`/`kv.delete`; the writer thread takes whatever
+is queued when it is free, runs it in one transaction and commits once
+(group commit), then answers every write of that commit at once.  Each
+write may bring an `undo` (run, newest first, if the commit failed) and an
+`after` (run in submission order once it is committed: watchers hear of
+changes in the order they were made, and only of committed ones).
+
+WAL with synchronous=NORMAL (`[kv] durability = "normal"`): an acknowledged
+write survives a crash or kill -9 of ipcd, not necessarily a power loss;
+`durability = "fsync"` (synchronous=FULL) survives that too, at a cost per
+commit (README "Performance").
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("ipcd")
+
+KV_DB_NAME = "kv.db"
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS kv (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    expires_at REAL,
+    set_at REAL NOT NULL,
+    set_by_uid INTEGER,
+    set_by_pid INTEGER,
+    set_by_comm TEXT
+) WITHOUT ROWID
+"""
+COLUMNS = ("key", "value", "version", "expires_at", "set_at", "set_by_uid", "set_by_pid", "set_by_comm")
+UPSERT = f"INSERT OR REPLACE INTO kv ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+DELETE = "DELETE FROM kv WHERE key = ?"
+DELETE_VERSION = "DELETE FROM kv WHERE key = ? AND version = ?"
+SYNCHRONOUS = {"normal": "NORMAL", "fsync": "FULL"}
+
+
+class Batch:
+    """The writes of one commit; `wait` returns once it is done, or raises its error."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def wait(self, timeout_s: float | None = None) -> None:
+        if not self.done.wait(timeout_s):
+            raise TimeoutError("the key/value writer did not answer in time")
+        if self.error is not None:
+            raise self.error
+
+
+@dataclass(slots=True)
+class Write:
+    sql: str
+    params: tuple[Any, ...] | list[tuple[Any, ...]]
+    many: bool = False
+    undo: Callable[[], None] | None = None
+    after: Callable[[], None] | None = None
+
+
+@dataclass
+class Counters:
+    commits: int = 0
+    writes: int = 0
+    failures: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class KvDb:
+    def __init__(self, path: str, durability: str = "normal") -> None:
+        self.path = path
+        self.conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA busy_timeout = 30000")
+        self.conn.execute("PRAGMA journal_mode = WAL")
+        self.set_durability(durability)
+        self.conn.execute(SCHEMA)
+        self.counters = Counters()
+        self._cv = threading.Condition()
+        self._queue: list[Write] = []
+        self._batch = Batch()
+        self._closing = False
+        self._thread: threading.Thread | None = None
+
+    def set_durability(self, durability: str) -> None:
+        self.conn.execute(f"PRAGMA synchronous = {SYNCHRONOUS[durability]}")
+
+    def rows(self) -> list[tuple[Any, ...]]:
+        return self.conn.execute(f"SELECT {', '.join(COLUMNS)} FROM kv").fetchall()
+
+    def import_rows(self, rows: list[tuple[Any, ...]]) -> None:
+        """Rows from an older store (before kv.db), in one transaction, before the writer runs."""
+        with self.conn:
+            self.conn.execute("BEGIN")
+            self.conn.executemany(UPSERT, rows)
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="ipcd-kv", daemon=True)
+        self._thread.start()
+
+    def submit(self, write: Write) -> Batch:
+        """Queue a write for the next commit (the caller keeps the order it wants by
+        holding its own lock while it submits); wait on the batch it joined."""
+        with self._cv:
+            if self._closing:
+                batch = Batch()
+                batch.error = RuntimeError("the key/value store is closed")
+                batch.done.set()
+                return batch
+            self._queue.append(write)
+            self._cv.notify()
+            return self._batch
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._closing:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                writes, batch = self._queue, self._batch
+                self._queue, self._batch = [], Batch()
+            self._commit(writes, batch)
+
+    def _commit(self, writes: list[Write], batch: Batch) -> None:
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+            try:
+                for w in writes:
+                    if w.many:
+                        self.conn.executemany(w.sql, w.params)
+                    else:
+                        self.conn.execute(w.sql, w.params)
+                self.conn.execute("COMMIT")
+            except BaseException:
+                if self.conn.in_transaction:
+                    self.conn.execute("ROLLBACK")
+                raise
+        except Exception as e:
+            self.counters.failures += 1
+            log.error("cannot write the key/value store %s: %s", self.path, e)
+            for w in reversed(writes):
+                if w.undo is not None:
+                    w.undo()
+            batch.error = e
+        else:
+            self.counters.commits += 1
+            self.counters.writes += len(writes)
+            for w in writes:
+                if w.after is not None:
+                    try:
+                        w.after()
+                    except Exception:
+                        log.exception("error while telling watchers of a change")
+        batch.done.set()
+
+    def close(self) -> None:
+        """Commit what is queued, stop the writer, close the file."""
+        with self._cv:
+            self._closing = True
+            self._cv.notify()
+        if self._thread is not None:
+            self._thread.join()
+        self.conn.close()
+
+    def file_bytes(self) -> int:
+        total = 0
+        for suffix in ("", "-wal", "-shm"):
+            try:
+                total += os.stat(self.path + suffix).st_size
+            except OSError:
+                pass
+        return total
