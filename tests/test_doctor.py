@@ -271,7 +271,7 @@ def test_doctor_imports_nothing_of_the_server_side() -> None:
         "import sys, ipcd.ctl.cli; "
         "bad = sorted(m for m in sys.modules if m.startswith('ipcd.') and m not in "
         "{'ipcd.ctl', 'ipcd.ctl.cli', 'ipcd.client', 'ipcd.config', 'ipcd.errors', 'ipcd.wire', 'ipcd.wire.jsonrpc', "
-        "'ipcd.ctl.doctor', 'ipcd.ctl.ipc'}); "
+        "'ipcd.ctl.doctor', 'ipcd.ctl.ipc', 'ipcd.wire.priority'}); "
         "print(bad)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True).stdout

@@ -21,6 +21,7 @@ import click
 
 from ipcd import __version__, client
 from ipcd.client import AccessDenied, Client, RemoteError, Unreachable
+from ipcd.wire.priority import FACILITY_NAMES, SEVERITY_NAMES, parse_priority
 
 EXIT_DAEMON_ERROR = 1
 EXIT_UNREACHABLE = 3
@@ -315,34 +316,6 @@ def clients(opts: Opts) -> None:
 
 # -- logs ------------------------------------------------------------------------
 
-SEVERITY_NAMES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
-FACILITY_NAMES = (
-    "kern",
-    "user",
-    "mail",
-    "daemon",
-    "auth",
-    "syslog",
-    "lpr",
-    "news",
-    "uucp",
-    "cron",
-    "authpriv",
-    "ftp",
-    "ntp",
-    "audit",
-    "alert",
-    "clock",
-    "local0",
-    "local1",
-    "local2",
-    "local3",
-    "local4",
-    "local5",
-    "local6",
-    "local7",
-)
-
 
 def fmt_short(e: dict[str, Any], hostname: str) -> str:
     """Like a syslog line: "Nov 27 10:30:20 host ident[pid]: message" (journalctl -o short)."""
@@ -360,7 +333,8 @@ def fmt_verbose(e: dict[str, Any]) -> str:
     lines = [f"{head} {time.strftime('%Z', time.localtime(t))} [id {e['id']}]"]
     prio, fac = e["priority"], e["facility"]
     lines.append(f"    PRIORITY={prio} ({SEVERITY_NAMES[prio]})")
-    lines.append(f"    FACILITY={fac} ({FACILITY_NAMES[fac] if fac < len(FACILITY_NAMES) else '?'})")
+    fac_name = FACILITY_NAMES[fac] if fac < len(FACILITY_NAMES) else "?"
+    lines.append(f"    FACILITY={fac} ({fac_name})")
     for key in (
         "ident",
         "pid",
@@ -457,23 +431,6 @@ def logs(
                 click.echo(f"-- {note['params']['missed']} entries missed: this reader fell behind --", err=True)
 
 
-def parse_priority(text: str) -> tuple[int, int]:
-    """`err`, `3`, `local3.err` or `user.info` (as logger -p) -> (facility, severity)."""
-    fac_s, _, sev_s = text.rpartition(".")
-    try:
-        sev = (
-            int(sev_s)
-            if sev_s.isdigit()
-            else SEVERITY_NAMES.index({"error": "err", "warn": "warning"}.get(sev_s, sev_s))
-        )
-        fac = 1 if not fac_s else (int(fac_s) if fac_s.isdigit() else FACILITY_NAMES.index(fac_s))
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: use a level (err, 3) or facility.level (local3.err)") from None
-    if not (0 <= sev <= 7 and 0 <= fac <= 23):
-        raise click.BadParameter(f"{text!r}: level 0-7, facility 0-23")
-    return fac, sev
-
-
 @cli.command()
 @click.option(
     "-p",
@@ -492,7 +449,10 @@ def send(opts: Opts, prio: str, tag: str | None, log_socket: str | None, message
     """Send MESSAGE to the log socket, as logger does (no MESSAGE: each line of stdin)."""
     import getpass
 
-    fac, sev = parse_priority(prio)
+    try:
+        fac, sev = parse_priority(prio)
+    except ValueError as e:
+        raise click.BadParameter(str(e)) from None
     try:
         tag = tag or getpass.getuser()
     except (KeyError, OSError):

@@ -19,7 +19,7 @@ from typing import Any
 from ipcd.control.registry import REGISTRY, Call, Param
 from ipcd.errors import InvalidParams, PermissionDenied
 from ipcd.logs.query import MAX_LIMIT, Filters, FollowHub, Reader, compile_grep, make_filters, parse_time
-from ipcd.wire.logparse import severity
+from ipcd.wire.priority import severity
 
 log = logging.getLogger("ipcd")
 
