@@ -18,6 +18,7 @@ from ipcd.client import (
     InvalidParams,
     LimitReached,
     LogHandler,
+    MethodNotFound,
     NotFound,
     RemoteError,
     Unreachable,
@@ -65,7 +66,8 @@ def test_errors_carry_the_json_rpc_code(make_ipcd) -> None:
         assert ip.value.code == -32602 and ip.value.data == {"param": "key"}
         with pytest.raises(RemoteError) as other:
             c.call("no.such.method")
-        assert type(other.value) is RemoteError and other.value.code == -32601
+        assert type(other.value) is MethodNotFound and other.value.code == -32601
+        assert str(other.value) == f"{other.value.message} (-32601)"
         assert c.kv_get("k")["value"] == 1  # the connection lives on after each
 
 

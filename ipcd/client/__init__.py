@@ -21,9 +21,10 @@ missed, one marker `{"lagged": True, "stream": ..., "missed": N}`.
 Errors are exceptions: `Unreachable` (no daemon at the socket; it says which
 socket and how to start ipcd), `AccessDenied` (the socket file's mode), and
 `RemoteError` for an error the daemon answered, carrying its JSON-RPC
-`code`, `message` and `data` (`NotFound`, `Conflict`, `PermissionDenied`,
-`LimitReached` and `InvalidParams` are its subclasses).  `LogHandler` sends
-`logging` records to the log socket as JSON datagrams.
+`code`, `message` and `data`: that is `ipcd.errors.RpcError`, and the error
+comes as the daemon's own class for its code (`NotFound`, `Conflict`,
+`PermissionDenied`, `LimitReached`, `InvalidParams`, ...).  `LogHandler`
+sends `logging` records to the log socket as JSON datagrams.
 
 This module talks to the server side only through the wire format
 (`jsonrpc`); it never imports it.
@@ -43,8 +44,49 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Literal, overload
 
 from ipcd import config
-from ipcd.errors import IpcdError
+from ipcd.errors import (
+    Conflict,
+    InternalError,
+    InvalidParams,
+    InvalidRequest,
+    IpcdError,
+    LimitReached,
+    MethodNotFound,
+    NotFound,
+    ParseError,
+    PermissionDenied,
+    ReloadFailed,
+    RpcError,
+)
 from ipcd.wire import jsonrpc
+
+__all__ = [
+    "AccessDenied",
+    "Client",
+    "ClientError",
+    "Conflict",
+    "InternalError",
+    "InvalidParams",
+    "InvalidRequest",
+    "IpcdError",
+    "LimitReached",
+    "LogHandler",
+    "MethodNotFound",
+    "NotFound",
+    "ParseError",
+    "PermissionDenied",
+    "ReloadFailed",
+    "RemoteError",
+    "RpcError",
+    "Stream",
+    "Subscription",
+    "Unreachable",
+    "connect",
+    "resolve_log_socket",
+    "resolve_socket",
+    "send_datagram",
+    "user_socket",
+]
 
 SYSTEM_SOCKET = "/run/ipcd/ipcd.sock"
 START_HINT = "start it with `systemctl start ipcd` (or `systemctl --user start ipcd`), or run `ipcd`"
@@ -67,46 +109,8 @@ class AccessDenied(ClientError):
     """The socket file does not let us in (exit code 4 in ipcctl)."""
 
 
-class RemoteError(ClientError):
-    """The daemon answered with a JSON-RPC error."""
-
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
-
-    def __str__(self) -> str:
-        return f"{self.message} ({self.code})"
-
-
-class InvalidParams(RemoteError):
-    pass
-
-
-class PermissionDenied(RemoteError):
-    pass
-
-
-class LimitReached(RemoteError):
-    pass
-
-
-class NotFound(RemoteError):
-    pass
-
-
-class Conflict(RemoteError):
-    pass
-
-
-_REMOTE = {-32602: InvalidParams, -32001: PermissionDenied, -32002: LimitReached, -32003: NotFound, -32004: Conflict}
-
-
-def remote_error(err: Mapping[str, Any]) -> RemoteError:
-    code = err.get("code", -32603)
-    cls = _REMOTE.get(code, RemoteError)
-    return cls(code, str(err.get("message", "error")), err.get("data"))
+# The daemon's errors come back as the classes it raised (STYLE.md "Errors").
+RemoteError = RpcError
 
 
 # -- finding the daemon (DESIGN.md "Socket resolution in ipcctl") ------------
@@ -313,7 +317,7 @@ class Client:
             if msg.get("id") not in (req_id, None):
                 continue
             if "error" in msg:
-                raise remote_error(msg["error"])
+                raise RpcError.from_json(msg["error"])
             if "result" in msg:
                 return msg["result"]
 
@@ -332,7 +336,7 @@ class Client:
                     return msg
                 self._keep(msg)
             elif msg.get("id") is None and "error" in msg:  # e.g. the daemon is closing us
-                raise remote_error(msg["error"])
+                raise RpcError.from_json(msg["error"])
 
     def stream(self, method: str, params: Any = None, timeout_s: float | None = None) -> Iterator[dict[str, Any]]:
         """Call a streaming method, then yield all notifications (`method`, `params`)."""

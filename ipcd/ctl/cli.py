@@ -20,7 +20,7 @@ from typing import Any
 import click
 
 from ipcd import __version__, client
-from ipcd.client import AccessDenied, Client, RemoteError, Unreachable
+from ipcd.client import AccessDenied, Client, PermissionDenied, RemoteError, Unreachable
 from ipcd.wire.priority import FACILITY_NAMES, SEVERITY_NAMES, parse_priority
 
 EXIT_DAEMON_ERROR = 1
@@ -52,11 +52,11 @@ def to_cli_error(e: Exception) -> CliError:
         return UnreachableError(str(e))
     if isinstance(e, AccessDenied):
         return PermissionError_(str(e))
+    if isinstance(e, PermissionDenied):
+        role = e.required_role or "admin"
+        hint = "use sudo" if role == "admin" else "ask for the role in the [access] config"
+        return PermissionError_(f"{e.message}: {hint}")
     if isinstance(e, RemoteError):
-        if e.code == -32001:
-            role = (e.data or {}).get("required_role", "admin")
-            hint = "use sudo" if role == "admin" else "ask for the role in the [access] config"
-            return PermissionError_(f"{e.message}: {hint}")
         return DaemonError(f"error {e.code}: {e.message}")
     raise e
 

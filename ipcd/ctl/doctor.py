@@ -162,7 +162,7 @@ def check_reachable(d: Doctor) -> None:
             c.ping()
             rtt_ms = (time.perf_counter() - t0) * 1000
             d.st = c.status()
-    except client.ClientError as e:
+    except (client.ClientError, client.RemoteError) as e:
         d.add(
             "reachable",
             "problem",

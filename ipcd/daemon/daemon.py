@@ -35,7 +35,7 @@ from ipcd.control.registry import App
 from ipcd.control.server import ControlServer
 from ipcd.daemon.binding import Bound, adopt, check_path_length, probe
 from ipcd.daemon.systemd import ActivationError, Notifier, adopt_sockets, socket_path, watchdog_interval_s
-from ipcd.errors import ConfigError, RpcError, StartupError
+from ipcd.errors import ConfigError, ReloadFailed, StartupError
 from ipcd.logs import methods as logmethods  # noqa: F401  (these register their methods)
 from ipcd.logs.query import FollowHub, Reader
 from ipcd.logs.server import Intake, LogServer
@@ -50,10 +50,6 @@ CONTROL_NAME = "ipcd.sock"
 LOG_NAME = "log.sock"
 LOCK_NAME = "ipcd.lock"
 STOP_GRACE_S = 5.0
-
-
-class ReloadFailed(RpcError):
-    code = -32005
 
 
 @dataclass
