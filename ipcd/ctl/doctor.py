@@ -31,6 +31,7 @@ from typing import Any
 import click
 
 from ipcd import client, config
+from ipcd.client.resolve import SYSTEM_SOCKET
 from ipcd.errors import ConfigError
 
 UNITS = ("ipcd.socket", "ipcd-log.socket", "ipcd.service")
@@ -94,7 +95,7 @@ def check_socket(d: Doctor) -> None:
 
 
 def check_config(d: Doctor) -> None:
-    uid = 0 if d.path == client.SYSTEM_SOCKET else os.geteuid()
+    uid = 0 if d.path == SYSTEM_SOCKET else os.geteuid()
     path, named = config.config_path(None, os.environ, uid)
     exists = False
     if path is not None:
