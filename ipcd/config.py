@@ -1,4 +1,5 @@
-"""ipcd's settings: the `Config` dataclass, the directory rules, the TOML file.
+"""ipcd's settings: the `Config` dataclass, the directory rules, the TOML file,
+and the names (socket files, units) that the daemon, the client and ipcctl share.
 
 Everything here is pure: the environment and the uid are passed in, the
 file is read once.  DESIGN.md "Processes and sockets" fixes the order in
@@ -24,6 +25,13 @@ from ipcd.errors import ConfigError
 MiB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DURABILITY = ("normal", "fsync")
+
+# Names the daemon, the client and ipcctl agree on.
+SYSTEM_RUNTIME_DIR = Path("/run/ipcd")  # root's runtime dir; the system units' sockets
+CONTROL_SOCKET_NAME = "ipcd.sock"
+LOG_SOCKET_NAME = "log.sock"
+UNIT_NAMES = ("ipcd.socket", "ipcd-log.socket", "ipcd.service")
+PROTECT_HOME_DIRS = ("/home/", "/root/", "/run/user/")  # what ProtectHome=yes hides (systemd.exec(5))
 
 
 def _opt(default: Any, kind: str, lo: float | None = None, hi: float | None = None, doc: str = "") -> Any:
@@ -118,7 +126,7 @@ def runtime_dir(option: str | None, env: Mapping[str, str], uid: int) -> Path:
         if value:
             return Path(value)
     if uid == 0:
-        return Path("/run/ipcd")
+        return SYSTEM_RUNTIME_DIR
     if env.get("XDG_RUNTIME_DIR"):
         return Path(env["XDG_RUNTIME_DIR"]) / "ipcd"
     return Path(f"/tmp/ipcd-{uid}")

@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ipcd.wire.logparse import LogEntry, facility, parse_datagram, parse_general, severity
+from ipcd.wire.logparse import LogEntry, parse_datagram, parse_general
 
 DATAGRAMS: list[dict[str, Any]] = runpy.run_path(str(Path(__file__).parent / "data" / "datagrams.py"))["DATAGRAMS"]
 
@@ -349,6 +349,14 @@ def test_json_priority_number_or_name(priority: Any, expected: int) -> None:
     assert (entry.format, entry.priority) == ("json", expected)
 
 
+@pytest.mark.parametrize(
+    ("facility", "expected"), [(0, 0), (23, 23), ("19", 19), ("daemon", 3), ("LOCAL3", 19), ("security", 4)]
+)
+def test_json_facility_number_or_name(facility: Any, expected: int) -> None:
+    entry = parse_datagram(json.dumps({"message": "m", "facility": facility}).encode())
+    assert (entry.format, entry.facility) == ("json", expected)
+
+
 def test_json_defaults_to_user_info() -> None:
     entry = parse_datagram(b'{"message": "m"}')
     assert (entry.format, entry.priority, entry.facility, entry.fields) == ("json", 6, 1, None)
@@ -411,84 +419,6 @@ def test_json_bad_pid_is_none(pid: bytes) -> None:
 def test_json_non_string_ident_is_none() -> None:
     entry = parse_datagram(b'{"message": "m", "ident": 5, "hostname": [], "msgid": {}, "timestamp": 1}')
     assert (entry.format, entry.ident, entry.hostname, entry.msgid, entry.timestamp) == ("json", None, None, None, None)
-
-
-# --- severity() and facility() ---------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (0, 0),
-        (7, 7),
-        ("0", 0),
-        ("7", 7),
-        ("emerg", 0),
-        ("alert", 1),
-        ("crit", 2),
-        ("err", 3),
-        ("warning", 4),
-        ("notice", 5),
-        ("info", 6),
-        ("debug", 7),
-        ("emergency", 0),
-        ("panic", 0),
-        ("critical", 2),
-        ("error", 3),
-        ("warn", 4),
-        ("informational", 6),
-        ("ERR", 3),
-        (" Warning ", 4),
-        ("Info\n", 6),
-    ],
-)
-def test_severity(value: int | str, expected: int) -> None:
-    assert severity(value) == expected
-
-
-@pytest.mark.parametrize("value", [8, -1, 100, "8", "-1", "", "loud", "err!", True, False, 3.0, None, [3], b"err"])
-def test_severity_errors(value: Any) -> None:
-    with pytest.raises(ValueError, match="not a priority"):
-        severity(value)
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        (0, 0),
-        (1, 1),
-        (23, 23),
-        ("kern", 0),
-        ("user", 1),
-        ("mail", 2),
-        ("daemon", 3),
-        ("auth", 4),
-        ("syslog", 5),
-        ("lpr", 6),
-        ("news", 7),
-        ("uucp", 8),
-        ("cron", 9),
-        ("authpriv", 10),
-        ("ftp", 11),
-        ("local0", 16),
-        ("local3", 19),
-        ("local7", 23),
-        ("LOCAL5", 21),
-        ("Daemon", 3),
-    ],
-)
-def test_facility(value: int | str, expected: int) -> None:
-    assert facility(value) == expected
-
-
-def test_facility_security_is_auth_alias() -> None:
-    assert facility("security") == 4
-
-
-@pytest.mark.parametrize("value", [24, -1, 100, "local8", "", "nope", True, False, 1.0, None, ["user"], b"user"])
-def test_facility_errors(value: Any) -> None:
-    with pytest.raises(ValueError, match="not a facility"):
-        facility(value)
 
 
 # --- property --------------------------------------------------------------------

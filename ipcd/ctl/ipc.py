@@ -5,9 +5,6 @@
     ipcctl publish CHANNEL MESSAGE [--json-value]
     ipcctl subscribe CHANNEL... [-c N]
 
-`cli` registers them (`register`, called at its end).  Options, output
-helpers and exit codes are `cli`'s: they are imported when a command runs,
-not when this module loads, so that either module may be imported first.
 Human output by default; with the global `--json`, one JSON document, or
 JSON lines for the streams (`kv watch`, `subscribe`).  A stream's `lagged`
 notice goes to stderr in both modes, so that stdout holds only messages.
@@ -17,33 +14,16 @@ from __future__ import annotations
 
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
-if TYPE_CHECKING:
-    from ipcd.ctl.cli import Opts
-
-
-def register(cli: click.Group) -> None:
-    cli.add_command(kv)
-    cli.add_command(publish)
-    cli.add_command(subscribe)
-
-
-def _emit_json(value: Any) -> None:
-    from ipcd.ctl.cli import emit_json
-
-    emit_json(value)
+from ipcd.ctl.common import Opts, emit_json, fmt_duration, parse_json_arg, pass_opts
 
 
 def _value_arg(text: str, as_json: bool) -> Any:
     """VALUE as typed (a string), or parsed with --json-value (bad JSON: usage, exit 2)."""
-    if not as_json:
-        return text
-    from ipcd.ctl.cli import parse_json_arg
-
-    return parse_json_arg(text, "VALUE")
+    return parse_json_arg(text, "VALUE") if as_json else text
 
 
 def show_value(value: Any) -> str:
@@ -52,8 +32,6 @@ def show_value(value: Any) -> str:
 
 
 def _in(seconds: float) -> str:
-    from ipcd.ctl.cli import fmt_duration
-
     return fmt_duration(max(0.0, seconds))
 
 
@@ -75,12 +53,12 @@ def kv() -> None:
 @kv.command("get")
 @click.argument("key")
 @click.option("-v", "--verbose", is_flag=True, help="Also show the version, expiry and who set it.")
-@click.pass_obj
+@pass_opts
 def kv_get(opts: Opts, key: str, verbose: bool) -> None:
     """Print KEY's value (a string as is, else JSON); exit 1 if missing."""
     doc = opts.call("kv.get", {"key": key})
     if opts.json:
-        _emit_json(doc)
+        emit_json(doc)
         return
     if not verbose:
         click.echo(show_value(doc["value"]))
@@ -103,7 +81,7 @@ def kv_get(opts: Opts, key: str, verbose: bool) -> None:
     metavar="N",
     help="Only if KEY is at version N now (0: only if absent); exit 1 if not.",
 )
-@click.pass_obj
+@pass_opts
 def kv_set(opts: Opts, key: str, value: str, json_value: bool, ttl_s: float | None, if_version: int | None) -> None:
     """Set KEY to VALUE (a string; any JSON with --json-value)."""
     params: dict[str, Any] = {"key": key, "value": _value_arg(value, json_value)}
@@ -113,7 +91,7 @@ def kv_set(opts: Opts, key: str, value: str, json_value: bool, ttl_s: float | No
         params["if_version"] = if_version
     doc = opts.call("kv.set", params)
     if opts.json:
-        _emit_json(doc)
+        emit_json(doc)
         return
     expiry = "" if doc.get("expires_at") is None else f", expires in {_in(doc['expires_at'] - time.time())}"
     click.echo(f"{key}: version {doc['version']}{expiry}")
@@ -121,21 +99,21 @@ def kv_set(opts: Opts, key: str, value: str, json_value: bool, ttl_s: float | No
 
 @kv.command("del")
 @click.argument("key")
-@click.pass_obj
+@pass_opts
 def kv_del(opts: Opts, key: str) -> None:
     """Delete KEY; exit 1 if missing."""
     doc = opts.call("kv.delete", {"key": key})
-    _emit_json(doc) if opts.json else click.echo(f"deleted {key}")
+    emit_json(doc) if opts.json else click.echo(f"deleted {key}")
 
 
 @kv.command("ls")
 @click.argument("prefix", default="")
-@click.pass_obj
+@pass_opts
 def kv_ls(opts: Opts, prefix: str) -> None:
     """List the keys that start with PREFIX (all without), one a line."""
     keys = opts.call("kv.list", {"prefix": prefix})["keys"]
     if opts.json:
-        _emit_json(keys)
+        emit_json(keys)
     else:
         for k in keys:
             click.echo(k)
@@ -147,7 +125,7 @@ count_opt = click.option("-c", "--count", type=click.IntRange(min=1), metavar="N
 @kv.command("watch")
 @click.argument("prefix", default="")
 @count_opt
-@click.pass_obj
+@pass_opts
 def kv_watch(opts: Opts, prefix: str, count: int | None) -> None:
     """Print each change under PREFIX as it happens (set, delete, expire)."""
     with opts.client() as c:
@@ -158,7 +136,7 @@ def kv_watch(opts: Opts, prefix: str, count: int | None) -> None:
                 _lagged(change, "changes")
                 continue
             if opts.json:
-                _emit_json(change)
+                emit_json(change)
             elif change["op"] == "set":
                 click.echo(f"set {change['key']} = {show_value(change['value'])} (version {change['version']})")
             else:
@@ -175,12 +153,12 @@ def kv_watch(opts: Opts, prefix: str, count: int | None) -> None:
 @click.argument("channel")
 @click.argument("message")
 @json_value_opt
-@click.pass_obj
+@pass_opts
 def publish(opts: Opts, channel: str, message: str, json_value: bool) -> None:
     """Send MESSAGE (a string; any JSON with --json-value) to CHANNEL's subscribers."""
     doc = opts.call("publish", {"channel": channel, "message": _value_arg(message, json_value)})
     if opts.json:
-        _emit_json(doc)
+        emit_json(doc)
     else:
         n = doc["delivered"]
         click.echo(f"delivered to {n} subscriber{'' if n == 1 else 's'}")
@@ -189,7 +167,7 @@ def publish(opts: Opts, channel: str, message: str, json_value: bool) -> None:
 @click.command()
 @click.argument("channels", metavar="CHANNEL...", nargs=-1, required=True)
 @count_opt
-@click.pass_obj
+@pass_opts
 def subscribe(opts: Opts, channels: tuple[str, ...], count: int | None) -> None:
     """Print each message published on CHANNELs: "CHANNEL: MESSAGE", one a line."""
     with opts.client() as c:
@@ -199,7 +177,7 @@ def subscribe(opts: Opts, channels: tuple[str, ...], count: int | None) -> None:
                 _lagged(msg, "messages")
                 continue
             if opts.json:
-                _emit_json(msg)
+                emit_json(msg)
             else:
                 click.echo(f"{msg['channel']}: {show_value(msg['message'])}")
             n += 1

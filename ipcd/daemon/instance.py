@@ -31,8 +31,6 @@ from ipcd.logs.store import DB_NAME
 
 log = logging.getLogger("ipcd")
 
-CONTROL_NAME = "ipcd.sock"
-LOG_NAME = "log.sock"
 LOCK_NAME = "ipcd.lock"
 KINDS = {"control": socket.SOCK_STREAM, "log": socket.SOCK_DGRAM}
 OUTLIVE_S = 10.0  # how long a killed ipcd's log process may take to finish
@@ -54,11 +52,11 @@ class Paths:
 
     @property
     def control(self) -> str:
-        return str(self.runtime_dir / CONTROL_NAME)
+        return str(self.runtime_dir / config.CONTROL_SOCKET_NAME)
 
     @property
     def log(self) -> str:
-        return str(self.runtime_dir / LOG_NAME)
+        return str(self.runtime_dir / config.LOG_SOCKET_NAME)
 
     @property
     def db(self) -> str:

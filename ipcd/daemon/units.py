@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-SYSTEM_UNITS = ("ipcd.socket", "ipcd-log.socket", "ipcd.service")
+from ipcd.config import PROTECT_HOME_DIRS as HOME_DIRS
+from ipcd.config import UNIT_NAMES as SYSTEM_UNITS
+
 PLACEHOLDER_IPCD = "/usr/bin/ipcd"
 PLACEHOLDER_IPCCTL = "/usr/bin/ipcctl"
-HOME_DIRS = ("/home/", "/root/", "/run/user/")  # what ProtectHome=yes hides (systemd.exec(5))
 
 
 @dataclass

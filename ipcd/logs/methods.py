@@ -20,7 +20,7 @@ from ipcd.control.app import Call
 from ipcd.control.registry import Param, Registry
 from ipcd.errors import InvalidParams, PermissionDenied
 from ipcd.logs.query import MAX_LIMIT, Filters, FollowHub, Reader, compile_grep, make_filters, parse_time
-from ipcd.wire.logparse import severity
+from ipcd.wire.priority import severity
 
 log = logging.getLogger("ipcd")
 

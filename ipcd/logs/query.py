@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from ipcd.logs.store import COLUMNS, connect, row_dict
-from ipcd.wire.logparse import severity
+from ipcd.wire.priority import severity
 
 MAX_LIMIT = 10000
 _I = {name: n for n, name in enumerate(COLUMNS)}

@@ -15,6 +15,7 @@ makes the whole datagram a plain entry flagged `malformed`, trailing NULs and
 newlines go.  The claimed fields (ident, pid, hostname, timestamp) are only
 what the sender wrote; the trusted ones (sender_pid/uid/gid/comm) come from
 the kernel and are `logserver`'s business, as are rate limits and storage.
+The names of severities and facilities are `priority`'s.
 """
 
 from __future__ import annotations
@@ -23,38 +24,10 @@ import json
 import re
 from typing import Any, NamedTuple
 
+from ipcd.wire.priority import facility, severity
+
 # RFC 5424 §6.2.1: PRI = facility * 8 + severity, 0..191.
-USER_NOTICE = (1, 5)  # facility user, severity notice: for plain text
-SEVERITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
-SEVERITY_ALIASES = {"emergency": 0, "panic": 0, "critical": 2, "error": 3, "warn": 4, "informational": 6}
-# glibc's and logger's old name for auth (syslog.h facilitynames[]).
-FACILITY_ALIASES = {"security": 4}
-FACILITIES = (
-    "kern",
-    "user",
-    "mail",
-    "daemon",
-    "auth",
-    "syslog",
-    "lpr",
-    "news",
-    "uucp",
-    "cron",
-    "authpriv",
-    "ftp",
-    "ntp",
-    "audit",
-    "alert",
-    "clock",
-    "local0",
-    "local1",
-    "local2",
-    "local3",
-    "local4",
-    "local5",
-    "local6",
-    "local7",
-)
+USER_NOTICE = (facility("user"), severity("notice"))  # for plain text
 
 
 class LogEntry(NamedTuple):
@@ -70,31 +43,6 @@ class LogEntry(NamedTuple):
     message: str
     format: str  # rfc5424, rfc3164, json, plain
     malformed: bool
-
-
-def severity(value: int | str) -> int:
-    """A severity from a number 0-7 or a name (`err`, `error`, `warning`...)."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 7:
-        return value
-    if isinstance(value, str):
-        name = value.strip().lower()
-        if name.isdigit() and int(name) <= 7:
-            return int(name)
-        if name in SEVERITIES:
-            return SEVERITIES.index(name)
-        if name in SEVERITY_ALIASES:
-            return SEVERITY_ALIASES[name]
-    raise ValueError(f"not a priority: {value!r} (0-7 or {', '.join(SEVERITIES)})")
-
-
-def facility(value: int | str) -> int:
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 23:
-        return value
-    if isinstance(value, str) and value.lower() in FACILITIES:
-        return FACILITIES.index(value.lower())
-    if isinstance(value, str) and value.lower() in FACILITY_ALIASES:
-        return FACILITY_ALIASES[value.lower()]
-    raise ValueError(f"not a facility: {value!r}")
 
 
 _PRI = re.compile(rb"<(\d{1,3})>")
