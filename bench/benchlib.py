@@ -332,7 +332,8 @@ def machine() -> str:
                 break
     return (
         f"machine: {os.cpu_count()} CPUs ({model}), kernel {platform.release()}, "
-        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}"
+        f"Python {platform.python_version()}, SQLite {sqlite3.sqlite_version}; "
+        f"load average {os.getloadavg()[0]:.2f} (other processes on these cores show in the figures)"
     )
 
 
