@@ -1,6 +1,6 @@
 """Log intake benchmark: rows committed per second by ipcd, beside baselines from the same run.
 
-    make bench-intake           # or: .venv/bin/python bench/intake.py [-n 1000000] [--reps 3]
+    .venv/bin/python bench/intake.py [-n 1000000] [--reps 3] [--qlen both|this|512]
 
 The sender is bench/loadgen (C): blocking send() on a connected datagram
 socket, as glibc's syslog(3) does, so nothing is lost and a slow reader

@@ -6,7 +6,7 @@
 Each runner is a process of its own (bench/control.py, intake.py,
 isolation.py, kv.py: see their docstrings and bench/README.md); one that
 fails is reported and the others still run.  Takes a while at the defaults
-(about 15 minutes on 2 cores): use --seconds 1 -n 100000 for a quick look.
+(about 20 minutes on 2 cores): use --seconds 1 -n 100000 for a quick look.
 """
 
 from __future__ import annotations
