@@ -1,27 +1,38 @@
-"""Log intake benchmark: messages/s that ipcd stores, beside baselines from the same run.
+"""Log intake benchmark: rows committed per second by ipcd, beside baselines from the same run.
 
-    make bench                      # or: .venv/bin/python bench/intake.py [-n 1000000]
+    .venv/bin/python bench/intake.py [-n 1000000] [--reps 3] [--qlen both|this|512]
 
-A sender process (blocking sendto, as glibc's syslog does) blasts
-syslog-style datagrams at:
+The sender is bench/loadgen (C): blocking send() on a connected datagram
+socket, as glibc's syslog(3) does, so nothing is lost and a slow reader
+slows the sender; lines shaped as glibc sends them, 160 bytes.  Targets,
+alternating within each rep, each started fresh in a temp dir:
 
-1. a bare Python recvfrom loop that only counts (the ceiling for any Python reader);
-2. a bare Python loop that inserts what it reads into SQLite in batches;
-3. ipcd itself: counted when every message is committed and queryable.
+1. a bare Python recv loop that only counts (the ceiling for any Python
+   reader; timed by its sender, which ends within a queue's length of it);
+2. bench/baselines/minimal_intake.py: socketserver.UnixDatagramServer, one
+   regex, 8 columns, executemany + commit every 1000 rows or 50 ms, WAL
+   (counted as `max(rowid)` through a read-only connection);
+3. rsyslogd writing to a file (imuxsock on a socket of its own, omfile),
+   counted as the sender's lines found in the file;
+4. ipcd: parsing, credentials, rate limiting, stored; counted when
+   `status` says `logs.stored` has reached n (committed and queryable).
 
-Then it measures `logs.query` for the newest 100 entries with the store
-holding N entries.  Each figure is the median of --runs runs.  Run as root,
-it measures again in a private network namespace with
-net.unix.max_dgram_qlen = 512, as systemd sets it at boot (the kernel's
-default, 10, makes a blocking sender wait on every tenth datagram).
+Each figure runs from the sender's first datagram to the moment the last
+row is seen committed.  Then `logs.query` for the newest 100 entries of n
+(median and p95 of --queries calls over the control socket), beside the
+same SELECT done in-process on minimal_intake's database.
+
+A blocking sender waits whenever the socket's queue holds
+net.unix.max_dgram_qlen datagrams: the kernel's default is 10, systemd sets
+512 at boot.  Run as root, the whole set runs again in a private network
+namespace (`unshare --net`) with 512.  rsyslogd comes from Debian's rsyslog
+package (see bench/README.md); without it, that row is skipped.
 Nothing here is asserted: the figures are for people.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import multiprocessing as mp
 import os
 import shutil
 import socket
@@ -29,246 +40,268 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-PAYLOAD = "GET /api/v1/items?page=17 200 1234 bytes in 0.8 ms from 10.1.2.3"
+from benchlib import (
+    BASELINES,
+    PYTHON,
+    Server,
+    build_loadgen,
+    call,
+    cell,
+    dgram_qlen,
+    loadgen,
+    machine,
+    ratio,
+    start_ipcd,
+    table,
+    workdir,
+)
+
+SIZE = 160
+PROBE = b"<14>Nov 30 12:00:00 probe[1]: ready"
+TARGETS = ("bare", "minimal", "rsyslog", "ipcd")
+LABELS = {
+    "bare": "Python recv loop, count only (ceiling)",
+    "minimal": "minimal_intake.py: regex + SQLite batches",
+    "rsyslog": "rsyslogd: imuxsock -> omfile",
+    "ipcd": "ipcd: parsed, credentials, stored",
+}
+RSYSLOG_CONF = """\
+global(workDirectory="{d}")
+module(load="imuxsock" SysSock.Use="off")
+input(type="imuxsock" Socket="{d}/rs.sock" RateLimit.Interval="0")
+action(type="omfile" file="{d}/out.log" template="RSYSLOG_TraditionalFileFormat")
+"""
 
 
-def datagram(i: int, pid: int) -> bytes:
-    return f"<14>Nov 27 10:00:00 bench[{pid}]: {i} {PAYLOAD}".encode()
+def send_probe(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.connect(str(path))
+        s.send(PROBE)
 
 
-def sender(path: str, n: int, start: mp.Event) -> None:  # type: ignore[valid-type]
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.connect(path)
-    pid = os.getpid()
-    msgs = [datagram(i, pid) for i in range(1000)]
-    start.wait()
-    send = s.send
-    for i in range(n):
-        send(msgs[i % 1000])  # blocks when the receiver's queue is full: no loss
-    s.close()
+def wait_until(done: Callable[[], bool], what: str, timeout: float, alive: Callable[[], bool]) -> int:
+    """Poll `done` every 5 ms; the monotonic ns when it first held."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if done():
+            return time.monotonic_ns()
+        if not alive():
+            raise RuntimeError(f"{what}: the server died")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: not done after {timeout:.0f} s")
+        time.sleep(0.005)
 
 
-def bare_recv(path: str, n: int, ready: mp.Event, out: mp.Queue) -> None:  # type: ignore[valid-type]
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.bind(path)
-    ready.set()
-    recv = s.recv
-    recv(65536)
-    t0 = time.perf_counter()
-    for _ in range(n - 1):
-        recv(65536)
-    out.put(time.perf_counter() - t0)
-    s.close()
+def sender(path: Path, n: int) -> dict:
+    return loadgen("dgram", path, "--count", n, "--size", SIZE)
 
 
-def bare_sqlite(path: str, db: str, n: int, ready: mp.Event, out: mp.Queue) -> None:  # type: ignore[valid-type]
-    conn = sqlite3.connect(db, isolation_level=None)
-    conn.execute("PRAGMA journal_mode=WAL")
-    conn.execute("PRAGMA synchronous=NORMAL")
-    conn.execute("CREATE TABLE e (id INTEGER PRIMARY KEY, time REAL, message TEXT)")
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    s.bind(path)
-    ready.set()
-    recv = s.recv
-    batch = [(time.time(), recv(65536).decode())]
-    t0 = time.perf_counter()
-    for _ in range(n - 1):
-        batch.append((time.time(), recv(65536).decode()))
-        if len(batch) >= 5000:
-            conn.execute("BEGIN")
-            conn.executemany("INSERT INTO e (time, message) VALUES (?, ?)", batch)
-            conn.execute("COMMIT")
-            batch = []
-    conn.execute("BEGIN")
-    conn.executemany("INSERT INTO e (time, message) VALUES (?, ?)", batch)
-    conn.execute("COMMIT")
-    out.put(time.perf_counter() - t0)
-    conn.close()
-    s.close()
-
-
-def run_baseline(target: object, n: int, tmp: Path, *extra: object) -> float:
-    path = str(tmp / "b.sock")
-    ready, start, out = mp.Event(), mp.Event(), mp.Queue()
-    recv = mp.Process(target=target, args=(path, *extra, n, ready, out))
-    recv.start()
-    ready.wait(30)
-    send = mp.Process(target=sender, args=(path, n, start))
-    send.start()
-    start.set()
-    elapsed = out.get(timeout=600)
-    send.join()
-    recv.join()
-    os.unlink(path)
-    return float(elapsed)
-
-
-def call(sock: str | socket.socket, method: str, params: dict | None = None) -> dict:
-    """One call, on a connection of its own (a path) or on `sock`."""
-    if isinstance(sock, str):
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-            s.connect(sock)
-            return call(s, method, params)
-    sock.sendall(json.dumps({"jsonrpc": "2.0", "id": 1, "method": method, "params": params or {}}).encode() + b"\n")
-    data = b""
-    while not data.endswith(b"\n"):
-        data += sock.recv(1 << 20)
-    reply = json.loads(data)
-    if "error" in reply:
-        raise RuntimeError(reply["error"])
-    return reply["result"]
-
-
-def run_ipcd(n: int, tmp: Path, queries: int) -> tuple[float, dict, list[float]]:
-    tmp.mkdir(parents=True, exist_ok=True)
-    conf = tmp / "ipcd.toml"
-    conf.write_text(f"[log]\nrate_limit_burst = 1000000000\n[store]\nmax_entries = {max(n, 1) * 2}\n")
-    run, state = tmp / "run", tmp / "state"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "ipcd",
-            "--runtime-dir",
-            str(run),
-            "--state-dir",
-            str(state),
-            "--config",
-            str(conf),
-            "--log-level",
-            "error",
-        ],
-    )
-    ctl, logsock = str(run / "ipcd.sock"), str(run / "log.sock")
+def run_bare(d: Path, n: int) -> tuple[float, dict]:
+    sock = d / "b.sock"
+    srv = Server("recv loop", [PYTHON, BASELINES / "minimal_intake.py", "--bare", sock], log=d / "bare.log")
     try:
-        deadline = time.monotonic() + 30
-        while True:
+        srv.wait_ready(lambda: sock.exists() and (send_probe(sock) or True))
+        r = sender(sock, n)
+        return n / ((r["end_ns"] - r["start_ns"]) / 1e9), {}
+    finally:
+        srv.stop()
+
+
+def run_minimal(d: Path, n: int, queries: int) -> tuple[float, dict]:
+    sock, db = d / "m.sock", d / "m.db"
+    srv = Server("minimal_intake.py", [PYTHON, BASELINES / "minimal_intake.py", sock, db], log=d / "minimal.log")
+    ro: sqlite3.Connection | None = None
+    try:
+
+        def committed() -> int:
+            nonlocal ro
+            if ro is None:
+                if not (db.exists() and Path(f"{db}-wal").exists()):
+                    return 0
+                ro = sqlite3.connect(f"file:{db}?mode=ro", uri=True, isolation_level=None)
             try:
-                call(ctl, "ping")
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(0.02)
-        start = mp.Event()
-        send = mp.Process(target=sender, args=(logsock, n, start))
-        send.start()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as watch:
-            watch.connect(ctl)
-            t0 = time.perf_counter()
-            start.set()
-            while call(watch, "status")["logs"]["stored"] < n:
-                time.sleep(0.02)  # polling the counter, lightly: one request per 20 ms
-            elapsed = time.perf_counter() - t0
-        send.join()
-        st = call(ctl, "status")
-        newest = call(ctl, "logs.query", {"limit": 1})["entries"][0]
-        assert newest["sender_comm"] and newest["ident"] == "bench", newest
+                return int(ro.execute("SELECT coalesce(max(rowid), 0) FROM logs").fetchone()[0])
+            except sqlite3.OperationalError:  # the table is not there yet
+                return 0
+
+        srv.wait_ready(lambda: sock.exists() and (send_probe(sock) or True))
+        wait_until(lambda: committed() >= 1, "minimal_intake.py probe", 30, srv.alive)
+        r = sender(sock, n)
+        end = wait_until(lambda: committed() >= n + 1, "minimal_intake.py", 600, srv.alive)
+        assert ro is not None
         lat = []
         for _ in range(queries):
-            q0 = time.perf_counter()
-            got = call(ctl, "logs.query", {"limit": 100})["entries"]
-            lat.append((time.perf_counter() - q0) * 1000)
+            t0 = time.perf_counter()
+            got = ro.execute("SELECT * FROM logs ORDER BY rowid DESC LIMIT 100").fetchall()
+            lat.append((time.perf_counter() - t0) * 1000)
             assert len(got) == 100
-        return elapsed, st, lat
+        return n / ((end - r["start_ns"]) / 1e9), {"query_ms": lat}
     finally:
-        proc.terminate()
-        proc.wait(60)
+        if ro is not None:
+            ro.close()
+        srv.stop()
 
 
-def qlen() -> int:
-    with open("/proc/sys/net/unix/max_dgram_qlen") as f:
-        return int(f.read())
+class LineCounter:
+    """Counts complete lines holding each tag in a growing file, reading only what is new."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.tail = b""
+        self.counts = {b" probe[": 0, b" bench[": 0}
+
+    def scan(self) -> None:
+        if not self.path.exists():
+            return
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            chunk = f.read()
+        self.offset += len(chunk)
+        whole, _, self.tail = (self.tail + chunk).rpartition(b"\n")
+        for tag in self.counts:
+            self.counts[tag] += whole.count(tag)
 
 
-def one_setting(n: int, runs: int, queries: int) -> dict[str, float]:
-    tmp = Path(tempfile.mkdtemp(prefix="ipcd-bench-", dir="/tmp"))
+def run_rsyslog(d: Path, n: int) -> tuple[float, dict]:
+    exe = shutil.which("rsyslogd") or "/usr/sbin/rsyslogd"
+    conf, out, sock = d / "rsyslog.conf", d / "out.log", d / "rs.sock"
+    conf.write_text(RSYSLOG_CONF.format(d=d))
+    srv = Server("rsyslogd", [exe, "-n", "-f", conf, "-i", d / "rsyslogd.pid"], log=d / "rsyslogd.stderr")
+    lines = LineCounter(out)
+
+    def count(tag: bytes, want: int) -> bool:
+        lines.scan()
+        return lines.counts[tag] >= want
+
     try:
-        recv, sql, ipcd, lat = [], [], [], []
-        for r in range(runs):
-            recv.append(n / run_baseline(bare_recv, n, tmp))
-            sql.append(n / run_baseline(bare_sqlite, n, tmp, str(tmp / f"bare{r}.db")))
-            elapsed, st, q = run_ipcd(n, tmp / f"ipcd{r}", queries)
-            assert st["logs"]["dropped"] == 0 and st["logs"]["stored"] == n, st["logs"]
-            ipcd.append(n / elapsed)
-            lat += q
-        lat.sort()
-        return {
-            "recv": statistics.median(recv),
-            "sqlite": statistics.median(sql),
-            "ipcd": statistics.median(ipcd),
-            "ipcd_min": min(ipcd),
-            "q_median": statistics.median(lat),
-            "q_p95": lat[int(len(lat) * 0.95) - 1],
-            "entries": n,
-        }
+        srv.wait_ready(lambda: sock.exists() and (send_probe(sock) or True))
+        wait_until(lambda: count(b" probe[", 1), "rsyslogd probe", 30, srv.alive)
+        r = sender(sock, n)
+        end = wait_until(lambda: count(b" bench[", n), "rsyslogd", 600, srv.alive)
+        return n / ((end - r["start_ns"]) / 1e9), {}
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        srv.stop()
 
 
-def report(label: str, r: dict[str, float], runs: int) -> None:
-    print(f"  {label}, median of {runs} runs:")
-    print(f"    baseline: bare Python recv loop (count only)       {r['recv']:>10,.0f} msg/s")
-    print(f"    baseline: bare Python recv + SQLite batch insert   {r['sqlite']:>10,.0f} msg/s")
+def run_ipcd(d: Path, n: int, queries: int) -> tuple[float, dict]:
+    conf = f"[log]\nrate_limit_burst = 1000000000\n[store]\nmax_entries = {max(n, 1) * 2}\n"
+    srv, ctl, logsock = start_ipcd(d, conf)
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as watch:
+            watch.connect(str(ctl))
+
+            def stored() -> int:
+                return int(call(watch, "status")["logs"]["stored"])
+
+            send_probe(logsock)
+            wait_until(lambda: stored() >= 1, "ipcd probe", 30, srv.alive)
+            r = sender(logsock, n)
+            end = wait_until(lambda: stored() >= n + 1, "ipcd", 600, srv.alive)
+            st = call(watch, "status")
+            newest = call(watch, "logs.query", {"limit": 1})["entries"][0]
+            if newest["ident"] != "bench" or not newest["sender_comm"]:
+                raise RuntimeError(f"unexpected newest entry: {newest}")
+            lat = []
+            for _ in range(queries):
+                t0 = time.perf_counter()
+                got = call(watch, "logs.query", {"limit": 100})["entries"]
+                lat.append((time.perf_counter() - t0) * 1000)
+                assert len(got) == 100
+        return n / ((end - r["start_ns"]) / 1e9), {"query_ms": lat, "logs": st["logs"]}
+    finally:
+        srv.stop()
+
+
+def p95(xs: list[float]) -> float:
+    xs = sorted(xs)
+    return xs[max(0, int(len(xs) * 0.95) - 1)]
+
+
+def one_setting(label: str, n: int, reps: int, queries: int) -> None:
+    have_rsyslog = bool(shutil.which("rsyslogd") or os.path.exists("/usr/sbin/rsyslogd"))
+    targets = [t for t in TARGETS if t != "rsyslog" or have_rsyslog]
+    rates: dict[str, list[float]] = {t: [] for t in targets}
+    extra: dict[str, list[dict]] = {t: [] for t in targets}
+    with workdir("ib-in-") as tmp:
+        for rep in range(reps):
+            for t in targets:
+                d = tmp / f"{t}{rep}"
+                d.mkdir()
+                if t == "bare":
+                    rate, x = run_bare(d, n)
+                elif t == "minimal":
+                    rate, x = run_minimal(d, n, queries)
+                elif t == "rsyslog":
+                    rate, x = run_rsyslog(d, n)
+                else:
+                    rate, x = run_ipcd(d, n, queries)
+                rates[t].append(rate)
+                extra[t].append(x)
+                shutil.rmtree(d, ignore_errors=True)
+            print(f"  ({label}: rep {rep + 1}/{reps} done)", file=sys.stderr, flush=True)
+    print()
+    print(f"net.unix.max_dgram_qlen = {dgram_qlen()} ({label}): {n:,} datagrams of {SIZE} bytes, C blocking sender")
+    ipcd = rates["ipcd"]
+    rows = [[LABELS[t], cell(rates[t]), ratio(ipcd, rates[t])] for t in targets]
+    print(table(["rows committed/s, median (min-max)", f"of {reps} reps", "ipcd/this"], rows))
+    q_ipcd = [q for x in extra["ipcd"] for q in x["query_ms"]]
+    q_min = [q for x in extra["minimal"] for q in x["query_ms"]]
     print(
-        f"    ipcd: received, parsed, credentials, stored       {r['ipcd']:>10,.0f} msg/s"
-        f"  (slowest run {r['ipcd_min']:,.0f}; {r['ipcd'] / r['recv']:.0%} of the bare recv loop)"
+        f"  logs.query newest 100 of {n:,}: median {statistics.median(q_ipcd):.2f} ms, p95 {p95(q_ipcd):.2f} ms "
+        f"over the control socket ({len(q_ipcd)} calls); the same SELECT in-process on minimal_intake's "
+        f"database: median {statistics.median(q_min):.2f} ms, p95 {p95(q_min):.2f} ms"
     )
-    print(
-        f"    logs.query newest 100 of {r['entries']:,.0f}: median {r['q_median']:.2f} ms, p95 {r['q_p95']:.2f} ms"
-        " (over the control socket)"
-    )
+    for x in extra["ipcd"]:
+        logs = x["logs"]
+        if logs["dropped"] or logs["malformed"] or logs["rate_limited"]:
+            print(
+                f"  ! ipcd counted dropped {logs['dropped']}, malformed {logs['malformed']}, "
+                f"rate_limited {logs['rate_limited']}"
+            )
+    if not have_rsyslog:
+        print("  (rsyslogd not installed: its row is skipped; see bench/README.md)")
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", type=int, default=1_000_000, help="datagrams per run [1000000]")
-    ap.add_argument("--runs", type=int, default=3, help="runs per figure; the median is shown [3]")
-    ap.add_argument("--queries", type=int, default=50)
-    ap.add_argument("--qlen-only", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
-    if args.qlen_only:  # inside a private network namespace, with systemd's queue length
-        report(
-            f"net.unix.max_dgram_qlen = {qlen()} (systemd's default, in a private network namespace)",
-            one_setting(args.n, args.runs, args.queries),
-            args.runs,
-        )
+    ap.add_argument("--reps", type=int, default=3, help="alternating reps; the median is shown [3]")
+    ap.add_argument("--queries", type=int, default=50, help="logs.query calls per rep [50]")
+    ap.add_argument(
+        "--qlen",
+        choices=("both", "this", "512"),
+        default="both",
+        help="this machine's max_dgram_qlen, systemd's 512 (root: a private network namespace), or both [both]",
+    )
+    ap.add_argument("--in-netns", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    build_loadgen()
+    if a.in_netns:  # inside `unshare --net`, with systemd's queue length
+        one_setting("systemd's default, in a private network namespace", a.n, a.reps, a.queries)
         return
-    print(
-        f"ipcd intake benchmark: {args.n:,} datagrams of ~{len(datagram(0, 99999))} bytes per run, "
-        f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, SQLite {sqlite3.sqlite_version}"
-    )
-    # A blocking sender waits whenever the socket's queue holds max_dgram_qlen
-    # datagrams: the kernel's default is 10, systemd sets 512 at boot.
-    report(
-        f"net.unix.max_dgram_qlen = {qlen()} (this machine)", one_setting(args.n, args.runs, args.queries), args.runs
-    )
-    if qlen() < 512 and os.geteuid() == 0 and shutil.which("unshare"):
-        subprocess.run(
-            [
-                "unshare",
-                "--net",
-                "sh",
-                "-c",
-                'echo 512 > /proc/sys/net/unix/max_dgram_qlen && exec "$@"',
-                "sh",
-                sys.executable,
-                __file__,
-                "-n",
-                str(args.n),
-                "--runs",
-                str(args.runs),
-                "--queries",
-                str(args.queries),
-                "--qlen-only",
-            ],
-            check=True,
-        )
+    print(f"ipcd log intake: {a.n:,} datagrams per run, {a.reps} alternating reps")
+    print(machine())
+    if a.qlen in ("both", "this"):
+        one_setting("this machine", a.n, a.reps, a.queries)
+    if a.qlen in ("both", "512"):
+        if dgram_qlen() >= 512 and a.qlen == "512":
+            one_setting("this machine", a.n, a.reps, a.queries)
+        elif dgram_qlen() < 512 and os.geteuid() == 0 and shutil.which("unshare"):
+            sys.stdout.flush()
+            args = ["-n", str(a.n), "--reps", str(a.reps), "--queries", str(a.queries), "--in-netns"]
+            script = 'echo 512 > /proc/sys/net/unix/max_dgram_qlen && exec "$@"'
+            subprocess.run(["unshare", "--net", "sh", "-c", script, "sh", PYTHON, __file__, *args], check=True)
+        elif dgram_qlen() < 512:
+            print("\n(max_dgram_qlen 512 needs root for a private network namespace: skipped)")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        sys.exit(130)
