@@ -34,6 +34,7 @@ from typing import Any
 import pytest
 from conftest import Conn, Ipcd, ipcctl, ipcctl_argv, ipcctl_in_process, needs_root, run_as, wait_for
 
+from ipcd import procfs
 from ipcd.logs.recvmmsg import Receiver
 
 MY_PID = os.getpid()
@@ -280,6 +281,8 @@ def test_python_sysloghandler(shared: Ipcd) -> None:
         (4, 1, "pyident", None, "no formatter", "rfc3164", None),
     ]
     assert {(e["sender_pid"], e["sender_comm"]) for e in entries} == {(MY_PID, MY_COMM)}
+    # The sender's systemd unit, as /proc/PID/cgroup says (None outside any unit).
+    assert {e["sender_unit"] for e in entries} == {procfs.unit(MY_PID)}
 
 
 def test_raw_sendto_and_json(shared: Ipcd) -> None:
@@ -727,6 +730,7 @@ def test_kill_9_then_restart(make_ipcd: Callable[..., Ipcd]) -> None:
     send(d, *[b"<13>crash: committed %d" % i for i in range(50)])
     wait_stored(d, 50)
     committed = query(d)
+    log_pid = status(d)["log_process"]["pid"]
     stop = threading.Event()
 
     def stream() -> None:
@@ -743,7 +747,9 @@ def test_kill_9_then_restart(make_ipcd: Callable[..., Ipcd]) -> None:
     t.start()
     try:
         wait_for(lambda: status(d)["logs"]["stored"] >= 2000, 20, "writes in full flow")
-        d.kill()  # SIGKILL, mid-stream
+        os.kill(log_pid, signal.SIGKILL)  # both processes, mid-stream, the writer first
+        d.kill()
+        wait_for(lambda: not Path(f"/proc/{log_pid}").exists(), 10, "the log process to be gone")
     finally:
         stop.set()
         t.join(30)

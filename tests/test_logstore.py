@@ -62,12 +62,13 @@ def row(
     uid: int = 0,
     gid: int = 0,
     comm: str | None = "sender",
+    unit: str | None = None,
     fields: dict[str, Any] | None = None,
     truncated: bool = False,
 ) -> Received:
     """A row as `Intake` hands it to the writer."""
     entry = LogEntry(prio, 1, ident, pid, None, None, None, None, fields, message, "rfc3164", False)
-    return Received(time.time() if t is None else t, entry, truncated, spid, uid, gid, comm)
+    return Received(time.time() if t is None else t, entry, truncated, spid, uid, gid, comm, unit)
 
 
 @contextlib.contextmanager
@@ -127,7 +128,7 @@ def reader(path: Path) -> Iterator[Reader]:
 
 def test_new_store_is_created_at_the_current_schema(path: Path, open_writer: Any) -> None:
     w = open_writer()
-    assert SCHEMA_VERSION == 4
+    assert SCHEMA_VERSION == 5
     assert user_version(path) == SCHEMA_VERSION
     with db(path) as c:
         tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -308,7 +309,7 @@ def test_row_round_trip(path: Path, open_writer: Any, reader: Reader) -> None:
         "rfc5424",
         False,
     )
-    w.add([Received(t, entry, True, 4321, 1000, 1001, "myprog")])
+    w.add([Received(t, entry, True, 4321, 1000, 1001, "myprog", "myprog.service")])
     w.commit()
     assert reader.query(Filters()) == [
         {
@@ -330,6 +331,7 @@ def test_row_round_trip(path: Path, open_writer: Any, reader: Reader) -> None:
             "sender_uid": 1000,
             "sender_gid": 1001,
             "sender_comm": "myprog",
+            "sender_unit": "myprog.service",
         }
     ]
 
@@ -851,7 +853,7 @@ def test_rate_limit_burst_0_is_off_and_configure_applies() -> None:
 def test_a_row_that_cannot_be_bound_is_skipped_and_counted(path: Path, open_writer: Any) -> None:
     w = open_writer()
     bad = LogEntry(5, 1, "tag", None, None, None, None, None, None, "lone \ud800 surrogate", "json", False)
-    rows = [row("before"), Received(time.time(), bad, False, 1, 0, 0, "x"), row("after")]
+    rows = [row("before"), Received(time.time(), bad, False, 1, 0, 0, "x", None), row("after")]
     w.add(rows)
     assert w.commit() is True
     assert (w.stored, w.unstorable, w.entries) == (2, 1, 2)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Hashable
+from typing import NamedTuple
 
 from ipcd import procfs
 from ipcd.config import LogConfig
@@ -22,6 +23,16 @@ from ipcd.logs.writer import Received, Writer
 from ipcd.wire.logparse import LogEntry, parse_datagram
 
 SENDER_TTL_S = 5.0
+
+
+class Sender(NamedTuple):
+    """What /proc says of a sender's pid, and its rate-limit key."""
+
+    comm: str | None
+    unit: str | None
+    key: Hashable
+    expires: float
+    uid: int
 
 
 class Intake:
@@ -36,26 +47,24 @@ class Intake:
         self.truncated = 0
         self.malformed = 0
         self.suppressed_entries = 0
-        self._senders: dict[int, tuple[str | None, Hashable, float, int]] = {}
+        self._senders: dict[int, Sender] = {}
         self._display: dict[Hashable, str] = {}
-        self._me = (os.getpid(), os.getuid(), os.getgid(), procfs.comm(os.getpid()))
+        self._me = (os.getpid(), os.getuid(), os.getgid(), procfs.comm(os.getpid()), procfs.unit(os.getpid()))
 
     def configure(self, cfg: LogConfig) -> None:
         self.cfg = cfg
         self.limiter.configure(cfg.rate_limit_burst, cfg.rate_limit_interval_s)
 
-    def _sender(self, pid: int, uid: int, now: float) -> tuple[str | None, Hashable]:
-        """(comm, rate-limit key) of a sender, cached: a /proc read per message is slow.
-
-        The key is the sender's systemd unit where known, else uid and command.
-        """
+    def _sender(self, pid: int, uid: int, now: float) -> Sender:
+        """Who `pid` is, from /proc, cached a few seconds: a /proc read per message is slow."""
         if len(self._senders) > 4096:
             self._senders.clear()
         comm = procfs.comm(pid)
         unit = procfs.unit(pid)
+        # Rate limits are per systemd unit where known, else per uid and command (DESIGN.md).
         key: Hashable = unit if unit is not None else (uid, comm)
-        self._senders[pid] = (comm, key, now + SENDER_TTL_S, uid)
-        return comm, key
+        s = self._senders[pid] = Sender(comm, unit, key, now + SENDER_TTL_S, uid)
+        return s
 
     def ingest(self, batch: list[Datagram]) -> None:
         """Parse, rate-limit and hand to the writer what one read returned."""
@@ -75,19 +84,18 @@ class Intake:
                 malformed += 1
             if truncated:
                 truncated_n += 1
-            hit = senders.get(pid)
-            if hit is not None and hit[2] > now and hit[3] == uid:
-                comm, key = hit[0], hit[1]
-            else:
-                comm, key = self._sender(pid, uid, now)
+            s = senders.get(pid)
+            if s is None or s.expires < now or s.uid != uid:
+                s = self._sender(pid, uid, now)
+            key = s.key
             allowed, ended = check(key, entry.priority, now)
             if ended:
                 append(self._suppressed_row(key, ended, now))
             if not allowed:
                 limited += 1
-                self._display[key] = f"{comm}[{pid}]" if isinstance(key, tuple) else str(key)
+                self._display[key] = f"{s.comm}[{pid}]" if isinstance(key, tuple) else str(key)
                 continue
-            append(Received(now, entry, truncated, pid, uid, gid, comm))
+            append(Received(now, entry, truncated, pid, uid, gid, s.comm, s.unit))
         self.received += len(batch)
         self.malformed += malformed
         self.truncated += truncated_n

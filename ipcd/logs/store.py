@@ -44,6 +44,7 @@ class StoredEntry(NamedTuple):
     sender_uid: int | None
     sender_gid: int | None
     sender_comm: str | None
+    sender_unit: str | None  # the systemd unit, from /proc/PID/cgroup
 
 
 COLUMNS: tuple[str, ...] = StoredEntry._fields
@@ -97,6 +98,10 @@ MIGRATIONS: list[str] = [
     # 4: key/value state lives in kv.db (state.kvdb); the daemon copies the rows there first
     """
     DROP TABLE IF EXISTS kv;
+    """,
+    # 5: the sender's systemd unit (ipcctl logs -u); older entries have none
+    """
+    ALTER TABLE entries ADD COLUMN sender_unit TEXT;
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)

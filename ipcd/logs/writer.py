@@ -42,6 +42,7 @@ class Received(NamedTuple):
     sender_uid: int
     sender_gid: int
     sender_comm: str | None
+    sender_unit: str | None
 
 
 def flatten(first_id: int, rows: list[Received]) -> list[Any]:
@@ -72,6 +73,7 @@ def flatten(first_id: int, rows: list[Received]) -> list[Any]:
                 r.sender_uid,
                 r.sender_gid,
                 r.sender_comm,
+                r.sender_unit,
             )
         )
     return flat
