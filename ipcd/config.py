@@ -51,10 +51,13 @@ class DaemonConfig:
 class ControlConfig:
     max_connections: int = _opt(256, "int", 1, 65536)
     max_connections_per_uid: int = _opt(64, "int", 1, 65536, "not applied to admins")
+    admin_reserved_connections: int = _opt(8, "int", 0, 65536, "beyond max_connections, for admins only")
     max_request_bytes: int = _opt(MiB, "int", 64, 64 * MiB)
+    max_batch: int = _opt(100, "int", 1, 100_000, "calls in one JSON-RPC batch")
     idle_timeout_s: float = _opt(300.0, "float", 0.05, 86400)
     stream_queue: int = _opt(1024, "int", 1, 1_000_000, "notifications held for a slow reader")
     max_queued_bytes_per_connection: int = _opt(8 * MiB, "int", 64 * 1024, 1024 * MiB, "replies and notifications")
+    max_streams_per_connection: int = _opt(256, "int", 1, 65536, "logs.follow, kv.watch, subscribe")
     socket_mode: int = _opt(0o660, "mode")
     socket_group: str = _opt("ipcd", "str")
 

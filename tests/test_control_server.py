@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -105,7 +106,8 @@ def test_a_handler_bug_is_32603_with_one_traceback_and_the_connection_lives_on(
         assert c.call("echo", {"value": [1, 2]}) == [1, 2]  # the same connection, still served
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1 and tracebacks[0].exc_info[0] is ZeroDivisionError  # type: ignore[index]
-    assert s.server.app.requests.snapshot() == {"total": 2, "errors": 1}
+    assert s.server.requests_status() == {"total": 2, "errors": 1}
+    assert s.server.requests_by_method() == {"boom": (1, 1), "echo": (1, 0)}
 
 
 def test_a_notification_that_fails_gets_no_reply(serve: Callable[..., Served]) -> None:
@@ -172,9 +174,91 @@ def test_connections_are_counted_and_released(serve: Callable[..., Served]) -> N
     try:
         for c in conns:
             assert c.call("echo", {"value": 0}) == 0
-        assert s.server.app.connections["active"] == 5
+        assert s.server.connections_status()["active"] == 5
     finally:
         for c in conns:
             c.close()
-    wait_for(lambda: s.server.app.connections["active"] == 0, 5, "the five connections to be released")
-    assert s.server.app.connections["total"] == 5
+    wait_for(lambda: s.server.connections_status()["active"] == 0, 5, "the five connections to be released")
+    assert s.server.connections_status()["total"] == 5
+    assert s.server.requests_status() == {"total": 5, "errors": 0}  # counted by connections since closed
+
+
+# -- limits, each at its edge (DESIGN.md "Limits") -----------------------------------------
+
+
+def test_a_batch_of_max_batch_calls_is_answered_one_more_is_refused(serve: Callable[..., Served]) -> None:
+    s = serve("[control]\nmax_batch = 3\n")
+    call = {"jsonrpc": "2.0", "method": "echo", "params": {"value": 1}}
+    with s.conn() as c:
+        c.send_json([{**call, "id": i} for i in range(3)])
+        assert [r["id"] for r in c.recv_json()] == [0, 1, 2]
+        c.send_json([{**call, "id": i} for i in range(4)])
+        err = c.recv_json()["error"]
+        assert err["code"] == -32002 and err["data"] == {"limit": "max_batch", "value": 3}
+        assert c.call("echo", {"value": "still here"}) == "still here"
+
+
+def test_a_reply_over_max_queued_bytes_is_an_error_not_a_memory_spike(serve: Callable[..., Served]) -> None:
+    cap = 65536
+    s = serve(f"[control]\nmax_queued_bytes_per_connection = {cap}\n")
+    with s.conn() as c:
+        # Just under the cap goes out whole; one reply over it is -32002, and the connection lives on.
+        fits = "x" * (cap - 200)
+        assert c.call("echo", {"value": fits}) == fits
+        err = c.call("echo", {"value": "x" * 20000 + "y" * (cap - 19000)})
+        assert err["code"] == -32002 and err["data"]["limit"] == "max_queued_bytes_per_connection"
+        # A batch whose replies together pass it: the same.
+        batch = [{"jsonrpc": "2.0", "id": i, "method": "echo", "params": {"value": "z" * 30000}} for i in range(3)]
+        c.send_json(batch)
+        err = c.recv_json()["error"]
+        assert err["code"] == -32002 and err["data"]["limit"] == "max_queued_bytes_per_connection"
+        assert c.call("echo", {"value": 2}) == 2
+
+
+def test_streams_per_connection_are_capped(serve: Callable[..., Served]) -> None:
+    s = serve("[control]\nmax_streams_per_connection = 2\n")
+    with s.conn() as c:
+        assert c.call("ticks", {"n": 0}) == {"streaming": 0}
+        assert c.call("ticks", {"n": 0}) == {"streaming": 0}
+        err = c.call("ticks", {"n": 0})
+        assert err["code"] == -32002 and err["data"]["limit"] == "max_streams_per_connection"
+    with s.conn() as c:  # the cap is per connection
+        assert c.call("ticks", {"n": 0}) == {"streaming": 0}
+
+
+def test_a_half_line_trickled_in_is_cut_after_the_idle_timeout_even_with_a_stream_open(
+    serve: Callable[..., Served],
+) -> None:
+    s = serve("[control]\nidle_timeout_s = 0.3\n")
+    with s.conn() as c:
+        assert c.call("ticks", {"n": 0}) == {"streaming": 0}  # a stream: silence alone is allowed
+        c.send(b'{"jsonrpc":"2.0",')
+        deadline = time.monotonic() + 5
+        cut = None
+        while time.monotonic() < deadline:
+            c.send(b" ")  # a byte at a time, each well within the timeout
+            c.sock.settimeout(0.1)
+            try:
+                cut = c.recv_json()
+                break
+            except TimeoutError:
+                continue
+        assert cut is not None, "the trickled half line was never cut"
+        assert cut["error"]["data"]["limit"] == "idle_timeout_s" and "unfinished" in cut["error"]["message"]
+        c.sock.settimeout(5)
+        assert c.at_eof()
+
+
+def test_the_connection_cap_refuses_with_32002(serve: Callable[..., Served]) -> None:
+    s = serve("[control]\nmax_connections = 2\nadmin_reserved_connections = 0\n", readers_only=True)
+    a, b = s.conn(), s.conn()
+    try:
+        assert a.call("echo", {"value": 1}) == 1 and b.call("echo", {"value": 1}) == 1
+        with s.conn() as c:
+            err = c.recv_json()["error"]
+            assert err["code"] == -32002 and err["data"]["limit"] == "max_connections"
+            assert c.at_eof()
+        assert s.server.connections_status()["refused"] == 1
+    finally:
+        a.close()
+        b.close()

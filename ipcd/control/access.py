@@ -16,6 +16,7 @@ registry's business (`methods`).
 
 from __future__ import annotations
 
+import functools
 import grp
 import pwd
 import socket
@@ -35,12 +36,22 @@ _UCRED = struct.Struct("3i")
 
 @dataclass(frozen=True)
 class Peer:
+    """Who is at the other end of a connection, as the kernel says (SO_PEERCRED)."""
+
     pid: int
     uid: int
     gid: int
-    groups: tuple[int, ...] = ()
-    comm: str | None = None
+    groups: tuple[int, ...] = ()  # read only when the policy has group rules
     role: str = "read"
+
+    @property
+    def rank(self) -> int:
+        return RANK[self.role]
+
+    @functools.cached_property
+    def comm(self) -> str | None:
+        """The peer's command, read from /proc when first asked (a display name, not a credential)."""
+        return procfs.comm(self.pid)
 
 
 @dataclass(frozen=True)
@@ -53,6 +64,11 @@ class Policy:
     write_uids: frozenset[int] = frozenset()
     write_gids: frozenset[int] = frozenset()
     warnings: tuple[str, ...] = field(default=())
+
+    @property
+    def needs_groups(self) -> bool:
+        """Whether a role can depend on supplementary groups (else they are not looked up)."""
+        return bool(self.admin_gids or self.write_gids)
 
     def role(self, uid: int, gid: int, groups: tuple[int, ...] = ()) -> str:
         gids = {gid, *groups}
@@ -116,5 +132,5 @@ def peer_groups(sock: socket.socket, pid: int) -> tuple[int, ...]:
 
 def identify(sock: socket.socket, policy: Policy) -> Peer:
     pid, uid, gid = peer_credentials(sock)
-    groups = peer_groups(sock, pid)
-    return Peer(pid, uid, gid, groups, procfs.comm(pid), policy.role(uid, gid, groups))
+    groups = peer_groups(sock, pid) if policy.needs_groups else ()
+    return Peer(pid, uid, gid, groups, policy.role(uid, gid, groups))

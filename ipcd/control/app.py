@@ -11,7 +11,6 @@ daemon's (`Lifecycle`); the connection a call runs on is `server`'s.
 from __future__ import annotations
 
 import os
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,25 +28,6 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class Counters:
-    """Named counters, safe to bump from any thread."""
-
-    def __init__(self, *names: str) -> None:
-        self._lock = threading.Lock()
-        self._values = dict.fromkeys(names, 0)
-
-    def add(self, name: str, n: int = 1) -> None:
-        with self._lock:
-            self._values[name] += n
-
-    def __getitem__(self, name: str) -> int:
-        return self._values[name]
-
-    def snapshot(self) -> dict[str, int]:
-        with self._lock:
-            return dict(self._values)
-
-
 class Server(Protocol):
     def live(self) -> Sequence[Connection]: ...
 
@@ -63,6 +43,8 @@ class Connection(Protocol):
     def server(self) -> Server: ...
 
     def open_stream(self, name: str) -> Stream: ...
+
+    def describe(self) -> dict[str, Any]: ...
 
     def on_close(self, fn: Callable[[], None]) -> None: ...
 
@@ -114,8 +96,6 @@ class App:
         self.pid = os.getpid()
         self.started_mono = time.monotonic()
         self.sockets: dict[str, str] = {}
-        self.connections = Counters("active", "total", "refused")
-        self.requests = Counters("total", "errors")
         self._sections: dict[str, Callable[[], dict[str, Any]]] = {}
         self._services: dict[type, object] = {}
 
@@ -132,21 +112,19 @@ class App:
     def add_section(self, name: str, section: Callable[[], dict[str, Any]]) -> None:
         self._sections[name] = section
 
+    def status_of(self, name: str) -> dict[str, Any]:
+        """One section of `status`, or {} if that part is not running."""
+        section = self._sections.get(name)
+        return section() if section is not None else {}
+
     def status(self) -> dict[str, Any]:
-        conns = self.connections.snapshot()
+        """`status`: who and where, then each section (`connections` and `requests` are the server's)."""
         out: dict[str, Any] = {
             "version": __version__,
             "pid": self.pid,
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "activation": self.activation,
             "sockets": dict(self.sockets),
-            "connections": {
-                "active": conns["active"],
-                "total": conns["total"],
-                "refused": conns["refused"],
-                "max": self.config.control.max_connections,
-            },
-            "requests": self.requests.snapshot(),
         }
         for name, section in self._sections.items():
             out[name] = section()

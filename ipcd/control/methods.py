@@ -47,19 +47,4 @@ def reload(call: Call) -> dict[str, Any]:
 
 @METHODS.method("clients", role="admin", doc="The live control connections and who holds them.")
 def clients(call: Call) -> dict[str, Any]:
-    out = []
-    for conn in call.conn.server.live():
-        p = conn.peer
-        out.append(
-            {
-                "pid": p.pid,
-                "uid": p.uid,
-                "gid": p.gid,
-                "command": p.comm,
-                "role": p.role,
-                "connected_at": conn.connected_at,
-                "requests": conn.requests,
-                "self": conn is call.conn,
-            }
-        )
-    return {"clients": out}
+    return {"clients": [{**conn.describe(), "self": conn is call.conn} for conn in call.conn.server.live()]}

@@ -12,11 +12,12 @@ an `RpcError`.  Turning results and errors into replies is `server`'s job.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from ipcd.control.access import ROLES
+from ipcd.control.access import RANK, ROLES
 from ipcd.errors import InvalidParams, MethodNotFound
 from ipcd.wire.jsonrpc import Request
 
@@ -94,8 +95,14 @@ class Method:
     doc: str
     stream: bool = False
 
+    @functools.cached_property
+    def rank(self) -> int:
+        return RANK[self.role]
+
     def bind(self, req: Request) -> dict[str, Any]:
         """The request's params as validated keyword arguments."""
+        if req.params is None and not self._required:
+            return dict(self._defaults)  # a call with no params (ping, status): nothing to check
         given = _named(self, req)
         out: dict[str, Any] = {}
         for p in self.params:
@@ -116,6 +123,14 @@ class Method:
             "doc": self.doc,
             "stream": self.stream,
         }
+
+    @functools.cached_property
+    def _required(self) -> bool:
+        return any(p.required for p in self.params)
+
+    @functools.cached_property
+    def _defaults(self) -> dict[str, Any]:
+        return {p.name: p.default for p in self.params}
 
 
 def _named(m: Method, req: Request) -> dict[str, Any]:
@@ -181,6 +196,9 @@ class Registry:
             return fn
 
         return register
+
+    def find(self, name: str) -> Method | None:
+        return self._methods.get(name)
 
     def get(self, name: str) -> Method:
         try:

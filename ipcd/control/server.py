@@ -13,233 +13,161 @@ systemd's) is the daemon's business, as are when to stop and what to unlink.
 from __future__ import annotations
 
 import logging
-import select
 import socket
 import socketserver
 import struct
 import threading
 import time
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
-from ipcd.control.access import Peer, identify, require
+from ipcd.control.access import identify, require
 from ipcd.control.app import App, Call
-from ipcd.control.streams import Outbox, Stream
-from ipcd.errors import InternalError, LimitReached, RpcError
+from ipcd.control.connection import ClientConnection
+from ipcd.control.registry import Method
+from ipcd.errors import InternalError, LimitReached, MethodNotFound, RpcError
 from ipcd.wire import jsonrpc
 
 log = logging.getLogger("ipcd")
-T = TypeVar("T")
-
-# -- the control server ------------------------------------------------------
-
-
-class ClientConnection:
-    """One accepted control connection: its socket, peer, streams, counters.
-
-    socketserver passes it to the handler as `request`.
-    """
-
-    def __init__(self, sock: socket.socket, peer: Peer, server: ControlServer) -> None:
-        self.sock = sock
-        self.peer = peer
-        self.server = server
-        self.connected_at = time.time()
-        self.requests = 0
-        self.outbox: Outbox | None = None
-        self.streams: set[Stream] = set()
-        self._attached: dict[type, Any] = {}
-        self._closers: list[Callable[[], None]] = []
-        self._wlock = threading.Lock()
-        self._lock = threading.Lock()
-        self._closed = False
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def send(self, data: bytes) -> None:
-        with self._wlock:
-            self.sock.sendall(data)
-
-    def open_stream(self, name: str) -> Stream:
-        with self._lock:
-            if self.outbox is None:
-                c = self.server.app.config.control
-                self.outbox = Outbox(self, c.stream_queue, c.max_queued_bytes_per_connection)
-                self.outbox.hold()  # released once the subscribing reply is out
-            stream = Stream(self, name)
-            self.streams.add(stream)
-            return stream
-
-    def attach(self, kind: type[T], make: Callable[[], T]) -> T:
-        """The connection's one `kind` of state (a subscription...), made on first use."""
-        with self._lock:
-            value = self._attached.get(kind)
-        if value is None:  # made outside the lock: `make` may open a stream, which takes it
-            value = make()
-            with self._lock:
-                value = self._attached.setdefault(kind, value)
-        return value  # type: ignore[no-any-return]
-
-    def attachment(self, kind: type[T]) -> T | None:
-        with self._lock:
-            return self._attached.get(kind)
-
-    def detach(self, kind: type) -> None:
-        with self._lock:
-            self._attached.pop(kind, None)
-
-    def stream_closed(self, stream: Stream) -> None:
-        with self._lock:
-            self.streams.discard(stream)
-
-    def on_close(self, fn: Callable[[], None]) -> None:
-        with self._lock:
-            if self._closed:
-                run_now = True
-            else:
-                self._closers.append(fn)
-                run_now = False
-        if run_now:
-            fn()
-
-    def stop(self) -> None:
-        """Stop reading (graceful stop): queued requests are still answered."""
-        try:
-            self.sock.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
-
-    def abort(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        with self._lock:
-            if self._closed:
-                return
-            self._closed = True
-            closers, self._closers = self._closers, []
-            for s in self.streams:
-                s.closed = True
-            self.streams.clear()
-        for fn in closers:
-            try:
-                fn()
-            except Exception:
-                log.exception("error while closing a connection's subscriptions")
-        if self.outbox is not None:
-            self.outbox.close()
-            self.abort()
-            self.outbox.join(5.0)
-        self.sock.close()
 
 
 class ControlHandler(socketserver.BaseRequestHandler):
-    """Reads lines, answers each in order; exits on EOF, idle timeout or stop."""
+    """Reads lines, answers each in order; exits on EOF, idle timeout or stop.
+
+    The hot path: one blocking `recv` per read (the idle timeout is the
+    socket's SO_RCVTIMEO, not a poll per read), every complete line answered,
+    the replies of one read written with one `send`.
+    """
 
     request: ClientConnection
     server: ControlServer
 
     def handle(self) -> None:
         conn = self.request
-        app = self.server.app
-        framer = jsonrpc.LineFramer(app.config.control.max_request_bytes)
-        poller = select.poll()
-        poller.register(conn.sock, select.POLLIN)
-        deadline = time.monotonic() + app.config.control.idle_timeout_s
+        cfg = self.server.app.config.control
+        framer = jsonrpc.LineFramer(cfg.max_request_bytes)
+        idle_s = cfg.idle_timeout_s
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, _timeval(idle_s))
+        recv = conn.sock.recv
+        partial_since = 0.0  # when the unfinished line held back began
         while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                if conn.streams:  # a follower may be silent for as long as it likes
-                    deadline = time.monotonic() + app.config.control.idle_timeout_s
-                    continue
-                self._send_error(
-                    LimitReached(
-                        f"idle for {app.config.control.idle_timeout_s:g} s: closing",
-                        "idle_timeout_s",
-                        app.config.control.idle_timeout_s,
-                    )
-                )
-                return
-            if not poller.poll(left * 1000 + 1):
-                continue
             try:
-                data = conn.sock.recv(65536)
+                data = recv(65536)
+            except BlockingIOError:  # SO_RCVTIMEO: nothing for idle_s
+                if conn.streams and not framer.pending:
+                    continue  # a follower may be silent for as long as it likes
+                self._send_error(_idle_error(idle_s, bool(framer.pending)))
+                return
             except OSError:
                 return
             if not data:
                 return
+            now = time.monotonic()
+            conn.last_active = now
             try:
                 lines = framer.feed(data)
             except jsonrpc.LineTooLong as e:  # answer what came before it, then the error, then close
-                for line in e.lines:
-                    if not self._handle_line(line):
-                        return
+                self._answer(e.lines)
                 self._send_error(e)
                 return
-            for line in lines:
-                if not self._handle_line(line):
-                    return
-            if lines:
-                deadline = time.monotonic() + app.config.control.idle_timeout_s
+            if not framer.pending:
+                partial_since = 0.0
+            elif lines or not partial_since:
+                partial_since = now
+            elif now - partial_since > idle_s:  # a line trickled in a byte at a time is cut all the same
+                self._answer(lines)
+                self._send_error(_idle_error(idle_s, True))
+                return
+            if lines and not self._answer(lines):
+                return
 
-    def _handle_line(self, line: bytes) -> bool:
-        parsed = jsonrpc.parse_line(line)
-        if parsed is None:
-            return True
+    def _answer(self, lines: list[bytes]) -> bool:
+        """Answer `lines` in order, in one write; False if the peer is gone."""
         conn = self.request
         outbox = conn.outbox
         if outbox is not None:
-            outbox.hold()
+            outbox.hold()  # a stream's notifications wait until these replies are out
         try:
-            if isinstance(parsed, list):
-                replies = [r for r in (self._dispatch(m) for m in parsed) if r is not None]
-                out = f"[{','.join(replies)}]" if replies else None
-            else:
-                out = self._dispatch(parsed)
-            if out is not None:
-                conn.send(jsonrpc.to_bytes(out))
+            replies = [r for r in map(self._handle_line, lines) if r is not None]
+            if replies:
+                conn.send(replies[0] if len(replies) == 1 else b"".join(replies))
             return True
         except OSError:
             return False
         finally:
             if outbox is not None:
                 outbox.release()
-            elif conn.outbox is not None:  # this call opened the first stream
+            elif conn.outbox is not None:  # one of these calls opened the first stream
                 conn.outbox.release()
+
+    def _handle_line(self, line: bytes) -> bytes | None:
+        parsed = jsonrpc.parse_line(line)
+        if parsed is None:
+            return None
+        cfg = self.server.app.config.control
+        if isinstance(parsed, list):
+            if len(parsed) > cfg.max_batch:
+                self.request.requests += 1
+                self.request.errors += 1
+                msg = f"batch of {len(parsed)} calls; max_batch = {cfg.max_batch}"
+                err = LimitReached(msg, "max_batch", cfg.max_batch)
+                return jsonrpc.to_bytes(_error_line(None, err))
+            replies = [r for r in map(self._dispatch, parsed) if r is not None]
+            if not replies:
+                return None
+            out = jsonrpc.to_bytes(f"[{','.join(replies)}]")
+        else:
+            text = self._dispatch(parsed)
+            if text is None:
+                return None
+            out = jsonrpc.to_bytes(text)
+        if len(out) > cfg.max_queued_bytes_per_connection:
+            self.request.errors += 1
+            return jsonrpc.to_bytes(
+                _error_line(_reply_id(parsed), _too_big(len(out), cfg.max_queued_bytes_per_connection))
+            )
+        return out
 
     def _dispatch(self, msg: jsonrpc.Message) -> str | None:
         """One call: its reply as a line of text (None for a notification)."""
-        app = self.server.app
         conn = self.request
-        app.requests.add("total")
         conn.requests += 1
         if isinstance(msg, jsonrpc.Invalid):
-            app.requests.add("errors")
+            conn.errors += 1
             return _error_line(msg.id, msg.error)
+        name = msg.method
+        app = self.server.app
+        method = app.registry.find(name)
         try:
-            method = app.registry.get(msg.method)
-            require(conn.peer.role, method.role, method.name)
-            params = method.bind(msg)
-            value = method.handler(Call(app, conn.peer, conn, method), **params)
+            if method is None:
+                raise MethodNotFound(f"method not found: {name!r} (see `methods`)", {"method": name})
+            counts = conn.by_method.get(name)
+            if counts is None:
+                counts = conn.by_method[name] = [0, 0]
+            counts[0] += 1
+            if conn.peer.rank < method.rank:
+                require(conn.peer.role, method.role, name)
+            value = method.handler(Call(app, conn.peer, conn, method), **method.bind(msg))
             if msg.notification:
                 return None
             return jsonrpc.result_line(msg.id, value)
         except RpcError as e:
-            app.requests.add("errors")
+            self._failed(method)
             return None if msg.notification else _error_line(msg.id, e)
         except Exception:
-            app.requests.add("errors")
-            log.exception("internal error in %s", msg.method)
-            err = InternalError(f"internal error in {msg.method}; ipcd's log has the details")
+            self._failed(method)
+            log.exception("internal error in %s", name)
+            err = InternalError(f"internal error in {name}; ipcd's log has the details")
             return None if msg.notification else _error_line(msg.id, err)
+
+    def _failed(self, method: Method | None) -> None:
+        conn = self.request
+        conn.errors += 1
+        if method is not None:
+            conn.by_method[method.name][1] += 1
 
     def _send_error(self, err: RpcError) -> None:
         try:
-            self.request.send(jsonrpc.encode(jsonrpc.error(None, err)))
+            self.request.send(jsonrpc.to_bytes(_error_line(None, err)))
         except OSError:
             pass
 
@@ -258,10 +186,17 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
         self._per_uid: dict[int, int] = {}
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
+        self.total = 0  # connections accepted since start
+        self.refused = 0
+        # What closed connections counted: requests, errors, and by method.
+        self._closed_counts = [0, 0]
+        self._closed_by_method: dict[str, list[int]] = {}
         self.last_loop = time.monotonic()  # the accept loop turned (the watchdog's health check)
         super().__init__(sock.getsockname(), ControlHandler, bind_and_activate=False)
         self.socket.close()  # the placeholder socketserver made
         self.socket = sock
+        app.add_section("connections", self.connections_status)
+        app.add_section("requests", self.requests_status)
 
     def get_request(self) -> tuple[Any, Any]:
         sock, addr = self.socket.accept()
@@ -275,38 +210,40 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
         except OSError:
             sock.close()
             return
-        refused = self._admit(peer)
+        conn = ClientConnection(sock, peer, self)
+        refused = self._admit(conn)
         if refused is not None:
-            self.app.connections.add("refused")
             try:
                 sock.setblocking(False)
-                sock.send(jsonrpc.encode(jsonrpc.error(None, refused)))
+                sock.send(jsonrpc.to_bytes(_error_line(None, refused)))
             except OSError:
                 pass
             sock.close()
             return
-        conn = ClientConnection(sock, peer, self)
         # A peer that stops reading gets its writes timed out, not the daemon stuck.
-        timeout_s = self.app.config.control.idle_timeout_s
-        sec = int(timeout_s)
-        usec = int((timeout_s - sec) * 1e6)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(sec, usec))
-        with self._lock:
-            self._conns.add(conn)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, _timeval(self.app.config.control.idle_timeout_s))
         super().process_request(conn, client_address)  # type: ignore[arg-type]  # the request is the connection
 
-    def _admit(self, peer: Peer) -> LimitReached | None:
+    def _admit(self, conn: ClientConnection) -> LimitReached | None:
+        """Count `conn` in, or say which limit it hits (DESIGN.md "Limits")."""
         cfg = self.app.config.control
+        peer = conn.peer
+        admin = peer.role == "admin"
         with self._lock:
             active = len(self._conns)
-            if active >= cfg.max_connections:
+            # Slots beyond the total only admins may take: no user can lock root out.
+            cap = cfg.max_connections + (cfg.admin_reserved_connections if admin else 0)
+            if active >= cap:
+                self.refused += 1
                 return LimitReached(
-                    f"too many connections ({active}; max_connections = {cfg.max_connections})",
+                    f"too many connections ({active}; max_connections = {cfg.max_connections}"
+                    + (f" + admin_reserved_connections = {cfg.admin_reserved_connections})" if admin else ")"),
                     "max_connections",
                     cfg.max_connections,
                 )
             mine = self._per_uid.get(peer.uid, 0)
-            if peer.role != "admin" and mine >= cfg.max_connections_per_uid:
+            if not admin and mine >= cfg.max_connections_per_uid:
+                self.refused += 1
                 return LimitReached(
                     f"too many connections from uid {peer.uid} "
                     f"({mine}; max_connections_per_uid = {cfg.max_connections_per_uid})",
@@ -316,8 +253,8 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
             # Counted here, in the accepting thread, so that a burst of connects
             # cannot slip past the limit before the handler threads run.
             self._per_uid[peer.uid] = mine + 1
-        self.app.connections.add("active")
-        self.app.connections.add("total")
+            self._conns.add(conn)
+            self.total += 1
         return None
 
     def shutdown_request(self, request: Any) -> None:
@@ -332,8 +269,37 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
                 self._per_uid[request.peer.uid] = n
             else:
                 self._per_uid.pop(request.peer.uid, None)
+            self._closed_counts[0] += request.requests
+            self._closed_counts[1] += request.errors
+            for name, (calls, errors) in request.by_method.items():
+                c = self._closed_by_method.setdefault(name, [0, 0])
+                c[0] += calls
+                c[1] += errors
             self._idle.notify_all()
-        self.app.connections.add("active", -1)
+
+    def connections_status(self) -> dict[str, int]:
+        cfg = self.app.config.control
+        with self._lock:
+            active = len(self._conns)
+        return {"active": active, "total": self.total, "refused": self.refused, "max": cfg.max_connections}
+
+    def requests_status(self) -> dict[str, int]:
+        with self._lock:
+            total, errors = self._closed_counts
+            for conn in self._conns:
+                total += conn.requests
+                errors += conn.errors
+        return {"total": total, "errors": errors}
+
+    def requests_by_method(self) -> dict[str, tuple[int, int]]:
+        """(calls, errors) per method name since start."""
+        with self._lock:
+            out = {name: (c[0], c[1]) for name, c in self._closed_by_method.items()}
+            for conn in self._conns:
+                for name, (calls, errors) in list(conn.by_method.items()):
+                    before = out.get(name, (0, 0))
+                    out[name] = (before[0] + calls, before[1] + errors)
+        return out
 
     def service_actions(self) -> None:
         self.last_loop = time.monotonic()
@@ -373,5 +339,23 @@ def _error_line(req_id: Any, err: RpcError) -> str:
     return jsonrpc.dumps(jsonrpc.error(req_id, err))
 
 
-def _timeval(sec: int, usec: int) -> bytes:
-    return struct.pack("ll", sec, usec)
+def _reply_id(parsed: jsonrpc.Parsed) -> Any:
+    return None if isinstance(parsed, list) else parsed.id
+
+
+def _too_big(size: int, cap: int) -> LimitReached:
+    return LimitReached(
+        f"the reply would be {size} bytes; max_queued_bytes_per_connection = {cap}",
+        "max_queued_bytes_per_connection",
+        cap,
+    )
+
+
+def _idle_error(idle_s: float, partial: bool) -> LimitReached:
+    what = "a request line left unfinished" if partial else "idle"
+    return LimitReached(f"{what} for {idle_s:g} s: closing", "idle_timeout_s", idle_s)
+
+
+def _timeval(seconds: float) -> bytes:
+    sec = int(seconds)
+    return struct.pack("ll", sec, int((seconds - sec) * 1e6))

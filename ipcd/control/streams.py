@@ -55,6 +55,11 @@ class Outbox:
         self._thread = threading.Thread(target=self._pump, name="ipcd-outbox", daemon=True)
         self._thread.start()
 
+    @property
+    def queued(self) -> int:
+        """Notifications waiting to be written."""
+        return len(self._q)
+
     def _full(self, size: int) -> bool:
         return len(self._q) >= self.maxlen or (self.queued_bytes + size > self.max_bytes and bool(self._q))
 

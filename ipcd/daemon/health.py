@@ -79,7 +79,7 @@ class Health:
         if now - self._last_rate_at >= 0.5:
             self.rate = (received - self._last_received) / (now - self._last_rate_at)
             self._last_received, self._last_rate_at = received, now
-        conns = self.app.connections["active"]
+        conns = self.app.status_of("connections").get("active", 0)
         dropped = lp.dropped if lp else 0
         text = f"{conns} clients, {self.rate:.0f} msg/s, {received} received, {dropped} dropped"
         problem = lp.store_problem() if lp else None

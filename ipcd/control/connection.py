@@ -1,0 +1,156 @@
+"""One accepted control connection: its socket, peer, streams and counters.
+
+The handler thread that reads it (`server.ControlHandler`) is the only one
+that counts its requests, so the counters need no lock; the server adds
+them up for `status` and keeps what closed connections counted.  Writes
+come from the handler (replies) and the outbox's pump (notifications), so
+they take the write lock.  What a method may do with it is the
+`app.Connection` protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ipcd.control.access import Peer
+from ipcd.control.streams import Outbox, Stream
+from ipcd.errors import LimitReached
+
+if TYPE_CHECKING:
+    from ipcd.control.server import ControlServer
+
+log = logging.getLogger("ipcd")
+T = TypeVar("T")
+
+
+class ClientConnection:
+    """socketserver passes it to the handler as `request`."""
+
+    def __init__(self, sock: socket.socket, peer: Peer, server: ControlServer) -> None:
+        self.sock = sock
+        self.peer = peer
+        self.server = server
+        self.connected_at = time.time()
+        self.last_active = time.monotonic()
+        self.requests = 0
+        self.errors = 0
+        self.by_method: dict[str, list[int]] = {}  # name -> [calls, errors]
+        self.outbox: Outbox | None = None
+        self.streams: set[Stream] = set()
+        self._attached: dict[type, Any] = {}
+        self._closers: list[Callable[[], None]] = []
+        self._wlock = threading.Lock()
+        self._lock = threading.Lock()
+        self._closed = False
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def send(self, data: bytes) -> None:
+        with self._wlock:
+            self.sock.sendall(data)
+
+    def open_stream(self, name: str) -> Stream:
+        c = self.server.app.config.control
+        with self._lock:
+            if len(self.streams) >= c.max_streams_per_connection:
+                raise LimitReached(
+                    f"{len(self.streams)} streams open on this connection; "
+                    f"max_streams_per_connection = {c.max_streams_per_connection}",
+                    "max_streams_per_connection",
+                    c.max_streams_per_connection,
+                )
+            if self.outbox is None:
+                self.outbox = Outbox(self, c.stream_queue, c.max_queued_bytes_per_connection)
+                self.outbox.hold()  # released once the subscribing reply is out
+            stream = Stream(self, name)
+            self.streams.add(stream)
+            return stream
+
+    def attach(self, kind: type[T], make: Callable[[], T]) -> T:
+        """The connection's one `kind` of state (a subscription...), made on first use."""
+        with self._lock:
+            value = self._attached.get(kind)
+        if value is None:  # made outside the lock: `make` may open a stream, which takes it
+            value = make()
+            with self._lock:
+                value = self._attached.setdefault(kind, value)
+        return value  # type: ignore[no-any-return]
+
+    def attachment(self, kind: type[T]) -> T | None:
+        with self._lock:
+            return self._attached.get(kind)
+
+    def detach(self, kind: type) -> None:
+        with self._lock:
+            self._attached.pop(kind, None)
+
+    def stream_closed(self, stream: Stream) -> None:
+        with self._lock:
+            self.streams.discard(stream)
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        with self._lock:
+            if self._closed:
+                run_now = True
+            else:
+                self._closers.append(fn)
+                run_now = False
+        if run_now:
+            fn()
+
+    def describe(self) -> dict[str, Any]:
+        """This connection as `clients` shows it (less `self`)."""
+        p = self.peer
+        out = self.outbox
+        streams = sorted(s.name for s in list(self.streams))
+        return {
+            "pid": p.pid,
+            "uid": p.uid,
+            "gid": p.gid,
+            "command": p.comm,
+            "role": p.role,
+            "connected_at": self.connected_at,
+            "idle_s": round(time.monotonic() - self.last_active, 3),
+            "requests": self.requests,
+            "streams": [{"name": n, "queued": out.queued if out else 0, "dropped": out.dropped if out else 0}
+                        for n in streams],
+        }  # fmt: skip
+
+    def stop(self) -> None:
+        """Stop reading (graceful stop): queued requests are still answered."""
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def abort(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            closers, self._closers = self._closers, []
+            for s in self.streams:
+                s.closed = True
+            self.streams.clear()
+        for fn in closers:
+            try:
+                fn()
+            except Exception:
+                log.exception("error while closing a connection's subscriptions")
+        if self.outbox is not None:
+            self.outbox.close()
+            self.abort()
+            self.outbox.join(5.0)
+        self.sock.close()

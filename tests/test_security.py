@@ -1,0 +1,87 @@
+"""Attacks by a hostile local user, each rerun as found, and held (issue #10, README "Security").
+
+Peers with other uids are forked children that drop to another uid (root only).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+from collections.abc import Iterator
+
+from conftest import Conn, Ipcd, needs_root, wait_for
+
+OPEN = '[control]\nsocket_mode = "0666"\n'
+
+
+@contextlib.contextmanager
+def held_connections(sock: str, uid: int, n: int) -> Iterator[int]:
+    """`n` connections to `sock` opened and held by a child running as `uid`; yields how many got in."""
+    r, w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the attacker
+        try:
+            os.close(r)
+            os.close(go_w)
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            held = []
+            for _ in range(n):
+                c = Conn(sock, 5.0)
+                if "pong" in str(c.call("ping")):
+                    held.append(c)
+                else:
+                    c.close()
+            os.write(w, str(len(held)).encode())
+            os.read(go_r, 1)  # hold them until told
+        finally:
+            os._exit(0)
+    os.close(w)
+    os.close(go_r)
+    try:
+        got = int(os.read(r, 32) or b"-1")
+        yield got
+    finally:
+        os.close(go_w)
+        os.close(r)
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+@needs_root
+def test_four_users_cannot_lock_root_out(make_ipcd) -> None:
+    """#10 item 9: 4 x 64 connections filled max_connections = 256, and root could not connect."""
+    d: Ipcd = make_ipcd(OPEN + "max_connections = 256\nmax_connections_per_uid = 64\n").start()
+    with contextlib.ExitStack() as stack:
+        got = [stack.enter_context(held_connections(d.sock, uid, 64)) for uid in (2001, 2002, 2003, 2004)]
+        assert got == [64, 64, 64, 64]
+        with held_connections(d.sock, 2005, 1) as fifth:
+            assert fifth == 0  # another user is refused: the total is reached
+        # Root takes one of the slots reserved for admins, and can act.
+        with Conn(d.sock) as root:
+            st = root.call("status")
+            assert st["connections"]["active"] == 257
+            assert root.call("clients")["clients"]
+    wait_for(lambda: d.call("status")["connections"]["active"] == 1, 10, "the held connections to close")
+
+
+@needs_root
+def test_admin_reserved_slots_are_for_admins_only(make_ipcd) -> None:
+    cfg = OPEN + "max_connections = 4\nmax_connections_per_uid = 10\nadmin_reserved_connections = 2\n"
+    d: Ipcd = make_ipcd(cfg).start()
+    with held_connections(d.sock, 2001, 6) as got:
+        assert got == 4  # the user gets max_connections, not the reserved ones
+        admins = [Conn(d.sock) for _ in range(3)]
+        try:
+            assert [a.call("ping").get("pong") for a in admins[:2]] == [True, True]
+            err = admins[2].recv_json()["error"]  # the reserve is used up too
+            assert err["code"] == -32002 and err["data"]["limit"] == "max_connections"
+        finally:
+            for a in admins:
+                a.close()
+    assert d.stop(signal.SIGTERM) == 0
