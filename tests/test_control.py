@@ -9,7 +9,7 @@ import socket
 import subprocess
 import threading
 
-from conftest import Conn, Ipcd, wait_for
+from conftest import Conn, Ipcd, needs_program, wait_for
 
 
 def test_ping_and_status(ipcd: Ipcd) -> None:
@@ -105,6 +105,7 @@ def test_pipelined_requests_answered_in_order(ipcd: Ipcd) -> None:
     assert ids == list(range(n))
 
 
+@needs_program("socat")
 def test_plain_command_over_socat(ipcd: Ipcd) -> None:
     out = subprocess.run(
         ["socat", "-t", "5", "-", f"UNIX-CONNECT:{ipcd.sock}"],
