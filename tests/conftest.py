@@ -248,6 +248,17 @@ def ipcd(make_ipcd: Callable[..., Ipcd]) -> Ipcd:
     return make_ipcd().start()
 
 
+def wait_only_connection(c: Conn, what: str = "ipcd to count only this connection") -> None:
+    """Wait until ipcd counts `c` as its one connection (`status` connections.active == 1).
+
+    ipcd counts a connection until its handler has seen it close, a moment
+    after the client's close() returned: when a test starts, the readiness
+    check's connection (`wait_ready`) may still count.  Asked on `c` itself:
+    a new connection for each look could be refused by those still counted.
+    """
+    wait_for(lambda: c.call("status")["connections"]["active"] == 1, 10, what)
+
+
 def ipcctl_argv(*args: str) -> list[str]:
     exe = BIN / "ipcctl"
     if exe.exists():
