@@ -174,11 +174,15 @@ with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
     while b"\\n" not in buf:
         buf += s.recv(1 << 20)
     print("ready", flush=True)  # subscribed: the reply is in
-    while buf.count(b"\\n") < n + 1:  # then n messages, read as fast as they come
+    seen, lagged = 0, False
+    while seen < n and not lagged:  # then n messages, read as fast as they come
         chunk = s.recv(1 << 20)
         if not chunk:
             break
         buf += chunk
+        seen += chunk.count(b"\\n")
+        lagged = b'"lagged"' in buf[-len(chunk) - 8 :]  # it fell behind: stop, and show it
+        print(seen, flush=True)  # how many it has: the publisher paces itself by this
 lines = [json.loads(line) for line in buf.splitlines()[1:]]
 print(json.dumps([m["params"]["message"]["i"] if m["method"] == "message" else m for m in lines]))
 """
@@ -197,10 +201,18 @@ def test_a_stalled_subscriber_is_told_it_lagged_and_slows_no_one(make_ipcd) -> N
 
     stalled = d.conn()
     fast = subprocess.Popen([sys.executable, "-c", FAST_READER, d.sock, str(n)], stdout=subprocess.PIPE, text=True)
+    assert fast.stdout is not None
+
+    def fast_has(count: int) -> None:
+        while (line := fast.stdout.readline().strip()).isdigit():
+            if int(line) >= count:
+                return
+        raise AssertionError(f"the fast reader stopped short of {count} messages: {line[:200]!r}")
+
     try:
         assert stalled.call("subscribe", {"channels": ["load"]}) == {"channels": ["load"]}
         # From here on the stalled reader reads nothing until every publish returned.
-        assert fast.stdout is not None and fast.stdout.readline() == "ready\n"
+        assert fast.stdout.readline() == "ready\n"
         delivered, took = [], []
         with Client(d.sock) as pub:
             t_all = time.monotonic()
@@ -208,29 +220,39 @@ def test_a_stalled_subscriber_is_told_it_lagged_and_slows_no_one(make_ipcd) -> N
                 t0 = time.monotonic()
                 delivered.append(pub.publish("load", {"i": i, "pad": pad}))
                 took.append(time.monotonic() - t0)
+                # Paced by the fast reader, a round at a time: its queue in ipcd
+                # never holds more than a round, so it cannot lag, however
+                # long ipcd's writer thread waits for a CPU on a busy machine.
+                if (i + 1) % 16 == 0 or i + 1 == n:
+                    fast_has(i + 1)
             t_all = time.monotonic() - t_all
             # The fast subscriber got everything, in order, with no gap.
-            assert json.loads(fast.communicate(timeout=30)[0]) == list(range(n))
+            assert json.loads(fast.communicate(timeout=30)[0].splitlines()[-1]) == list(range(n))
             # Publishing never waited for the stalled reader.
             assert max(took) < 0.5 and t_all < 20, (max(took), t_all)
             st = pub.call("status")["channels"]
 
-        # Now the stalled reader reads: what fit, then one notice for the rest.
+        # Now the stalled reader reads: what fit, with a notice in the place of
+        # each run it missed: at the end, and before too if ipcd's writer
+        # thread for it fell more than a queue behind the publisher.
         got: list[int] = []
-        notices = []
-        while len(got) + sum(x["missed"] for x in notices) < n:
+        notices = 0
+        due = 0
+        while due < n:
             note = stalled.recv_json()
             if note["method"] == "lagged":
-                notices.append(note["params"])
+                assert note["params"]["stream"] == "subscribe" and note["params"]["missed"] > 0, note
+                notices += 1
+                due += note["params"]["missed"]
             else:
-                assert note["method"] == "message"
-                got.append(note["params"]["message"]["i"])
+                assert note["method"] == "message" and note["params"]["message"]["i"] == due, (note, due)
+                got.append(due)
+                due += 1
         kept = len(got)
-        assert 0 < kept < n
-        assert got == list(range(kept))
-        assert notices == [{"stream": "subscribe", "missed": n - kept}]
-        assert sum(delivered) == n + kept  # the fast one each time, the stalled one while it had room
-        assert delivered[:kept] == [2] * kept and set(delivered[kept:]) == {1}
+        assert 0 < kept < n and notices >= 1 and got[-1] < n - 1  # it missed the end
+        # The fast one each time, the stalled one while it had room.
+        had_room = set(got)
+        assert delivered == [2 if i in had_room else 1 for i in range(n)]
         assert st["lagged"] == n - kept
         # Caught up, it receives again.
         with Client(d.sock) as pub:
