@@ -4,7 +4,10 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test dev lint type units bench check clean
+# What ruff checks and formats: every Python file of the project.
+PY_DIRS = ipcd tests bench contrib/python
+
+.PHONY: run test dev lint ruff imports type units bench check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,9 +23,15 @@ run: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-lint: $(STAMP)
-	$(BIN)/ruff check ipcd tests bench contrib/python
-	$(BIN)/ruff format --check ipcd tests bench contrib/python
+lint: ruff imports
+
+ruff: $(STAMP)
+	$(BIN)/ruff check $(PY_DIRS)
+	$(BIN)/ruff format --check $(PY_DIRS)
+
+# The layers of STYLE.md's "Layout": the contracts are [tool.importlinter] in pyproject.toml.
+imports: $(STAMP)
+	$(BIN)/lint-imports --no-logo
 
 type: $(STAMP)
 	$(BIN)/mypy --strict ipcd
@@ -39,7 +48,8 @@ bench: $(STAMP)
 	cc -O2 -Wall -Wextra -o bench/loadgen bench/loadgen.c -lpthread
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
 
+# What CI runs (.ci/run).
 check: lint type units test
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

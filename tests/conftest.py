@@ -32,6 +32,20 @@ IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root (CI runs as root): other uids, mounts or systemd")
 
 
+def needs_program(*names: str) -> pytest.MarkDecorator:
+    """Skip a test that runs these programs (commands on PATH, or absolute paths) where one is missing.
+
+    A fresh machine may lack socat, a C compiler or systemd, and `make test`
+    must pass there.  CI must run them all: .ci/run installs every such
+    program and sets IPCD_TESTS_NEED_ALL_PROGRAMS, which turns the skip off,
+    so that a program it forgot fails the test instead of skipping it.
+    """
+    missing = [name for name in names if shutil.which(name) is None]
+    if os.environ.get("IPCD_TESTS_NEED_ALL_PROGRAMS"):
+        missing = []
+    return pytest.mark.skipif(bool(missing), reason=f"needs {', '.join(missing)} (not installed; .ci/run installs it)")
+
+
 def wait_for(pred: Callable[[], T], timeout_s: float = 10.0, what: str = "condition", interval_s: float = 0.005) -> T:
     """Poll `pred` until it returns something true; fail after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
@@ -232,6 +246,17 @@ def make_ipcd(short_tmp: Path) -> Iterator[Callable[..., Ipcd]]:
 def ipcd(make_ipcd: Callable[..., Ipcd]) -> Ipcd:
     """A running ipcd on default settings."""
     return make_ipcd().start()
+
+
+def wait_only_connection(c: Conn, what: str = "ipcd to count only this connection") -> None:
+    """Wait until ipcd counts `c` as its one connection (`status` connections.active == 1).
+
+    ipcd counts a connection until its handler has seen it close, a moment
+    after the client's close() returned: when a test starts, the readiness
+    check's connection (`wait_ready`) may still count.  Asked on `c` itself:
+    a new connection for each look could be refused by those still counted.
+    """
+    wait_for(lambda: c.call("status")["connections"]["active"] == 1, 10, what)
 
 
 def ipcctl_argv(*args: str) -> list[str]:

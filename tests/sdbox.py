@@ -52,7 +52,7 @@ import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["SdBox", "SdBoxError", "sdbox_available", "cleanup_stale"]
+__all__ = ["PROGRAMS", "SdBox", "SdBoxError", "sdbox_available", "cleanup_stale"]
 
 STATE_BASE = Path("/tmp/sdbox-ipcd")
 SYSTEMD = "/usr/lib/systemd/systemd"
@@ -60,6 +60,8 @@ STOP_TIMEOUT_S = 8.0
 BOX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,40}$")
 _TOOLS = ("unshare", "nsenter", "setpriv", "pivot_root", "mount", "umount", "mknod", "bash")
+# What a fresh machine may lack, for the tests' needs_program(); Debian always has the rest of _TOOLS.
+PROGRAMS = (SYSTEMD, "unshare", "nsenter", "setpriv")
 _DROPPED_CAPS = (
     "-sys_module,-sys_time,-sys_boot,-sys_rawio,-sys_pacct,-syslog,-wake_alarm,-block_suspend,-mac_admin,-mac_override"
 )

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Conn, Ipcd, ipcctl, wait_for
+from conftest import Conn, Ipcd, ipcctl, needs_program, wait_for
 
 # bash, not dash: dash cannot redirect descriptors above 9, and the test's sockets
 # sit wherever pytest left room.  `n<&fd` is dup2(fd, n): the sockets land on 3, 4, ...
@@ -227,6 +227,7 @@ def test_wrong_socket_type_is_a_clear_error(make_activated) -> None:
     assert_is_socket(cpath)  # still not ipcd's to remove
 
 
+@needs_program("systemd-socket-activate")
 def test_chained_systemd_socket_activate(make_activated, notes: Notes) -> None:
     d = make_activated()
     cpath, lpath = sd_paths(d)

@@ -5,13 +5,12 @@ from __future__ import annotations
 import ast
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT, Ipcd, ipcctl_argv, wait_for
+from conftest import BIN, ROOT, Ipcd, ipcctl_argv, needs_program, wait_for
 
 CONTRIB = ROOT / "contrib"
 
@@ -21,7 +20,7 @@ def env_without_ipcd(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-@pytest.mark.skipif(shutil.which("socat") is None, reason="needs socat")
+@needs_program("socat")
 def test_socat_script(ipcd: Ipcd) -> None:
     script = str(CONTRIB / "shell" / "ipcd-socat.sh")
     for argv, env in (([script], env_without_ipcd(IPCD_SOCKET=ipcd.sock)), ([script, ipcd.sock], env_without_ipcd())):
@@ -39,7 +38,7 @@ def test_socat_script(ipcd: Ipcd) -> None:
     assert res.returncode == 3 and "is ipcd running?" in res.stderr
 
 
-@pytest.mark.skipif(shutil.which("cc") is None, reason="needs a C compiler")
+@needs_program("cc")
 def test_c_program(ipcd: Ipcd, tmp_path: Path) -> None:
     exe = tmp_path / "ipcd-hello"
     cc = subprocess.run(

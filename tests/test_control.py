@@ -9,7 +9,7 @@ import socket
 import subprocess
 import threading
 
-from conftest import Conn, Ipcd, wait_for
+from conftest import Conn, Ipcd, needs_program, wait_only_connection
 
 
 def test_ping_and_status(ipcd: Ipcd) -> None:
@@ -105,6 +105,7 @@ def test_pipelined_requests_answered_in_order(ipcd: Ipcd) -> None:
     assert ids == list(range(n))
 
 
+@needs_program("socat")
 def test_plain_command_over_socat(ipcd: Ipcd) -> None:
     out = subprocess.run(
         ["socat", "-t", "5", "-", f"UNIX-CONNECT:{ipcd.sock}"],
@@ -207,15 +208,15 @@ def test_shutdown_method_stops_daemon(ipcd: Ipcd) -> None:
 
 def test_connection_limit_counts_in_status(make_ipcd) -> None:
     d: Ipcd = make_ipcd("[control]\nmax_connections = 2\n").start()
-    a, b = d.conn(), d.conn()
-    try:
-        assert a.call("ping")["pong"] and b.call("ping")["pong"]
-        with Conn(d.sock) as c:
-            err = c.recv_json()
-            assert err["error"]["code"] == -32002 and err["error"]["data"]["limit"] == "max_connections"
-            assert c.at_eof()
-        assert a.call("status")["connections"]["refused"] == 1
-    finally:
-        a.close()
-        b.close()
-    wait_for(lambda: d.call("status")["connections"]["active"] == 1, 10, "the closed connections to be gone")
+    with d.conn() as a:
+        wait_only_connection(a, "the readiness check's connection to be gone")
+        with d.conn() as b:
+            assert b.call("ping")["pong"]
+            with Conn(d.sock) as c:
+                err = c.recv_json()
+                assert err["error"]["code"] == -32002 and err["error"]["data"]["limit"] == "max_connections"
+                assert c.at_eof()
+            assert a.call("status")["connections"]["refused"] == 1
+        wait_only_connection(a, "b's connection to be gone")
+        with d.conn() as again:  # b's place is free again
+            assert again.call("status")["connections"]["active"] == 2

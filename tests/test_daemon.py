@@ -12,7 +12,7 @@ import sys
 import time
 
 import pytest
-from conftest import Conn, Ipcd, wait_for
+from conftest import Conn, Ipcd, wait_for, wait_only_connection
 
 
 def test_version_everywhere() -> None:
@@ -239,8 +239,10 @@ def test_half_line_counts_as_idle(make_ipcd) -> None:
 
 def test_connection_limit_at_edge(make_ipcd) -> None:
     d: Ipcd = make_ipcd("[control]\nmax_connections = 3\n").start()
-    held = [d.conn() for _ in range(3)]
+    held = [d.conn()]
     try:
+        wait_only_connection(held[0], "the readiness check's connection to be gone")
+        held += [d.conn(), d.conn()]
         for c in held:
             assert c.call("ping")["pong"]  # exactly max_connections are served
         with Conn(d.sock) as extra:

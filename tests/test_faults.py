@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Ipcd, needs_root, wait_for
+from conftest import Ipcd, needs_program, needs_root, wait_for
 
 from ipcd import config
 from ipcd.daemon.daemon import Daemon
@@ -106,6 +106,7 @@ def fill(path: Path) -> None:
 
 
 @needs_root
+@needs_program("unshare", "mount")
 def test_state_dir_full_then_space_returns(make_ipcd) -> None:
     d: Ipcd = make_ipcd("[log]\nrate_limit_burst = 0\n[store]\nmax_pending = 500\ncommit_interval_ms = 20\n")
     start_on_tmpfs(d, "4m")
@@ -139,6 +140,7 @@ def test_state_dir_full_then_space_returns(make_ipcd) -> None:
 
 @needs_root
 @pytest.mark.skipif(not os.path.exists("/dev/loop-control"), reason="needs loop devices (ext4 on a loop file)")
+@needs_program("mkfs.ext4", "unshare", "mount", "nsenter", "findmnt")
 def test_state_dir_turning_read_only(make_ipcd, short_tmp) -> None:
     # ext4 remounts itself read-only on an error (errors=remount-ro), as it
     # does when a disk fails; its sysfs trigger_fs_error raises one on purpose.

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Conn, Ipcd, ipcctl, ipcctl_argv, ipcctl_in_process, needs_root, run_as, wait_for
+from conftest import Conn, Ipcd, ipcctl, ipcctl_argv, ipcctl_in_process, needs_program, needs_root, run_as, wait_for
 
 from ipcd import procfs
 from ipcd.logs.recvmmsg import Receiver
@@ -213,6 +213,7 @@ LOGGER_CASES = [
 ]
 
 
+@needs_program("logger")
 @pytest.mark.parametrize(("args", "message", "expect"), LOGGER_CASES)
 def test_logger(shared: Ipcd, args: list[str], message: str, expect: dict[str, Any]) -> None:
     with alive(["logger", "-u", shared.log_sock, *args]) as (proc, write):
@@ -234,12 +235,14 @@ def test_logger(shared: Ipcd, args: list[str], message: str, expect: dict[str, A
         assert set(e["structured_data"]) == {"timeQuality", "ex@32473"}
 
 
+@needs_program("logger")
 def test_logger_message_argument(shared: Ipcd) -> None:
     pid = run(["logger", "-u", shared.log_sock, "-t", "argmsg", "-i", "the", "message words"])
     e = only(wait_for(lambda: query(shared, pid=pid), 10, "logger's entry"))
     assert (e["ident"], e["pid"], e["message"], e["sender_uid"]) == ("argmsg", pid, "the message words", 0)
 
 
+@needs_program("logger")
 def test_logger_reads_stdin_one_datagram_per_line(shared: Ipcd) -> None:
     pid = run(["logger", "-u", shared.log_sock, "-t", "stdinlines"], stdin=b"first\nsecond line\n\nthird\n")
     entries = wait_for(lambda: len(got := query(shared, pid=pid)) >= 4 and got, 10, "four lines")
@@ -394,6 +397,7 @@ def test_raw_sendto_and_json(shared: Ipcd) -> None:
     ]
 
 
+@needs_program("socat")
 def test_socat_unix_sendto(shared: Ipcd) -> None:
     with alive(["socat", "-u", "-", f"UNIX-SENDTO:{shared.log_sock}"]) as (proc, write):
         write(b"<11>socattag[5]: hi from socat\n")
@@ -534,6 +538,7 @@ def test_status_logs_and_store_sections(make_ipcd: Callable[..., Ipcd]) -> None:
 # --- rate limiting ----------------------------------------------------------------------------------
 
 
+@needs_program("logger")
 def test_rate_limit_at_its_edge(make_ipcd: Callable[..., Ipcd]) -> None:
     interval_s = 0.5
     d = make_ipcd(config=f"[log]\nrate_limit_burst = 3\nrate_limit_interval_s = {interval_s}\n").start()
@@ -642,6 +647,7 @@ def test_retention_by_max_age(make_ipcd: Callable[..., Ipcd]) -> None:
 # --- restart, stop, crash ---------------------------------------------------------------------------------
 
 
+@needs_program("logger")
 def test_entries_persist_across_a_graceful_restart(make_ipcd: Callable[..., Ipcd]) -> None:
     d = make_ipcd().start()
     send(d, b"<13>keep: one", b'{"message": "two", "fields": {"a": 1}}', b'<165>1 - h app 5 - [s@1 x="y"] three')
@@ -936,7 +942,10 @@ def test_stalled_follower_lags_without_slowing_anyone(make_ipcd: Callable[..., I
 
 @pytest.fixture(scope="module")
 def corpus() -> Iterator[tuple[Ipcd, list[dict[str, Any]], dict[str, int]]]:
-    """A daemon with six known entries, in two batches apart in time: (daemon, entries, sender pids)."""
+    """A daemon with six known entries, in two batches apart in time: (daemon, entries, sender pids).
+
+    Three come from `logger`: its tests are marked `needs_program("logger")`.
+    """
     root = Path(tempfile.mkdtemp(prefix="ipcd-", dir="/tmp"))
     os.chmod(root, 0o755)  # other uids must reach the sockets
     d = Ipcd(root, NO_LIMIT)
@@ -984,6 +993,7 @@ def short(e: dict[str, Any]) -> str:
 ALL = ["GET /index 200", "Disk ERROR on sda", "disk error on sdb", "crit thing", "debug noise", "Disk full"]
 
 
+@needs_program("logger")
 def test_ipcctl_logs_short_output(corpus: Any) -> None:
     d, entries, pids = corpus
     res = logs_cli(d)
@@ -1020,17 +1030,20 @@ def test_ipcctl_logs_short_output(corpus: Any) -> None:
         (["--since", "2001-01-01 00:00", "--until", "2001-12-31"], []),
     ],
 )
+@needs_program("logger")
 def test_ipcctl_logs_filters(corpus: Any, args: list[str], expected: list[str]) -> None:
     d, _, _ = corpus
     assert messages(logs_cli(d, *args)) == expected
 
 
+@needs_program("logger")
 def test_ipcctl_logs_n_0_prints_nothing(corpus: Any) -> None:
     d, _, _ = corpus
     res = logs_cli(d, "-n", "0")
     assert (res.returncode, res.stdout, res.stderr) == (0, "", "")
 
 
+@needs_program("logger")
 def test_ipcctl_logs_pid_is_the_senders(corpus: Any) -> None:
     d, _, pids = corpus
     assert messages(logs_cli(d, "--pid", str(pids["db"]))) == ["disk error on sdb"]
@@ -1038,6 +1051,7 @@ def test_ipcctl_logs_pid_is_the_senders(corpus: Any) -> None:
     assert messages(logs_cli(d, "--pid", "1")) == []
 
 
+@needs_program("logger")
 def test_ipcctl_logs_since_until_iso(corpus: Any) -> None:
     d, entries, _ = corpus
     # The two batches were stored apart: cut between them, in local time as journalctl reads it.
@@ -1054,6 +1068,7 @@ def test_ipcctl_logs_since_until_iso(corpus: Any) -> None:
     assert got[0] in ALL[:2] and got[-1] == ALL[2]
 
 
+@needs_program("logger")
 def test_ipcctl_logs_json_and_verbose(corpus: Any) -> None:
     d, entries, pids = corpus
     res = logs_cli(d, "-o", "json")
@@ -1081,6 +1096,7 @@ def test_ipcctl_logs_json_and_verbose(corpus: Any) -> None:
     ]
 
 
+@needs_program("logger")
 def test_ipcctl_json_logs_is_one_document(corpus: Any) -> None:
     d, entries, _ = corpus
     res = ipcctl("--socket", d.sock, "--json", "logs", "-n", "2")
@@ -1106,6 +1122,7 @@ def test_ipcctl_json_logs_is_one_document(corpus: Any) -> None:
         (["-g", "(unclosed"], 1, "bad regular expression"),
     ],
 )
+@needs_program("logger")
 def test_ipcctl_logs_bad_input(corpus: Any, args: list[str], code: int, message: str) -> None:
     d, _, _ = corpus
     res = logs_cli(d, *args)
@@ -1292,7 +1309,7 @@ def test_receiver_reads_bursts_with_credentials_and_real_lengths(short_tmp: Path
     assert got == [(bytes([65 + i]) * min(size, cap), size > cap, *me) for i, size in enumerate(sizes)]
 
 
-@pytest.mark.skipif(shutil.which("ss") is None, reason="needs ss (iproute2) to read a socket's buffer size")
+@needs_program("ss")  # iproute2: reads the socket's buffer size
 def test_log_socket_gets_the_receive_buffer_asked_for(make_ipcd: Callable[..., Ipcd]) -> None:
     d = make_ipcd(config="[log]\nreceive_buffer_bytes = 3145728\n").start()
     fd_dir = Path(f"/proc/{status(d)['log_process']['pid']}/fd")  # the log process holds the log socket

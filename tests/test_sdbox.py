@@ -10,9 +10,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sdbox import SdBox, sdbox_available
+from conftest import needs_program, needs_root
+from sdbox import PROGRAMS, SdBox, sdbox_available
 
 ROOT = Path(__file__).resolve().parent.parent
+
+pytestmark = [needs_root, needs_program(*PROGRAMS)]
 
 
 @pytest.fixture(scope="session")

@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ROOT, Conn, wait_for
-from sdbox import BOX_PATH, SdBox, sdbox_available
+from conftest import ROOT, Conn, needs_program, needs_root, wait_for
+from sdbox import BOX_PATH, PROGRAMS, SdBox, sdbox_available
 
-pytestmark = [pytest.mark.root, pytest.mark.slow]
+# The box makes ipcd's venv from Debian's /usr/bin/python3 (python3-venv).
+pytestmark = [pytest.mark.root, pytest.mark.slow, needs_root, needs_program(*PROGRAMS, "/usr/bin/python3")]
 
 VENV = "/opt/ipcd-sdbox"
 WORK_BASE = "/var/tmp/ipcd-sdbox-"

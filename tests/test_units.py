@@ -17,10 +17,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import BIN, ROOT
+from conftest import BIN, ROOT, needs_program
 
-ANALYZE = shutil.which("systemd-analyze")
-needs_analyze = pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze is not installed")
+needs_analyze = needs_program("systemd-analyze")
 UNITS = ("ipcd.socket", "ipcd-log.socket", "ipcd.service")
 MAX_EXPOSURE = 1.5  # the gate: `systemd-analyze security` exposure of ipcd.service
 
@@ -41,9 +40,7 @@ def analyze(
     full_env = {**os.environ, **(env or {})}
     if unit_path is not None:
         full_env["SYSTEMD_UNIT_PATH"] = f"{unit_path}:"  # the trailing ":" keeps the default path too
-    return subprocess.run(
-        [ANALYZE or "systemd-analyze", *args], capture_output=True, text=True, timeout=60, env=full_env
-    )
+    return subprocess.run(["systemd-analyze", *args], capture_output=True, text=True, timeout=60, env=full_env)
 
 
 def unit_value(text: str, key: str) -> str:
@@ -211,20 +208,24 @@ def test_user_units_verify_clean(tmp_path: Path) -> None:
 # -- the notify-reload drop-in (systemd >= 253) -------------------------------------------
 
 
-def test_notify_reload_drop_in_parses(installed) -> None:
-    path = ROOT / "contrib/systemd/notify-reload.conf"
+NOTIFY_RELOAD = ROOT / "contrib/systemd/notify-reload.conf"
+
+
+def test_notify_reload_drop_in_parses() -> None:
     ini = configparser.ConfigParser(strict=False, interpolation=None, empty_lines_in_values=False)
     ini.optionxform = str  # type: ignore[assignment,method-assign]  # systemd keys are case-sensitive
-    ini.read_string(path.read_text())
+    ini.read_string(NOTIFY_RELOAD.read_text())
     assert ini.sections() == ["Service"]
     svc = ini["Service"]
     assert svc["Type"] == "notify-reload" and svc["ReloadSignal"] == "SIGHUP"
     assert svc["ExecReload"] == ""  # empty: resets the unit's synchronous ExecReload=
-    if ANALYZE is None:
-        return
+
+
+@needs_analyze
+def test_notify_reload_drop_in_verifies(installed) -> None:
     d, _ = installed
     (d / "ipcd.service.d").mkdir()
-    shutil.copy(path, d / "ipcd.service.d" / "notify-reload.conf")
+    shutil.copy(NOTIFY_RELOAD, d / "ipcd.service.d" / "notify-reload.conf")
     res = analyze("verify", "--man=no", *(str(d / u) for u in UNITS), unit_path=d)
     assert res.returncode == 0, res.stderr
     version = int(re.match(r"systemd (\d+)", analyze("--version").stdout).group(1))  # type: ignore[union-attr]
