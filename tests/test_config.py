@@ -271,10 +271,13 @@ status_interval_s = 2.5
 [control]
 max_connections = 10
 max_connections_per_uid = 3
+admin_reserved_connections = 2
 max_request_bytes = 4096
+max_batch = 20
 idle_timeout_s = 60          # an integer where a number goes
 stream_queue = 16
 max_queued_bytes_per_connection = 131072
+max_streams_per_connection = 5
 socket_mode = "0600"
 socket_group = "wheel"
 
@@ -318,10 +321,13 @@ def test_parse_every_key() -> None:
     assert cfg.control == ControlConfig(
         max_connections=10,
         max_connections_per_uid=3,
+        admin_reserved_connections=2,
         max_request_bytes=4096,
+        max_batch=20,
         idle_timeout_s=60.0,
         stream_queue=16,
         max_queued_bytes_per_connection=131072,
+        max_streams_per_connection=5,
         socket_mode=0o600,
         socket_group="wheel",
     )
@@ -347,7 +353,7 @@ def test_parse_every_key() -> None:
         admin_uids=[0, "alice"], admin_groups=["wheel"], write_uids=[1000, 1001], write_groups=[]
     )
     assert cfg.explicit == ALL_KEYS
-    assert len(ALL_KEYS) == 31  # a new key needs a line in FULL
+    assert len(ALL_KEYS) == 34  # a new key needs a line in FULL
 
 
 def test_parse_turns_integers_into_floats_for_number_keys() -> None:
@@ -509,7 +515,7 @@ def test_unknown_key_on_line_4() -> None:
     assert_names(err, 4, "control.max_conections")
     assert "unknown key" in str(err)
     # the message lists the keys that do exist
-    assert "max_connections, max_connections_per_uid, max_request_bytes" in str(err)
+    assert "max_connections, max_connections_per_uid, admin_reserved_connections" in str(err)
 
 
 def test_unknown_section() -> None:
