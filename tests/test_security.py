@@ -31,18 +31,26 @@ def held_connections(sock: str, uid: int, n: int) -> Iterator[int]:
             held = []
             for _ in range(n):
                 c = Conn(sock, 5.0)
-                if "pong" in str(c.call("ping")):
+                try:
+                    ok = "pong" in str(c.call("ping"))
+                except OSError:  # refused and closed before the ping went out
+                    ok = False
+                if ok:
                     held.append(c)
                 else:
                     c.close()
             os.write(w, str(len(held)).encode())
             os.read(go_r, 1)  # hold them until told
+        except BaseException as e:
+            os.write(w, f"error {e!r}".encode())
         finally:
             os._exit(0)
     os.close(w)
     os.close(go_r)
     try:
-        got = int(os.read(r, 32) or b"-1")
+        said = os.read(r, 4096).decode()
+        assert said.isdigit(), said
+        got = int(said)
         yield got
     finally:
         os.close(go_w)
@@ -59,7 +67,9 @@ def test_four_users_cannot_lock_root_out(make_ipcd) -> None:
     d: Ipcd = make_ipcd(OPEN + "max_connections = 256\nmax_connections_per_uid = 64\n").start()
     with contextlib.ExitStack() as stack:
         got = [stack.enter_context(held_connections(d.sock, uid, 64)) for uid in (2001, 2002, 2003, 2004)]
-        assert got == [64, 64, 64, 64]
+        # Together they fill the total (the readiness check's own connection may still be counted
+        # for a moment, taking one place from the last of them).
+        assert got[:3] == [64, 64, 64] and got[3] in (63, 64)
         with held_connections(d.sock, 2005, 1) as fifth:
             assert fifth == 0  # another user is refused: the total is reached
         # Root takes one of the slots reserved for admins, and can act.

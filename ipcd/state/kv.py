@@ -27,9 +27,9 @@ from typing import Any
 from ipcd.config import KvConfig
 from ipcd.errors import Conflict, InternalError, InvalidParams, LimitReached, NotFound
 from ipcd.state.kvdb import DELETE, DELETE_VERSION, UPSERT, KvDb, Write
+from ipcd.wire.jsonrpc import MAX_DEPTH, too_deep
 
 MAX_KEY_CHARS = 256
-MAX_DEPTH = 64  # DESIGN.md "Limits": JSON nesting depth
 
 
 @dataclass(slots=True)
@@ -286,25 +286,13 @@ class KvStore:
         }
 
 
-def _depth_ok(value: Any) -> bool:
-    """Whether `value` nests at most MAX_DEPTH arrays and objects deep (iteratively)."""
-    stack = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, (list, dict)):
-            if depth > MAX_DEPTH:
-                return False
-            stack.extend((child, depth + 1) for child in (v.values() if isinstance(v, dict) else v))
-    return True
-
-
 def _size(text: str) -> int:
     return len(text) if text.isascii() else len(text.encode("utf-8", "surrogatepass"))
 
 
 def _encode(value: Any, max_bytes: int) -> tuple[str, int]:
     """The value as JSON text, and its size; over the limits, -32602 or -32002."""
-    if not _depth_ok(value):
+    if too_deep(value, MAX_DEPTH):
         raise InvalidParams(f"invalid param 'value': nested more than {MAX_DEPTH} deep", "value")
     encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     size = _size(encoded)
@@ -319,6 +307,6 @@ def _checked_json(text: str) -> str:
         value = json.loads(text)
     except RecursionError:
         raise ValueError("nested too deep") from None
-    if not _depth_ok(value):
+    if too_deep(value, MAX_DEPTH):
         raise ValueError(f"nested more than {MAX_DEPTH} deep")
     return text

@@ -28,8 +28,7 @@ import json
 import math
 import re
 import shlex
-from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from ipcd.errors import InvalidRequest, LimitReached, ParseError, RpcError
 
@@ -89,9 +88,11 @@ class LineFramer:
         return lines
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    """A call.  `notification` calls get no reply; `plain` ones came as text."""
+class Request(NamedTuple):
+    """A call.  `notification` calls get no reply; `plain` ones came as text.
+
+    A NamedTuple: made for every call, it costs a tuple, not a frozen class.
+    """
 
     method: str
     params: dict[str, Any] | list[Any] | None = None
@@ -100,11 +101,10 @@ class Request:
     plain: bool = False
     # For a plain command, the args as typed, before JSON decoding: a string
     # param given `007` gets "007", not the number 7.
-    raw_args: tuple[str, ...] = field(default=())
+    raw_args: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Invalid:
+class Invalid(NamedTuple):
     """A message that could not become a request; it is answered with `error`."""
 
     error: RpcError
@@ -126,11 +126,54 @@ def _finite_float(text: str) -> float:
     return value
 
 
+# Made once: json.loads/dumps with options build a new decoder/encoder per call.
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant, parse_float=_finite_float)
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+_ASCII_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)
+MAX_DEPTH = 64  # DESIGN.md "Limits": JSON nesting depth
+
+
+_scan = _DECODER.scan_once  # type: ignore[attr-defined]
+# The C encoder itself, as json.dumps uses it, without the Python layers around it (no
+# circular check: what is encoded came from JSON or from ipcd's own results).
+_c_encode = json.encoder.c_make_encoder(  # type: ignore[attr-defined]
+    None, _ENCODER.default, json.encoder.encode_basestring, None, ":", ",", False, False, False
+)
+
+
 def loads(data: bytes | str) -> Any:
     """Strict JSON: UTF-8 only, no NaN/Infinity, no float overflow to inf."""
     if isinstance(data, bytes):
         data = data.decode("utf-8")
-    return json.loads(data, parse_constant=_reject_constant, parse_float=_finite_float)
+    try:
+        value, end = _scan(data, 0)  # the common case: a value with nothing around it
+        if end == len(data):
+            return value
+    except StopIteration:
+        pass
+    return _DECODER.decode(data)  # whitespace around it, or the error with its position
+
+
+def dumps(value: Any) -> str:
+    """Compact JSON, UTF-8 (not \\u-escaped), no NaN."""
+    if _c_encode is None:  # an interpreter without the C accelerator
+        return _ENCODER.encode(value)
+    return "".join(_c_encode(value, 0))
+
+
+def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
+    """Whether `value` nests more than `limit` arrays and objects deep (walked without recursion)."""
+    stack = [(value, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            v = v.values()
+        elif not isinstance(v, list):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in v if isinstance(child, (dict, list)))
+    return False
 
 
 def parse_line(line: bytes) -> Parsed | None:
@@ -148,6 +191,8 @@ def parse_line(line: bytes) -> Parsed | None:
         return Invalid(ParseError("parse error: not UTF-8"))
     except ValueError as e:
         return Invalid(ParseError(f"parse error: {_short(e)}"))
+    if stripped.count(b"[") + stripped.count(b"{") > MAX_DEPTH and too_deep(value):  # only then can it be
+        return Invalid(ParseError(f"parse error: nested more than {MAX_DEPTH} deep"))
     if _SURROGATE_ESCAPE.search(stripped) and has_lone_surrogate(value):
         # "\ud800" is valid JSON syntax but not Unicode: no UTF-8 form, no SQLite text.
         return Invalid(ParseError("parse error: a lone surrogate (\\ud800-\\udfff) is not Unicode"))
@@ -190,6 +235,14 @@ def _valid_id(value: Any) -> bool:
 
 def to_message(obj: Any) -> Message:
     """Validate one decoded request object (JSON-RPC 2.0 §4)."""
+    if type(obj) is dict and obj.get("jsonrpc") == JSONRPC:  # the common case first, checked as below
+        method, params, req_id = obj.get("method"), obj.get("params"), obj.get("id")
+        if (
+            type(method) is str
+            and (type(params) in (dict, list) or ("params" not in obj))
+            and (req_id is None or type(req_id) in (int, str))
+        ):
+            return Request(method, params, req_id, "id" not in obj)
     if not isinstance(obj, dict):
         return Invalid(InvalidRequest("invalid request: not an object"))
     has_id = "id" in obj
@@ -204,7 +257,7 @@ def to_message(obj: Any) -> Message:
     params = obj.get("params")
     if "params" in obj and not isinstance(params, (dict, list)):
         return Invalid(InvalidRequest('invalid request: "params" must be an object or an array'), req_id)
-    return Request(method, params, req_id, notification=not has_id)
+    return Request(method, params, req_id, not has_id)
 
 
 def _parse_plain(line: bytes) -> Message:
@@ -233,13 +286,7 @@ def _plain_arg(word: str) -> Any:
 
 def encode(message: Any) -> bytes:
     """One message (or batch) as one line."""
-    text = json.dumps(message, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-    try:
-        return text.encode() + b"\n"
-    except UnicodeEncodeError:
-        # A lone surrogate ("\ud800" in a client's JSON) has no UTF-8 form:
-        # send it escaped, as it came.
-        return json.dumps(message, separators=(",", ":"), allow_nan=False).encode() + b"\n"
+    return to_bytes(_ENCODER.encode(message))
 
 
 class Raw:
@@ -254,14 +301,11 @@ class Raw:
         return f"Raw({self.text!r})"
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
 def result_line(req_id: Any, value: Any) -> str:
     """A result reply as one line of text (no newline), a `Raw` value spliced in."""
-    body = value.text if isinstance(value, Raw) else dumps(value)
-    return f'{{"jsonrpc":"2.0","id":{dumps(req_id)},"result":{body}}}'
+    if isinstance(value, Raw):
+        return f'{{"jsonrpc":"2.0","id":{dumps(req_id)},"result":{value.text}}}'
+    return dumps({"jsonrpc": "2.0", "id": req_id, "result": value})
 
 
 def notification_line(method: str, params: Any) -> str:
@@ -275,7 +319,8 @@ def to_bytes(line: str) -> bytes:
     try:
         return line.encode() + b"\n"
     except UnicodeEncodeError:
-        return json.dumps(json.loads(line), separators=(",", ":"), allow_nan=False).encode() + b"\n"
+        # A lone surrogate ("\ud800" in a client's JSON) has no UTF-8 form: send it escaped, as it came.
+        return _ASCII_ENCODER.encode(json.loads(line)).encode() + b"\n"
 
 
 def result(req_id: Any, value: Any) -> dict[str, Any]:
