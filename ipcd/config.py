@@ -81,6 +81,7 @@ class StoreConfig:
     commit_batch: int = _opt(10000, "int", 1, 10**7)
     retention_interval_s: float = _opt(10.0, "float", 0.01, 86400)
     max_pending: int = _opt(100_000, "int", 1, 10**8, "entries held while the store cannot be written")
+    max_pending_bytes: int = _opt(64 * MiB, "int", MiB, 2**40, "the same, in bytes (about)")
 
 
 @dataclass

@@ -28,7 +28,7 @@ from ipcd.logs.methods import Follower
 from ipcd.logs.query import Filters, FollowHub, Reader, make_filters, parse_time
 from ipcd.logs.ratelimit import RateLimiter
 from ipcd.logs.store import COLUMNS, SCHEMA_VERSION
-from ipcd.logs.writer import Received, Writer, flatten
+from ipcd.logs.writer import Received, Writer, row_values
 from ipcd.wire.logparse import LogEntry
 
 # The schema as ipcd 0.1 shipped it (user_version 1), written out by hand:
@@ -128,7 +128,7 @@ def reader(path: Path) -> Iterator[Reader]:
 
 def test_new_store_is_created_at_the_current_schema(path: Path, open_writer: Any) -> None:
     w = open_writer()
-    assert SCHEMA_VERSION == 5
+    assert SCHEMA_VERSION == 6
     assert user_version(path) == SCHEMA_VERSION
     with db(path) as c:
         tables = {r[0] for r in c.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
@@ -271,13 +271,13 @@ def test_ids_stay_monotonic_after_retention_emptied_the_store(path: Path) -> Non
 
 
 def test_columns_agree_with_the_table_the_entry_and_the_row(path: Path, open_writer: Any) -> None:
-    """The store's columns, the parsed entry's fields and `flatten`'s order name the same things."""
+    """The store's columns, the parsed entry's fields and `row_values`' order name the same things."""
     w = open_writer()
     table = [r[1] for r in w.conn.execute("PRAGMA table_info(entries)")]
     assert tuple(table) == COLUMNS
     entry = LogEntry(*(f"<{name}>" for name in LogEntry._fields))  # every field a distinct value
     r = Received(*(f"<{name}>" for name in Received._fields))._replace(entry=entry)
-    flat = dict(zip(COLUMNS, flatten(7, [r]), strict=True))
+    flat = dict(zip(COLUMNS, row_values(7, r), strict=True))
     json_columns = {"structured_data", "fields"}
     for name in COLUMNS:
         if name == "id":

@@ -118,9 +118,10 @@ class ClientConnection:
             "connected_at": self.connected_at,
             "idle_s": round(time.monotonic() - self.last_active, 3),
             "requests": self.requests,
-            "streams": [{"name": n, "queued": out.queued if out else 0, "dropped": out.dropped if out else 0}
-                        for n in streams],
-        }  # fmt: skip
+            "streams": [
+                {"name": n, "queued": out.queued if out else 0, "dropped": out.dropped if out else 0} for n in streams
+            ],
+        }
 
     def stop(self) -> None:
         """Stop reading (graceful stop): queued requests are still answered."""

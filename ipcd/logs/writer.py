@@ -23,13 +23,12 @@ from typing import Any, NamedTuple
 
 from ipcd.config import StoreConfig
 from ipcd.logs.retention import Retention
-from ipcd.logs.store import WIDTH, file_bytes, insert_sql, open_db
+from ipcd.logs.store import COLUMNS, file_bytes, open_db
 from ipcd.wire.logparse import LogEntry
 
 log = logging.getLogger("ipcd")
 
-MULTI = 256  # rows per INSERT statement at most
-_INSERT_ONE = insert_sql(1)
+ROW_OVERHEAD = 256  # bytes a pending row holds beyond its message, about
 
 
 class Received(NamedTuple):
@@ -45,16 +44,60 @@ class Received(NamedTuple):
     sender_unit: str | None
 
 
-def flatten(first_id: int, rows: list[Received]) -> list[Any]:
-    """Rows as one flat list of column values, ids from `first_id`, in `store.COLUMNS` order."""
-    flat: list[Any] = []
-    extend = flat.extend
-    dumps = json.dumps
+def row_values(entry_id: int, r: Received) -> tuple[Any, ...]:
+    """One row's values in `store.COLUMNS` order."""
+    e = r.entry
+    sd, fields = e.structured_data, e.fields
+    return (
+        entry_id,
+        r.time,
+        e.timestamp,
+        e.priority,
+        e.facility,
+        e.ident,
+        e.pid,
+        e.hostname,
+        e.msgid,
+        json.dumps(sd) if sd else None,
+        json.dumps(fields, ensure_ascii=False, default=str) if fields else None,
+        e.message,
+        e.format,
+        r.truncated,
+        r.sender_pid,
+        r.sender_uid,
+        r.sender_gid,
+        r.sender_comm,
+        r.sender_unit,
+    )
+
+
+# Binding a None costs sqlite3 (Python 3.11) far more than a number or a string (it
+# looks for an adapter first), and most entries leave the same few columns empty: a
+# syslog line has no hostname, msgid, structured data or fields, and a sender outside
+# systemd no unit.  Such rows go through statements that say NULL for those columns.
+_SPARSE = ("hostname", "msgid", "structured_data", "fields")
+PLAIN = tuple(c for c in COLUMNS if c not in _SPARSE and c != "sender_unit")  # and no unit
+UNIT = (*PLAIN, "sender_unit")  # in a systemd unit
+
+
+def _insert_for(columns: tuple[str, ...]) -> str:
+    return f"INSERT INTO entries ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})"
+
+
+INSERT = {cols: _insert_for(cols) for cols in (PLAIN, UNIT, COLUMNS)}  # in the order `split` returns
+
+
+def split(
+    first_id: int, rows: list[Received]
+) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
+    """Rows as values for the PLAIN, UNIT and full (COLUMNS) statements, ids from `first_id`."""
+    plain: list[tuple[Any, ...]] = []
+    unit: list[tuple[Any, ...]] = []
+    full: list[tuple[Any, ...]] = []
     for entry_id, r in enumerate(rows, first_id):
         e = r.entry
-        sd, fields = e.structured_data, e.fields
-        extend(
-            (
+        if e.hostname is None and e.msgid is None and e.structured_data is None and e.fields is None:
+            values = (
                 entry_id,
                 r.time,
                 e.timestamp,
@@ -62,10 +105,6 @@ def flatten(first_id: int, rows: list[Received]) -> list[Any]:
                 e.facility,
                 e.ident,
                 e.pid,
-                e.hostname,
-                e.msgid,
-                dumps(sd) if sd else None,
-                dumps(fields, ensure_ascii=False, default=str) if fields else None,
                 e.message,
                 e.format,
                 r.truncated,
@@ -73,10 +112,14 @@ def flatten(first_id: int, rows: list[Received]) -> list[Any]:
                 r.sender_uid,
                 r.sender_gid,
                 r.sender_comm,
-                r.sender_unit,
             )
-        )
-    return flat
+            if r.sender_unit is None:
+                plain.append(values)
+            else:
+                unit.append((*values, r.sender_unit))
+        else:
+            full.append(row_values(entry_id, r))
+    return plain, unit, full
 
 
 class Writer:
@@ -110,8 +153,11 @@ class Writer:
         self.dead: str | None = None  # set if the writer's thread died
         self.last_progress = time.monotonic()
         self.on_commit: Callable[[int], None] | None = None  # told the last id of each commit
-        self._pending: list[Any] = []  # flat values of the rows not committed yet
-        self._inserted = 0  # how many of them the open transaction holds
+        # The rows not committed yet, by statement, and how many of each the open transaction holds.
+        self._pending: dict[tuple[str, ...], list[tuple[Any, ...]]] = {cols: [] for cols in INSERT}
+        self._inserted: dict[tuple[str, ...], int] = dict.fromkeys(INSERT, 0)
+        self._count = 0  # rows pending
+        self._bytes = 0  # about how much memory they hold
         self._in_tx = False
         self._first_at = 0.0
         self._retry_at = 0.0
@@ -142,30 +188,42 @@ class Writer:
 
     @property
     def pending(self) -> int:
-        return len(self._pending) // WIDTH
+        return self._count
+
+    @property
+    def pending_bytes(self) -> int:
+        return self._bytes
 
     # -- on the writer's thread ----------------------------------------------
 
     def add(self, rows: list[Received]) -> None:
         """Take log rows: into the open transaction now, committed when due."""
-        if self.error is not None and self.pending + len(rows) > self.cfg.max_pending:
+        size = sum(len(r.entry.message) for r in rows) + ROW_OVERHEAD * len(rows)
+        cfg = self.cfg
+        if self.error is not None and (
+            self._count + len(rows) > cfg.max_pending or self._bytes + size > cfg.max_pending_bytes
+        ):
             self.dropped += len(rows)  # the store has been failing for a while: counted, never silent
             return
-        if not self._pending:
+        if not self._count:
             self._first_at = time.monotonic()
-        self._pending.extend(flatten(self.next_id + self.pending, rows))
+        for cols, values in zip(INSERT, split(self.next_id + self._count, rows), strict=True):
+            if values:
+                self._pending[cols] += values
+        self._count += len(rows)
+        self._bytes += size
         if self.error is None:
-            if self.pending >= self.cfg.commit_batch:
+            if self._count >= cfg.commit_batch:
                 self.commit()
-            elif len(self._pending) - self._inserted >= MULTI * WIDTH:
+            else:
                 try:
-                    self._insert_pending(whole=True)  # a full statement's worth; the rest waits
+                    self._insert_pending()
                 except sqlite3.Error as e:
                     self._failed(e)
 
     def due_in(self) -> float:
         """Seconds until `service` has work: a commit, a retry, retention."""
-        if not self._pending:
+        if not self._count:
             return max(0.0, self._next_retention - time.monotonic())
         if self.error is not None:
             return max(0.0, self._retry_at - time.monotonic())
@@ -176,7 +234,7 @@ class Writer:
         self.last_progress = time.monotonic()
         if self._wakes_pending:
             self.drain_wakes()
-        if self._pending and self.due_in() <= 0:
+        if self._count and self.due_in() <= 0:
             self.commit()
         if not self._in_tx and self.error is None and time.monotonic() >= self._next_retention:
             self._retain()
@@ -190,8 +248,11 @@ class Writer:
         except sqlite3.Error as e:
             self._failed(e)
             return False
-        rows = self.pending
-        self._pending, self._inserted = [], 0
+        rows = self._count
+        for cols in INSERT:
+            self._pending[cols] = []
+            self._inserted[cols] = 0
+        self._count = self._bytes = 0
         self.next_id += rows  # a skipped row leaves its id unused
         self.entries += rows - self._skipped
         self.stored += rows - self._skipped
@@ -210,30 +271,28 @@ class Writer:
             self.conn.execute("BEGIN IMMEDIATE")
             self._in_tx = True
 
-    def _insert_pending(self, whole: bool = False) -> None:
-        """Insert the pending rows not yet in the transaction (`whole`: only
-        full statements of MULTI rows, fewer statements being cheaper)."""
-        flat, start = self._pending, self._inserted
-        step = MULTI * WIDTH
-        end = start + (len(flat) - start) // step * step if whole else len(flat)
-        if start >= end:
-            return
-        self._begin()
-        for i in range(start, end, step):
-            chunk = flat[i : min(i + step, end)]
+    def _insert_pending(self) -> None:
+        """Insert the pending rows not yet in the open transaction."""
+        for cols, values in self._pending.items():
+            start = self._inserted[cols]
+            if start == len(values):
+                continue
+            self._begin()
+            chunk = values[start:] if start else values
             try:
-                self.conn.execute(insert_sql(len(chunk) // WIDTH), chunk)
+                self.conn.executemany(INSERT[cols], chunk)
             except (ValueError, OverflowError, TypeError):  # a row sqlite3 cannot bind (not the store's fault)
-                self._insert_one_by_one(chunk)
-        self._inserted = end
+                self._insert_one_by_one(cols, chunk)
+            self._inserted[cols] = len(values)
 
-    def _insert_one_by_one(self, chunk: list[Any]) -> None:
+    def _insert_one_by_one(self, cols: tuple[str, ...], chunk: list[tuple[Any, ...]]) -> None:
         """Insert what binds; a row that cannot be bound is counted, logged once, and skipped,
-        so that one bad row never blocks the rows after it."""
-        for j in range(0, len(chunk), WIDTH):
-            row = chunk[j : j + WIDTH]
+        so that one bad row never blocks the rows after it.  (The rows before it in `chunk`
+        are in already: OR IGNORE passes over them.)"""
+        sql = INSERT[cols].replace("INSERT INTO", "INSERT OR IGNORE INTO", 1)
+        for row in chunk:
             try:
-                self.conn.execute(_INSERT_ONE, row)
+                self.conn.execute(sql, row)
             except (ValueError, OverflowError, TypeError) as e:
                 self._skipped += 1
                 if self.unstorable + self._skipped == 1:
@@ -246,7 +305,7 @@ class Writer:
             except sqlite3.Error:
                 pass
             self._in_tx = False
-        self._inserted = 0  # pending rows are inserted again on the next attempt
+        self._inserted = dict.fromkeys(INSERT, 0)  # pending rows are inserted again on the next attempt
         self._skipped = 0
 
     def _failed(self, e: sqlite3.Error) -> None:
@@ -260,7 +319,7 @@ class Writer:
     def close(self) -> None:
         """Commit what is pending and close (on the writer's thread, or after it ended)."""
         self._closed = True
-        if self._pending and not self.commit():
+        if self._count and not self.commit():
             log.error("the store could not be written at stop: %d entries lost (%s)", self.pending, self.error)
         self.conn.close()
         for fd in (self._wake_r, self._wake_w):
