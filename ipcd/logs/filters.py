@@ -105,18 +105,17 @@ def parse_priority(value: Any) -> tuple[int, int]:
     return 0, severity(value)
 
 
-def parse_names(value: Any, what: str) -> tuple[str, ...]:
-    """A string or a non-empty list of at most MAX_NAMES strings."""
+def parse_names(value: Any) -> tuple[str, ...]:
+    """A string or a non-empty list of at most MAX_NAMES strings, each at most MAX_NAME_CHARS long."""
     names = [value] if isinstance(value, str) else value
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-        raise ValueError(f"must be {what} or a list of them")
+        raise ValueError("must be a string or a list of strings")
     if not names:
         raise ValueError("must not be an empty list")
     if len(names) > MAX_NAMES:
-        raise ValueError(f"at most {MAX_NAMES} {what}s, got {len(names)}")
-    for n in names:
-        if len(n) > MAX_NAME_CHARS:
-            raise ValueError(f"{what} longer than {MAX_NAME_CHARS} characters")
+        raise ValueError(f"at most {MAX_NAMES} names, got {len(names)}")
+    if any(len(n) > MAX_NAME_CHARS for n in names):
+        raise ValueError(f"a name longer than {MAX_NAME_CHARS} characters")
     return tuple(dict.fromkeys(names))
 
 
@@ -187,8 +186,8 @@ def make_filters(params: dict[str, Any], now: float, forced_uid: int | None = No
         since=read("since", parse_time, now),
         until=read("until", parse_time, now),
         priority=read("priority", parse_priority),
-        idents=read("ident", parse_names, "an ident"),
-        units=read("unit", parse_names, "a unit"),
+        idents=read("ident", parse_names),
+        units=read("unit", parse_names),
         pid=params.get("pid"),
         uid=forced_uid if forced_uid is not None else params.get("uid"),
         grep=grep,

@@ -12,9 +12,11 @@ order, and offers the entries to its connection (`Stream.offer`).  So:
 - one more than `[log] follow_max_lag` entries behind skips ahead and, in the
   place of what it skipped, gets `lagged` with how many matching entries that
   was (counted from the store);
-- each follower gets a turn in a round, and a turn ends after `PAGE` entries
-  or `SLICE_S` seconds (at most `[control] query_timeout_s`), so one costly
-  filter costs its own follower time, and the others only a slice per round.
+- a turn ends after `PAGE` entries or `SLICE_S` seconds (at most
+  `[control] query_timeout_s`), and the next turn goes to the follower with
+  work that has used the least time so far (fair queuing, as CFS does), so a
+  costly filter costs its own follower time, and the others at most one
+  entry's match (RE2's, which cannot be stopped halfway: `grep` bounds it).
   A statement stopped at the slice's end is retried on a smaller id range
   next turn, so every follower makes progress.
 
@@ -77,6 +79,7 @@ class Follower:
         self.failed_at = -1  # the head at which reading failed: wait for the next commit
         self.closed = False
         self.chunk = FIRST_CHUNK
+        self.used_s = 0.0  # time spent on its turns (the hub serves the least-used first)
         self.hub: FollowHub | None = None
 
     def on_room(self) -> None:
@@ -204,6 +207,8 @@ class FollowHub:
         with self._cv:
             if self._closed:
                 raise RuntimeError("the follow hub is closed")
+            # A newcomer starts level with the least-used follower: never ahead of the others, never behind.
+            f.used_s = min((x.used_s for x in self._followers), default=0.0)
             self._followers = [*self._followers, f]
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name="ipcd-follow", daemon=True)
@@ -251,16 +256,26 @@ class FollowHub:
             return not self._closed
 
     def _round(self, conn: ReadConnection) -> None:
-        """One turn for each follower with something to do; again at once while any has more."""
+        """A turn for each follower with work, the least-used first; again at once while any has more."""
         head = self.head
-        for f in self._followers:  # the list is replaced, never changed in place
-            if f.idle(head) or self._closed:
+        ready = [f for f in self._followers if not f.idle(head)]  # the list is replaced, never changed in place
+        ready.sort(key=_used)
+        for f in ready:
+            if self._closed:
+                return
+            if f.idle(head):
                 continue
+            started = time.monotonic()
             try:
                 f.turn(conn, head)
             except Exception:  # the store cannot be read now: this follower waits for the next commit
                 if f.failed_at < 0:
                     log.exception("a log follower could not read the store")
                 f.failed_at = head
+            f.used_s += time.monotonic() - started
             if not f.idle(head):
                 self._kicked = True
+
+
+def _used(f: Follower) -> float:
+    return f.used_s

@@ -83,7 +83,7 @@ def compile_grep(pattern: str) -> Grep:
     ignore_case = smart_case(pattern)
     compiled = _compile(data, ignore_case)
     if not compiled.ok():
-        raise GrepError(f"bad regular expression: {_error_text(compiled)} (RE2 syntax)")
+        raise GrepError(_error_text(compiled))
     _check_counts(pattern, ignore_case)
     size = compiled.ProgramSize()
     if size > MAX_PROGRAM_SIZE:
@@ -124,8 +124,8 @@ def _clamp(m: re.Match[str]) -> str:
 def _error_text(compiled: Any) -> str:
     raw = compiled.error()
     text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+    if text.startswith("pattern too large"):
+        return f"pattern too large: RE2 cannot compile it in {MAX_MEM_BYTES // 1024} KiB"
     if text.startswith("invalid repetition size"):
         text += f", at most {MAX_REPEAT}"
-    elif text.startswith("pattern too large"):
-        text = f"pattern too large: RE2 cannot compile it in {MAX_MEM_BYTES // 1024} KiB"
-    return text
+    return f"bad regular expression: {text} (RE2 syntax)"

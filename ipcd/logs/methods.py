@@ -39,12 +39,9 @@ def _regex(value: str) -> str:
     return value
 
 
-def _names(what: str) -> Any:
-    def check(value: Any) -> Any:
-        parse_names(value, what)
-        return value
-
-    return check
+def _names(value: Any) -> Any:
+    parse_names(value)
+    return value
 
 
 FILTER_PARAMS = (
@@ -63,11 +60,11 @@ FILTER_PARAMS = (
         doc="0-7 or a name: that level and more severe; or a range FROM..TO (inclusive, either order), "
         "FROM.. (down to debug), ..TO (from emerg)",
     ),
-    Param("ident", "string|strings", check=_names("an ident"), doc=f"an ident, or a list of at most {MAX_NAMES}"),
+    Param("ident", "string|strings", check=_names, doc=f"an ident, or a list of at most {MAX_NAMES}"),
     Param(
         "unit",
         "string|strings",
-        check=_names("a unit"),
+        check=_names,
         doc=f"the sender's systemd unit (sender_unit), or a list of at most {MAX_NAMES}",
     ),
     Param("pid", "integer", min=0, doc="the sender's trusted pid (sender_pid)"),

@@ -169,7 +169,7 @@ class Reader:
     def query_json(self, f: Filters, timeout_s: float, max_bytes: int, uid: int | None = None) -> str:
         """`{"entries": [...]}` as JSON text; -32002 as soon as it would pass `max_bytes`."""
         parts: list[str] = []
-        size = len('{"entries":[]}')
+        size = len('{"entries":[]}') - 1  # each entry adds itself and a comma, but for one
         with self.session(f, timeout_s, uid) as db:
             rows, newest_first = select(db, f, _COLS)
             for row in rows:
