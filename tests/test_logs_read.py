@@ -373,11 +373,12 @@ def test_query_params(make_ipcd: Callable[..., Ipcd]) -> None:
 def test_methods_describes_every_param(make_ipcd: Callable[..., Ipcd]) -> None:
     d = make_ipcd().start()
     table = {m["name"]: m for m in d.call("methods")["methods"]}
-    filters = ["since", "until", "priority", "ident", "unit", "pid", "uid", "grep"]
+    # In the order plain commands pass them: the params that came later come last.
+    filters = ["since", "until", "priority", "ident", "pid", "uid", "grep"]
     query_params = table["logs.query"]["params"]
     follow_params = table["logs.follow"]["params"]
-    assert [p["name"] for p in query_params] == [*filters, "limit", "after_id", "before_id"]
-    assert [p["name"] for p in follow_params] == [*filters, "backlog", "after_id"]
+    assert [p["name"] for p in query_params] == [*filters, "limit", "after_id", "unit", "before_id"]
+    assert [p["name"] for p in follow_params] == [*filters, "backlog", "unit", "after_id"]
     for p in query_params + follow_params:
         assert p["doc"] and p["type"] and p["required"] is False, p
     assert {p["name"]: p["type"] for p in query_params}["ident"] == "string|strings"

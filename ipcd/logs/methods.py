@@ -61,12 +61,6 @@ FILTER_PARAMS = (
         "FROM.. (down to debug), ..TO (from emerg)",
     ),
     Param("ident", "string|strings", check=_names, doc=f"an ident, or a list of at most {MAX_NAMES}"),
-    Param(
-        "unit",
-        "string|strings",
-        check=_names,
-        doc=f"the sender's systemd unit (sender_unit), or a list of at most {MAX_NAMES}",
-    ),
     Param("pid", "integer", min=0, doc="the sender's trusted pid (sender_pid)"),
     Param("uid", "integer", min=0, doc="the sender's trusted uid (sender_uid); other uids: admins only"),
     Param(
@@ -76,6 +70,15 @@ FILTER_PARAMS = (
         doc=f"an RE2 pattern matched against the message, ignoring case unless it has a capital letter; "
         f"at most {MAX_PATTERN_CHARS} characters",
     ),
+)
+
+
+# New params go last: a plain command (`logs.query 0 0 err`) passes params by position.
+UNIT = Param(
+    "unit",
+    "string|strings",
+    check=_names,
+    doc=f"the sender's systemd unit (sender_unit), or a list of at most {MAX_NAMES}",
 )
 
 
@@ -106,6 +109,7 @@ def _pool_uid(call: Call) -> int | None:
         *FILTER_PARAMS,
         Param("limit", "integer", default=100, min=1, max=MAX_LIMIT, doc=f"at most this many entries (1-{MAX_LIMIT})"),
         Param("after_id", "integer", min=0, doc="only entries with a larger id: the oldest first (paging forward)"),
+        UNIT,
         Param("before_id", "integer", min=0, doc="only entries with a smaller id: the newest first (paging back)"),
     ),
 )
@@ -133,6 +137,7 @@ def _limits(app: App) -> Any:
     params=(
         *FILTER_PARAMS,
         Param("backlog", "integer", default=0, min=0, max=MAX_LIMIT, doc="send the newest this many first"),
+        UNIT,
         Param(
             "after_id",
             "integer",
