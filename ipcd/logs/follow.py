@@ -241,12 +241,22 @@ class FollowHub:
             thread.join(10.0)
 
     def _run(self) -> None:
-        conn = ReadConnection(self.db_path)
+        conn: ReadConnection | None = None
+        failing = False
         try:
             while self._wait():
-                self._round(conn)
+                try:
+                    if conn is None:
+                        conn = ReadConnection(self.db_path)
+                    self._round(conn)
+                    failing = False
+                except Exception:  # tried again at the next commit; said once, not at each
+                    if not failing:
+                        log.exception("the log followers cannot be served")
+                    failing = True
         finally:
-            conn.close()
+            if conn is not None:
+                conn.close()
 
     def _wait(self) -> bool:
         with self._cv:

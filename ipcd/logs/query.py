@@ -76,10 +76,10 @@ class ReadConnection:
     @contextlib.contextmanager
     def session(self, deadline: float, timeout_s: float, grep: str | None) -> Iterator[sqlite3.Connection]:
         """A read transaction that ends with -32002 (query_timeout_s) if it runs past `deadline`."""
-        self.deadline = deadline
-        self.grep = compile_grep(grep) if grep is not None else None
         db = self.db
         try:
+            self.grep = compile_grep(grep) if grep is not None else None
+            self.deadline = deadline
             db.execute("BEGIN")
             yield db
         except sqlite3.OperationalError:
