@@ -58,6 +58,7 @@ class ControlConfig:
     stream_queue: int = _opt(1024, "int", 1, 1_000_000, "notifications held for a slow reader")
     max_queued_bytes_per_connection: int = _opt(8 * MiB, "int", 64 * 1024, 1024 * MiB, "replies and notifications")
     max_streams_per_connection: int = _opt(256, "int", 1, 65536, "logs.follow, kv.watch, subscribe")
+    query_timeout_s: float = _opt(5.0, "float", 0.01, 3600, "a logs.query that runs longer is stopped")
     socket_mode: int = _opt(0o660, "mode")
     socket_group: str = _opt("ipcd", "str")
 

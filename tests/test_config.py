@@ -278,6 +278,7 @@ idle_timeout_s = 60          # an integer where a number goes
 stream_queue = 16
 max_queued_bytes_per_connection = 131072
 max_streams_per_connection = 5
+query_timeout_s = 0.5
 socket_mode = "0600"
 socket_group = "wheel"
 
@@ -297,6 +298,7 @@ commit_interval_ms = 10
 commit_batch = 100
 retention_interval_s = 1.5
 max_pending = 50
+max_pending_bytes = 2097152
 
 [kv]
 max_value_bytes = 100
@@ -328,6 +330,7 @@ def test_parse_every_key() -> None:
         stream_queue=16,
         max_queued_bytes_per_connection=131072,
         max_streams_per_connection=5,
+        query_timeout_s=0.5,
         socket_mode=0o600,
         socket_group="wheel",
     )
@@ -347,13 +350,14 @@ def test_parse_every_key() -> None:
         commit_batch=100,
         retention_interval_s=1.5,
         max_pending=50,
+        max_pending_bytes=2097152,
     )
     assert cfg.kv == KvConfig(max_value_bytes=100, max_keys=7, max_bytes=1000, durability="fsync")
     assert cfg.access == AccessConfig(
         admin_uids=[0, "alice"], admin_groups=["wheel"], write_uids=[1000, 1001], write_groups=[]
     )
     assert cfg.explicit == ALL_KEYS
-    assert len(ALL_KEYS) == 34  # a new key needs a line in FULL
+    assert len(ALL_KEYS) == 36  # a new key needs a line in FULL
 
 
 def test_parse_turns_integers_into_floats_for_number_keys() -> None:
@@ -585,6 +589,7 @@ RANGE_ERRORS = [
     ("control.idle_timeout_s", "inf", "must be a finite number, not inf"),
     ("control.idle_timeout_s", "-inf", "must be a finite number, not -inf"),
     ("control.stream_queue", "0", "must be at least 1, not 0"),
+    ("control.query_timeout_s", "0", "must be at least 0.01, not 0"),
     ("daemon.status_interval_s", "0", "must be at least 0.1, not 0.0"),
     ("daemon.status_interval_s", "3601", "must be at most 3600, not 3601.0"),
     ("log.max_datagram_bytes", "63", "must be at least 64, not 63"),

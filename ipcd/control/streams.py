@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from ipcd.wire import jsonrpc
@@ -37,7 +38,9 @@ class Outbox:
     reader later gets one `lagged` notification (`stream`, `missed`) in the
     place of what it missed.  The pump thread writes while no reply is being
     prepared (`hold`), so that a subscribing call's result always comes
-    before its first notification.
+    before its first notification.  A reader that never drops (a log
+    follower, a cursor over the store) uses `offer` instead: no room, no
+    line, and `on_room` is called once the pump has made room.
     """
 
     def __init__(self, conn: Conn, maxlen: int, max_bytes: int) -> None:
@@ -50,6 +53,7 @@ class Outbox:
         self._cv = threading.Condition()
         self._held = 0
         self._closed = False
+        self._on_room: list[Callable[[], None]] = []
         self.sent = 0
         self.dropped = 0
         self._thread = threading.Thread(target=self._pump, name="ipcd-outbox", daemon=True)
@@ -78,6 +82,20 @@ class Outbox:
             self._flush_missed(stream)
             self._q.append(line)
             self.queued_bytes += size
+            self._cv.notify_all()
+            return True
+
+    def offer(self, stream: str, line: bytes, on_room: Callable[[], None]) -> bool:
+        """Queue one encoded line if there is room; if not, call `on_room` (once) when there is."""
+        with self._cv:
+            if self._closed:
+                return False
+            if self._full(len(line)):
+                self._on_room.append(on_room)
+                return False
+            self._flush_missed(stream)
+            self._q.append(line)
+            self.queued_bytes += len(line)
             self._cv.notify_all()
             return True
 
@@ -119,6 +137,9 @@ class Outbox:
                 data = b"".join(batch)
                 self.queued_bytes -= len(data)
                 self._cv.notify_all()  # room for a producer that waits (block=True)
+                on_room, self._on_room = self._on_room, []
+            for fn in on_room:
+                fn()
             try:
                 self.conn.send(data)
                 self.sent += len(batch)
@@ -139,6 +160,13 @@ class Stream:
     def push(self, method: str, params: Any, block: bool = False) -> bool:
         """Queue a notification (`params` may be `jsonrpc.Raw`); False if it was dropped."""
         return self.push_line(jsonrpc.to_bytes(jsonrpc.notification_line(method, params)), block)
+
+    def offer(self, line: bytes, on_room: Callable[[], None]) -> bool:
+        """Queue an encoded notification if there is room, else call `on_room` once there is (`Outbox.offer`)."""
+        outbox = self.conn.outbox
+        if self.closed or outbox is None:
+            return False
+        return outbox.offer(self.name, line, on_room)
 
     def push_line(self, line: bytes, block: bool = False) -> bool:
         """Queue an encoded notification (one encoding for many subscribers)."""

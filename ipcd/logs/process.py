@@ -31,7 +31,8 @@ from ipcd.config import Config
 from ipcd.control.app import App
 from ipcd.errors import StartupError
 from ipcd.logs import worker
-from ipcd.logs.query import FollowHub, Reader
+from ipcd.logs.follow import FollowHub
+from ipcd.logs.query import Reader
 from ipcd.logs.shared import WRITER_DEAD, WRITER_FAILING, Shared
 from ipcd.logs.store import file_bytes
 
@@ -53,7 +54,7 @@ class LogProcess:
         self.on_exit = on_exit
         self.shared = Shared()
         self.pid = 0
-        self.hub = FollowHub()
+        self.hub = FollowHub(db_path)
         self.reader = Reader(db_path)
         self.dead: str | None = None
         self._chan: socket.socket | None = None
@@ -251,6 +252,7 @@ class LogProcess:
         return f"exit status {os.waitstatus_to_exitcode(status)}"
 
     def close(self) -> None:
+        self.hub.close()
         self.reader.close()
         if self._chan is not None:
             self._chan.close()

@@ -1,274 +1,271 @@
-"""Reading the log: filters, time expressions, queries, and live followers.
+"""Answering `logs.query` from the store, on read-only connections, within a deadline.
 
-`Filters` is what `logs.query` and `logs.follow` take (DESIGN.md "Methods"):
-since/until (epoch seconds, ISO 8601, `-5m`, `today`...), priority (that
-level and more severe), ident, pid (the sender's trusted pid), uid, grep (a
-regular expression; case-insensitive unless it has a capital letter, as
-journalctl -g), limit, after_id.  `Reader` answers queries on a small pool
-of read-only connections (WAL lets them run beside the writer); `FollowHub`
-hands each committed entry to the followers whose filters match, through
-their bounded stream queues, on the writer's thread.  Writing is
-`writer`'s business.
+`Reader` keeps a small pool of read-only connections (WAL lets them run
+beside the writer).  Each query runs in a session: one read transaction
+(a snapshot) with a deadline (`[control] query_timeout_s`).  SQLite checks
+the deadline every few thousand VM steps (a progress handler) and the grep
+function before each entry it tests, so a query that runs longer is stopped
+and answered with -32002 (`data.limit = "query_timeout_s"`); waiting for a
+pool connection counts against the same deadline, and a non-admin uid may
+hold at most half the pool, so one user's slow queries leave room for others.
+
+Time bounds never depend on an index on time: ids order time (`time` is the
+time received, non-decreasing but for clock steps), so `since`/`until` become
+id bounds by binary search over ids (`time_to_id`, a few dozen rowid
+lookups), and the exact time test stays in the WHERE.  A clock stepped back
+can hide entries from a time bound near the step; nothing else is affected.
+
+`query_json` encodes entries as it reads them and stops with -32002
+(`data.limit = "max_queued_bytes_per_connection"`) as soon as the reply
+would pass that size, so a large result is never built whole.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
-import queue
-import re
+import contextlib
 import sqlite3
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Protocol
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from typing import Any
 
-from ipcd.logs.store import COLUMNS, connect, row_dict
-from ipcd.wire.priority import severity
+from ipcd.errors import LimitReached
+from ipcd.logs.entries import entry_dict, entry_json, utf8_len
+from ipcd.logs.filters import Filters
+from ipcd.logs.grep import Grep, compile_grep
+from ipcd.logs.store import COLUMNS, connect
 
-MAX_LIMIT = 10000
-_I = {name: n for n, name in enumerate(COLUMNS)}
-_REL = re.compile(r"^([+-])\s*(\d+(?:\.\d+)?)\s*(s|sec|secs|m|min|mins|h|hour|hours|d|day|days|w|week|weeks)$")
-_UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_EPOCH = re.compile(r"@\d+(?:\.\d+)?")
-
-
-def parse_time(value: Any, now: float) -> float:
-    """Epoch seconds from a number, `@1795000000`, `now`, `today`, `yesterday`, `-5m`, or ISO 8601 (local time)."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if not isinstance(value, str):
-        raise ValueError("must be epoch seconds or a time string")
-    text = value.strip().lower()
-    # Naive local time: .timestamp() then gives each date its own UTC offset, so that
-    # "today" is local midnight on a day DST begins or ends (a fixed offset is not).
-    local_now = dt.datetime.fromtimestamp(now)
-    midnight = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
-    named = {
-        "now": local_now,
-        "today": midnight,
-        "yesterday": midnight - dt.timedelta(days=1),
-        "tomorrow": midnight + dt.timedelta(days=1),
-    }
-    if text in named:
-        return named[text].timestamp()
-    if _EPOCH.fullmatch(text):  # epoch seconds from a command line, "@" as systemd.time(7)
-        return float(text[1:])
-    m = _REL.match(text)
-    if m:
-        sign = -1 if m.group(1) == "-" else 1
-        return now + sign * float(m.group(2)) * _UNIT_S[m.group(3)[0]]
-    if re.fullmatch(r"\d\d:\d\d(:\d\d)?", text):
-        text = f"{midnight.date().isoformat()} {text}"
-    try:
-        when = dt.datetime.fromisoformat(value.strip())
-    except ValueError:
-        try:
-            when = dt.datetime.fromisoformat(text)
-        except ValueError:
-            raise ValueError(
-                f"not a time: {value!r} (try 2026-11-27 10:00, -5m, -2h, today, yesterday, or @epoch seconds)"
-            ) from None
-    if when.tzinfo is None:
-        when = when.astimezone()  # naive means local time, as journalctl --since
-    return when.timestamp()
+POOL_SIZE = 8
+PROGRESS_STEPS = 2000  # SQLite VM steps between two looks at the deadline
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+_COLS = ", ".join(COLUMNS)
 
 
-@functools.lru_cache(maxsize=64)
-def compile_grep(pattern: str) -> re.Pattern[str]:
-    flags = 0 if any(c.isupper() for c in pattern) else re.IGNORECASE
-    return re.compile(pattern, flags)
+class Expired(Exception):
+    """Raised inside SQLite (by the grep function) once the deadline has passed."""
 
 
-@dataclass(frozen=True)
-class Filters:
-    since: float | None = None
-    until: float | None = None
-    priority: int | None = None
-    ident: str | None = None
-    pid: int | None = None
-    uid: int | None = None
-    grep: str | None = None
-    limit: int = 100
-    after_id: int | None = None
-    until_id: int | None = None  # for followers: nothing past what was committed when they looked
-
-    def where(self) -> tuple[str, list[Any]]:
-        terms, args = [], []
-        for sql, value in (
-            ("time >= ?", self.since),
-            ("time <= ?", self.until),
-            ("priority <= ?", self.priority),
-            ("ident = ?", self.ident),
-            ("sender_pid = ?", self.pid),
-            ("sender_uid = ?", self.uid),
-            ("regexp(?, message)", self.grep),
-        ):
-            if value is not None:
-                terms.append(sql)
-                args.append(value)
-        return (" AND ".join(terms) or "1"), args
-
-    def matches(self, row: tuple[Any, ...]) -> bool:
-        """The same test on a freshly committed row (COLUMNS order)."""
-        if self.priority is not None and row[_I["priority"]] > self.priority:
-            return False
-        if self.ident is not None and row[_I["ident"]] != self.ident:
-            return False
-        if self.pid is not None and row[_I["sender_pid"]] != self.pid:
-            return False
-        if self.uid is not None and row[_I["sender_uid"]] != self.uid:
-            return False
-        t = row[_I["time"]]
-        if (self.since is not None and t < self.since) or (self.until is not None and t > self.until):
-            return False
-        return not (self.grep is not None and not compile_grep(self.grep).search(row[_I["message"]]))
-
-
-def make_filters(params: dict[str, Any], now: float, forced_uid: int | None = None) -> Filters:
-    """Filters from validated method params; `forced_uid` is a non-admin's own uid."""
-    prio = params.get("priority")
-    grep = params.get("grep")
-    if grep is not None:
-        try:
-            compile_grep(grep)
-        except re.error as e:
-            raise ValueError(f"grep: bad regular expression: {e}") from None
-    return Filters(
-        since=parse_time(params["since"], now) if params.get("since") is not None else None,
-        until=parse_time(params["until"], now) if params.get("until") is not None else None,
-        priority=severity(prio) if prio is not None else None,
-        ident=params.get("ident"),
-        pid=params.get("pid"),
-        uid=forced_uid if forced_uid is not None else params.get("uid"),
-        grep=grep,
-        limit=params.get("limit") or 100,
-        after_id=params.get("after_id"),
+def timeout_error(timeout_s: float) -> LimitReached:
+    return LimitReached(
+        f"query took longer than query_timeout_s = {timeout_s:g} s: narrow it (since, until, ident, unit, "
+        "priority, uid) or simplify grep",
+        "query_timeout_s",
+        timeout_s,
     )
 
 
-def _regexp(pattern: str, text: str | None) -> bool:
-    return text is not None and compile_grep(pattern).search(text) is not None
+class ReadConnection:
+    """One read-only connection, its deadline and the pattern its grep function tests."""
+
+    def __init__(self, path: str) -> None:
+        self.db = connect(path, readonly=True)
+        self.deadline = float("inf")
+        self.grep: Grep | None = None
+        self.db.create_function("ipcd_grep", 1, self._grep)
+        self.db.set_progress_handler(self._progress, PROGRESS_STEPS)
+
+    def _grep(self, data: bytes | None) -> bool:
+        if time.monotonic() > self.deadline:
+            raise Expired  # SQLite stops the statement: "user-defined function raised exception"
+        return data is not None and self.grep is not None and self.grep.search(data)
+
+    def _progress(self) -> int:
+        return 1 if time.monotonic() > self.deadline else 0  # nonzero: SQLite interrupts
+
+    @contextlib.contextmanager
+    def session(self, deadline: float, timeout_s: float, grep: str | None) -> Iterator[sqlite3.Connection]:
+        """A read transaction that ends with -32002 (query_timeout_s) if it runs past `deadline`."""
+        db = self.db
+        try:
+            self.grep = compile_grep(grep) if grep is not None else None
+            self.deadline = deadline
+            db.execute("BEGIN")
+            yield db
+        except sqlite3.OperationalError:
+            if time.monotonic() > deadline:
+                raise timeout_error(timeout_s) from None
+            raise
+        finally:
+            self.grep = None
+            self.deadline = float("inf")  # before the ROLLBACK, which must not be interrupted
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+
+    def close(self) -> None:
+        self.db.close()
 
 
 class Reader:
     """Queries on a pool of read-only connections."""
 
-    def __init__(self, path: str, size: int = 4) -> None:
+    def __init__(self, path: str, size: int = POOL_SIZE) -> None:
         self.path = path
-        self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
-        self._all: list[sqlite3.Connection] = []
-        self._lock = threading.Lock()
         self._size = size
+        self._per_uid = max(1, size // 2)
+        self._free: list[ReadConnection] = []
+        self._all: list[ReadConnection] = []
+        self._busy_by_uid: dict[int, int] = {}
+        self._cv = threading.Condition()
+        self._closed = False
 
-    def _get(self) -> sqlite3.Connection:
-        try:
-            return self._pool.get_nowait()
-        except queue.Empty:
-            pass
-        with self._lock:
-            if len(self._all) < self._size:
-                conn = connect(self.path, readonly=True)
-                conn.create_function("regexp", 2, _regexp, deterministic=True)
-                self._all.append(conn)
-                return conn
-        return self._pool.get()
+    @contextlib.contextmanager
+    def session(self, f: Filters, timeout_s: float, uid: int | None = None) -> Iterator[sqlite3.Connection]:
+        """A connection in a read transaction, for at most `timeout_s` (waiting for it included).
 
-    def run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
-        conn = self._get()
+        `uid` is a non-admin's: it may hold at most half the pool at once.
+        """
+        deadline = time.monotonic() + timeout_s
+        conn = self._acquire(deadline, timeout_s, uid)
         try:
-            return fn(conn)
+            with conn.session(deadline, timeout_s, f.grep) as db:
+                yield db
         finally:
-            self._pool.put(conn)
+            self._release(conn, uid)
 
-    def query(self, f: Filters) -> list[dict[str, Any]]:
-        return [row_dict(r) for r in self.run(lambda c: _query(c, f))]
+    def _acquire(self, deadline: float, timeout_s: float, uid: int | None) -> ReadConnection:
+        with self._cv:
+            while True:
+                mine = self._busy_by_uid.get(uid, 0) if uid is not None else 0
+                if mine < self._per_uid or uid is None:
+                    if self._free:
+                        conn = self._free.pop()
+                        break
+                    if len(self._all) < self._size:
+                        conn = ReadConnection(self.path)
+                        self._all.append(conn)
+                        break
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    raise timeout_error(timeout_s)
+                self._cv.wait(left)
+            if uid is not None:
+                self._busy_by_uid[uid] = mine + 1
+            return conn
 
-    def count(self, f: Filters) -> int:
-        """How many entries match `f` with after_id < id <= until_id."""
-        where, args = f.where()
-        sql = f"SELECT count(*) FROM entries WHERE {where} AND id > ? AND id <= ?"
-        upto = f.until_id if f.until_id is not None else 2**63 - 1
-        return int(self.run(lambda c: c.execute(sql, (*args, f.after_id or 0, upto)).fetchone()[0]))
+    def _release(self, conn: ReadConnection, uid: int | None) -> None:
+        with self._cv:
+            if uid is not None:
+                n = self._busy_by_uid.get(uid, 1) - 1
+                if n:
+                    self._busy_by_uid[uid] = n
+                else:
+                    self._busy_by_uid.pop(uid, None)
+            if self._closed:
+                conn.close()
+            else:
+                self._free.append(conn)
+            self._cv.notify_all()
+
+    def query(self, f: Filters, timeout_s: float = 5.0, uid: int | None = None) -> list[dict[str, Any]]:
+        """The entries `f` selects, in id order."""
+        with self.session(f, timeout_s, uid) as db:
+            rows, newest_first = select(db, f, _COLS)
+            out = [entry_dict(r) for r in rows]
+        if newest_first:
+            out.reverse()
+        return out
+
+    def query_json(self, f: Filters, timeout_s: float, max_bytes: int, uid: int | None = None) -> str:
+        """`{"entries": [...]}` as JSON text; -32002 as soon as it would pass `max_bytes`."""
+        parts: list[str] = []
+        size = len('{"entries":[]}') - 1  # each entry adds itself and a comma, but for one
+        with self.session(f, timeout_s, uid) as db:
+            rows, newest_first = select(db, f, _COLS)
+            for row in rows:
+                text = entry_json(row)
+                size += utf8_len(text) + 1
+                if size > max_bytes:
+                    raise LimitReached(
+                        f"the reply would pass max_queued_bytes_per_connection = {max_bytes} bytes: "
+                        "ask for fewer entries (limit) or page with after_id/before_id",
+                        "max_queued_bytes_per_connection",
+                        max_bytes,
+                    )
+                parts.append(text)
+        if newest_first:
+            parts.reverse()
+        return '{"entries":[' + ",".join(parts) + "]}"
+
+    def backlog_start(
+        self, f: Filters, n: int, up_to: int, timeout_s: float, uid: int | None = None
+    ) -> tuple[int | None, int]:
+        """The oldest of the newest `n` entries `f` selects with id <= `up_to`, and how many there are."""
+        bounded = replace(f, limit=n, after_id=None, before_id=min(up_to, MAX_ID - 1) + 1)
+        with self.session(bounded, timeout_s, uid) as db:
+            ids = [r[0] for r in select(db, bounded, "id")[0]]
+        return (ids[-1] if ids else None), len(ids)
 
     def close(self) -> None:
-        with self._lock:
-            for conn in self._all:
+        with self._cv:
+            self._closed = True
+            for conn in self._free:
                 conn.close()
-            self._all.clear()
+            self._free.clear()
+            self._cv.notify_all()
 
 
-def _id_bounds(conn: sqlite3.Connection, f: Filters) -> tuple[int | None, int | None]:
-    # Time and id grow together, so a time bound becomes an id bound through the
-    # time index; the time terms stay in the WHERE for exactness.
-    low = high = None
+def select(db: sqlite3.Connection, f: Filters, columns: str) -> tuple[Iterator[tuple[Any, ...]], bool]:
+    """The rows `f` selects: (rows, newest_first).
+
+    With `after_id`, the oldest `limit` after it, in id order; without, the
+    newest `limit` (below `before_id` if given), newest first.
+    """
+    low, high = id_range(db, f)
+    if low >= high:
+        return iter(()), False
+    where, args = f.where()
+    if low > 0:
+        where += " AND id >= ?"
+        args.append(low)
+    if high <= MAX_ID:
+        where += " AND id < ?"
+        args.append(high)
+    if f.grep is not None:
+        where += " AND ipcd_grep(CAST(message AS BLOB))"  # last: the cheap tests go first
+    newest_first = f.after_id is None
+    order = "DESC" if newest_first else "ASC"
+    # Row by row: a large entry is encoded and let go before the next is read.
+    cur = db.execute(f"SELECT {columns} FROM entries WHERE {where} ORDER BY id {order} LIMIT ?", (*args, f.limit))
+    return iter(cur), newest_first
+
+
+def id_range(db: sqlite3.Connection, f: Filters) -> tuple[int, int]:
+    """[low, high): the ids `f` can select, from after_id/before_id and since/until."""
+    low = 0 if f.after_id is None else f.after_id + 1
+    high = MAX_ID + 1 if f.before_id is None else f.before_id
     if f.since is not None:
-        low = conn.execute("SELECT min(id) FROM entries WHERE time >= ?", (f.since,)).fetchone()[0]
-        low = -1 if low is None else low
+        low = max(low, time_to_id(db, f.since, after=False))
     if f.until is not None:
-        high = conn.execute("SELECT max(id) FROM entries WHERE time <= ?", (f.until,)).fetchone()[0]
-        high = -1 if high is None else high
+        high = min(high, time_to_id(db, f.until, after=True))
     return low, high
 
 
-def _query(conn: sqlite3.Connection, f: Filters) -> list[tuple[Any, ...]]:
-    where, args = f.where()
-    low, high = _id_bounds(conn, f)
-    if low == -1 or high == -1:
-        return []
-    if f.after_id is not None:
-        low = max(low or 0, f.after_id + 1)
-    if f.until_id is not None:
-        high = f.until_id if high is None else min(high, f.until_id)
-    bounds = ""
-    if low is not None:
-        bounds += " AND id >= ?"
-        args.append(low)
-    if high is not None:
-        bounds += " AND id <= ?"
-        args.append(high)
-    # "+time" keeps the planner on the rowid order; the time index served above.
-    where = where.replace("time >=", "+time >=").replace("time <=", "+time <=")
-    cols = ", ".join(COLUMNS)
-    if f.after_id is not None:
-        sql = f"SELECT {cols} FROM entries WHERE {where}{bounds} ORDER BY id ASC LIMIT ?"
-        return conn.execute(sql, (*args, f.limit)).fetchall()
-    sql = f"SELECT {cols} FROM entries WHERE {where}{bounds} ORDER BY id DESC LIMIT ?"
-    rows = conn.execute(sql, (*args, f.limit)).fetchall()
-    rows.reverse()
-    return rows
+def time_to_id(db: sqlite3.Connection, t: float, after: bool) -> int:
+    """The smallest id from which on entries have time >= t (> t with `after`), by binary search over ids.
 
-
-class Follower(Protocol):
-    def wake(self, last_id: int) -> None: ...
-
-
-class FollowHub:
-    """Live followers of the log; the writer tells them the last id of each commit.
-
-    `head` is the last id committed, as far as the hub has heard.
+    One past the last id if no entry is that late.  Ids need not be dense
+    (retention leaves gaps): each probe reads the first entry at or above an id.
     """
+    first = db.execute("SELECT id, time FROM entries ORDER BY id LIMIT 1").fetchone()
+    if first is None:
+        return 0
+    last = db.execute("SELECT id, time FROM entries ORDER BY id DESC LIMIT 1").fetchone()
 
-    def __init__(self, head: int = 0) -> None:
-        self.head = head
-        self._followers: list[Follower] = []
-        self._lock = threading.Lock()
-        self.on_change: Callable[[bool], None] = lambda any_left: None
+    def reached(when: float) -> bool:
+        return when > t if after else when >= t
 
-    def add(self, f: Follower) -> None:
-        with self._lock:
-            self._followers = [*self._followers, f]
-            self.on_change(True)
-
-    def remove(self, f: Follower) -> None:
-        with self._lock:
-            self._followers = [x for x in self._followers if x is not f]
-            self.on_change(bool(self._followers))
-
-    def __len__(self) -> int:
-        return len(self._followers)
-
-    def publish(self, last_id: int) -> None:
-        self.head = max(self.head, last_id)
-        for f in self._followers:  # the list is replaced, never changed in place
-            f.wake(last_id)
+    if reached(first[1]):
+        return int(first[0])
+    if not reached(last[1]):
+        return int(last[0]) + 1
+    lo, hi = int(first[0]), int(last[0])  # not reached at the entry `lo`; reached from `hi` on
+    probe = "SELECT id, time FROM entries WHERE id >= ? ORDER BY id LIMIT 1"
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        row_id, when = db.execute(probe, (mid,)).fetchone()  # exists: `hi` does
+        if reached(when):
+            hi = mid
+        else:
+            lo = row_id
+    return hi
