@@ -66,10 +66,13 @@ class Client:
             self._subscription = None
 
     def _send(self, message: Any) -> None:
+        self._send_raw(jsonrpc.encode(message))
+
+    def _send_raw(self, data: bytes) -> None:
         self.connect()
         assert self._sock is not None
         try:
-            self._sock.sendall(jsonrpc.encode(message))
+            self._sock.sendall(data)
         except OSError as e:
             self.close()
             raise explain(e, self.path) from None
@@ -114,6 +117,34 @@ class Client:
         req_id = next(self._ids)
         self._send(jsonrpc.request(method, params, req_id))
         return self._await(req_id)
+
+    def call_many(self, calls: Iterable[tuple[str, Any]], errors: bool = False, window: int = 64) -> list[Any]:
+        """Pipelined calls: send up to `window` requests before reading their replies.
+
+        `calls` is `(method, params)` pairs; the results come back in that
+        order.  Every reply is read before anything is raised, so the
+        connection stays usable.  By default the first error, in call order,
+        is raised; with `errors=True` each failed call's `RemoteError` takes
+        the place of its result instead.  The window keeps both sides from
+        blocking on full socket buffers; one round trip per `window` calls.
+        """
+        results: list[Any] = []
+        pending = iter(calls)
+        while chunk := list(itertools.islice(pending, max(1, window))):
+            ids = [next(self._ids) for _ in chunk]
+            self._send_raw(
+                b"".join(jsonrpc.encode(jsonrpc.request(m, p, i)) for (m, p), i in zip(chunk, ids, strict=True))
+            )
+            for req_id in ids:
+                try:
+                    results.append(self._await(req_id))
+                except RpcError as e:
+                    results.append(e)
+        if not errors:
+            first = next((r for r in results if isinstance(r, RpcError)), None)
+            if first is not None:
+                raise first
+        return results
 
     def notify(self, method: str, params: Any = None) -> None:
         """Send a notification: no reply comes."""
