@@ -229,6 +229,7 @@ CLIENT_SIDE = {
     "ipcd.client.errors",
     "ipcd.client.handler",
     "ipcd.client.resolve",
+    "ipcd.client.trust",
     "ipcd.config",
     "ipcd.errors",
     "ipcd.wire",

@@ -25,6 +25,7 @@ from ipcd.ctl.escape import escape, json_text
 
 STEPS: list[Callable[[Checkup], None]] = [
     checks_sockets.check_socket,
+    checks_sockets.check_trust,
     checks_sockets.check_config,
     checks_sockets.check_reachable,
     checks_sockets.check_control_file,

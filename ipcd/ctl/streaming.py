@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from ipcd.client import Client, Unreachable
+from ipcd.client import Client, Unreachable, Untrusted
 from ipcd.ctl.common import Opts
 from ipcd.ctl.escape import escape
 
@@ -55,7 +55,7 @@ def run_stream(opts: Opts, start: Start, handle: Handle, gap: str = "") -> None:
                         return
                 return  # the stream ended by itself (nothing left to listen to)
         except Unreachable as e:
-            if not started:
+            if not started or isinstance(e, Untrusted):
                 raise
             if lost_at is None:
                 lost_at = e.path or "its socket"
