@@ -136,12 +136,20 @@ def _as_usage_error(e: InvalidParams) -> click.UsageError:
     return click.BadParameter(e.message, param_hint=f"'{flag}'")
 
 
-def _print_all(lines: Iterable[str], pager: bool) -> None:
-    if pager:
-        click.echo_via_pager(lines)  # pages only when stdin and stdout are a terminal
+def _print_all(lines: Iterable[str], pager: bool, color: bool) -> None:
+    """Each line (no newline of its own), through a pager when stdin and stdout are a terminal."""
+    it = iter(lines)
+    first = next(it, None)
+    if first is None:
+        return  # nothing to page
+    if pager and sys.stdin.isatty() and sys.stdout.isatty():
+        # As journalctl: less quits on a short output, shows colours, chops long lines, Ctrl-C quits.
+        os.environ.setdefault("LESS", "FRSXMK")
+        click.echo_via_pager(itertools.chain([first], ("\n" + line for line in it)), color=color)  # it ends in "\n"
         return
-    for text in lines:
-        click.echo(text, nl=False)
+    click.echo(first)
+    for line in it:
+        click.echo(line)
 
 
 def _emit_json_list(entries: Iterable[Entry]) -> None:
@@ -158,7 +166,13 @@ def _follow(opts: Opts, fmt: Formatter, filters: dict[str, Any], backlog: int) -
 
     def start(c: Client, reconnected: bool) -> Iterable[Any]:
         if reconnected:  # everything after what we showed, then the live ones
-            return c.logs(follow=True, **filters, after_id=last["id"])
+            try:
+                return c.logs(follow=True, **filters, after_id=last["id"])
+            except InvalidParams as e:
+                if e.param != "after_id":
+                    raise
+                note("this ipcd cannot resume a follow (no after_id): entries stored meanwhile may be missing")
+                return c.logs(follow=True, **filters)
         newest = _page(c, {}, limit=1)
         last["id"] = newest[-1]["id"] if newest else 0
         return c.logs(follow=True, **filters, backlog=backlog)
@@ -244,7 +258,7 @@ def logs(
             if opts.json:
                 _emit_json_list(entries)
             else:
-                _print_all((fmt.render(e) + "\n" for e in entries), pager=not no_pager)
+                _print_all((fmt.render(e) for e in entries), not no_pager, fmt.color)
     except InvalidParams as e:
         raise _as_usage_error(e) from None
 
