@@ -61,6 +61,7 @@ class LogHandler(logging.Handler):
         self.dropped = 0
         self._sock: socket.socket | None = None
         self._failing = False
+        self._checked = False
 
     def _priority(self, levelno: int) -> int:
         return next((sev for level, sev in self._SEVERITIES if levelno >= level), severity("debug"))
@@ -77,9 +78,11 @@ class LogHandler(logging.Handler):
         return json.dumps(doc, default=str, ensure_ascii=False).encode("utf-8", "surrogatepass")
 
     def _target(self) -> str:
-        if self.path is None or self._failing:
+        """The log socket, found again and its path checked again after a failure."""
+        if self.path is None or self._failing or not self._checked:
             self.path = resolve_log_socket(self._given)
             check_socket_path(self.path)
+            self._checked = True
         return self.path
 
     def emit(self, record: logging.LogRecord) -> None:
