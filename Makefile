@@ -4,7 +4,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test dev lint type units bench check clean
+.PHONY: run test dev lint type units bench man check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,8 +21,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check ipcd tests bench contrib/python
-	$(BIN)/ruff format --check ipcd tests bench contrib/python
+	$(BIN)/ruff check ipcd tests bench contrib/python tools
+	$(BIN)/ruff format --check ipcd tests bench contrib/python tools
 
 type: $(STAMP)
 	$(BIN)/mypy --strict ipcd
@@ -38,6 +38,10 @@ units: $(STAMP)
 bench: $(STAMP)
 	cc -O2 -Wall -Wextra -o bench/loadgen bench/loadgen.c -lpthread
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+# The man pages from the click commands and the config schema (tools/manpages.py).
+man: $(STAMP)
+	$(BIN)/python tools/manpages.py
 
 check: lint type units test
 

@@ -168,8 +168,13 @@ def ipcd_gid(box: SdBox) -> int:
 
 def test_install_units_as_a_pip_user_would(box: SdBox) -> None:
     res: subprocess.CompletedProcess[str] = box.install_units  # type: ignore[attr-defined]
-    assert "warning" not in res.stderr, res.stderr  # /opt: nothing ProtectHome= hides
+    assert "ProtectHome" not in res.stderr, res.stderr  # /opt: nothing ProtectHome= hides
+    # A venv's bin is not on PATH: install-units says so, and how to run ipcctl from there.
+    assert f"ipcd and ipcctl are in {VENV}/bin, which is not on PATH" in res.stderr, res.stderr
+    assert f"  {VENV}/bin/ipcctl status" in res.stdout
     assert "systemctl enable --now ipcd.socket ipcd-log.socket" in res.stdout
+    for page in ("man1/ipcctl.1", "man8/ipcd.8", "man5/ipcd.toml.5"):
+        assert box.run("test", "-f", f"/usr/local/share/man/{page}", check=False).returncode == 0, page
     service = box.run("cat", "/etc/systemd/system/ipcd.service").stdout
     assert f"ExecStart={VENV}/bin/ipcd\n" in service
     assert f"ExecReload={VENV}/bin/ipcctl --socket /run/ipcd/ipcd.sock reload\n" in service
