@@ -76,7 +76,7 @@ def head(name: str, section: int, title: str, summary: str) -> list[str]:
 
 
 def ipcctl_page() -> str:
-    ctx = click.Context(ipcctl_cli, info_name="ipcctl")
+    ctx = ipcctl_cli.make_context("ipcctl", [], resilient_parsing=True)  # with its context_settings
     lines = head("ipcctl", 1, "User Commands", "talk to ipcd: status, logs, key/value state, channels")
     lines += [".SH SYNOPSIS", ".B ipcctl", "[\\fIOPTIONS\\fR] \\fICOMMAND\\fR [\\fIARGS\\fR]...", ".SH DESCRIPTION"]
     lines += [f".PP\n{p}" for p in paragraphs(ipcctl_cli.help or "")]
@@ -89,7 +89,7 @@ def ipcctl_page() -> str:
 
 
 def ipcd_page() -> str:
-    ctx = click.Context(ipcd_cli, info_name="ipcd")
+    ctx = ipcd_cli.make_context("ipcd", [], resilient_parsing=True)
     lines = head("ipcd", 8, "System Administration", "a local IPC daemon: a JSON-RPC control socket and a log socket")
     lines += [".SH SYNOPSIS", ".B ipcd", "[\\fIOPTIONS\\fR]", ".br", ".B ipcd install\\-units", "[\\fIOPTIONS\\fR]"]
     lines += [".SH DESCRIPTION", *(f".PP\n{p}" for p in paragraphs(ipcd_cli.help or "")), ".PP", _IPCD_TEXT]
