@@ -322,10 +322,12 @@ class Client:
     def logs(self, follow: bool = False, **filters: Any) -> list[dict[str, Any]] | Stream:
         """Log entries (DESIGN.md "Log socket" has their fields).
 
-        `filters`: since, until, priority, ident, pid, uid, grep; without
-        `follow`, also limit (default 100) and after_id: a list in id order.
-        With `follow=True` (and `backlog`: entries to send first), an
-        iterator of entries as they are stored; `timeout_s` bounds each wait.
+        `filters` are the daemon's params: since, until, priority (a level or
+        "FROM..TO"), ident, unit, pid, uid, grep; without `follow`, also
+        limit (default 100), after_id and before_id: a list in id order.
+        With `follow=True` (and `backlog`: entries to send first, or
+        `after_id`: every matching entry after it first), an iterator of
+        entries as they are stored; `timeout_s` bounds each wait.
         """
         if not follow:
             return self.call("logs.query", filters)["entries"]  # type: ignore[no-any-return]
