@@ -11,7 +11,8 @@
                 continue
             print(msg["channel"], msg["message"])
 
-Calls (`kv_get`, `kv_update`, `publish`, ...) return the daemon's result.
+Calls (`kv_get`, `kv_update`, `publish`, ...) return the daemon's result;
+`call_many` pipelines many calls and returns their results in order.
 Streams (`subscribe`, `kv_watch`, `logs(follow=True)`) return an iterator
 of the notifications' params; one connection may hold several streams and
 still make calls, because notifications read while awaiting a reply are
