@@ -5,9 +5,9 @@ BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
 # What ruff checks and formats: every Python file of the project.
-PY_DIRS = ipcd tests bench contrib/python
+PY_DIRS = ipcd tests bench contrib/python tools
 
-.PHONY: run test dev lint ruff imports type units bench check clean
+.PHONY: run test dev lint ruff imports type units bench man check clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ units: $(STAMP)
 bench: $(STAMP)
 	cc -O2 -Wall -Wextra -o bench/loadgen bench/loadgen.c -lpthread
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)
+
+# The man pages from the click commands and the config schema (tools/manpages.py).
+man: $(STAMP)
+	$(BIN)/python tools/manpages.py
 
 # What CI runs (.ci/run).
 check: lint type units test

@@ -7,6 +7,7 @@ import json
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import click
@@ -196,6 +197,45 @@ def test_every_command_is_added_in_cli() -> None:
         "publish",
         "subscribe",
         "doctor",
+        "completion",
     }
     for path in (ROOT / "ipcd" / "ctl").glob("*.py"):
         assert "def register(" not in path.read_text(), path
+
+
+# --- what status shows ------------------------------------------------------------------------------
+
+
+def test_status_renders_every_section_present_and_skips_the_absent(ipcd: Ipcd) -> None:
+    from ipcd.ctl.admin import render_status
+
+    live = ipcd.call("status")
+    assert render_status(live)  # whatever this daemon has, it renders
+    full = {
+        **live,
+        "config": "/etc/ipcd/ipcd.toml",
+        "config_exists": False,
+        "rates": {"messages_per_s": 12.5, "requests_per_s": 3.0},
+        "memory": {"rss_bytes": 30 * 1024 * 1024, "log_process_rss_bytes": 20 * 1024 * 1024},
+        "store": {**live["store"], "oldest": 1795000000.0, "error": "disk full\x1b[2J"},
+        "logs": {**live["logs"], "followers": 2},
+        "forward": [
+            {"name": "central", "type": "syslog", "state": "up", "cursor": 41, "lag": 3, "sent": 40, "errors": 0},
+            {"name": "jd", "type": "journald", "state": "down", "errors": 5, "last_error": "refused\x1b]0;x\x07"},
+        ],
+    }
+    text = "\n".join(render_status(full))
+    assert "  config    /etc/ipcd/ipcd.toml (missing: defaults)" in text
+    assert "  rates     12.5 messages/s, 3.0 requests/s" in text
+    assert "  memory    30.0 MiB RSS, log process 20.0 MiB RSS" in text
+    assert ", 2 followers" in text
+    oldest = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1795000000.0))
+    assert f"entries, oldest {oldest}" in text and "FAILING: disk full\\x1b[2J" in text
+    assert "  forward   2 targets" in text
+    assert "central (syslog): up, cursor 41, lag 3, sent 40, errors 0" in text
+    assert "jd (journald): down, errors 5; last error: refused\\x1b]0;x\\x07" in text
+    assert "\x1b" not in text
+    sparse = {k: v for k, v in full.items() if k not in ("rates", "memory", "forward", "config")}
+    text = "\n".join(render_status(sparse))
+    assert "rates" not in text and "memory" not in text and "forward" not in text and "config " not in text
+    assert "\n".join(render_status({**full, "config": None})).count("defaults (no config file)") == 1

@@ -205,3 +205,89 @@ def test_python_m_ipcd_cli_has_the_ipc_commands(ipcd: Ipcd) -> None:
         timeout=30,
     )
     assert res.returncode == 0, res.stderr
+
+
+# --- strings and JSON told apart; many keys at once ------------------------------------------
+
+
+def test_kv_get_tells_strings_from_json(ipcd: Ipcd) -> None:
+    for key, value in [("s", "hello"), ("s42", "42"), ("n42", 42), ("t", "true"), ("q", '"x"'), ("o", {"a": [1]})]:
+        ipcd.call("kv.set", {"key": key, "value": value})
+    assert ok(ipcd, "kv", "get", "s") == "hello\n"
+    assert ok(ipcd, "kv", "get", "s42") == '"42"\n'  # the string: it would read as the number
+    assert ok(ipcd, "kv", "get", "n42") == "42\n"
+    assert ok(ipcd, "kv", "get", "t") == '"true"\n'
+    assert ok(ipcd, "kv", "get", "q") == '"\\"x\\""\n'
+    assert ok(ipcd, "kv", "get", "o") == '{"a": [1]}\n'
+    assert "type:    string" in ok(ipcd, "kv", "get", "-v", "s42")
+    assert "type:    JSON number" in ok(ipcd, "kv", "get", "-v", "n42")
+    assert json.loads(ok(ipcd, "--json", "kv", "get", "s42"))["value"] == "42"  # --json: always JSON
+
+
+def test_kv_ls_values_and_del_prefix(ipcd: Ipcd) -> None:
+    for i in range(150):  # more than one pipelining window
+        ipcd.call("kv.set", {"key": f"job/{i:03d}", "value": {"n": i} if i % 2 else f"v{i}"})
+    ipcd.call("kv.set", {"key": "keep", "value": "x"})
+    lines = ok(ipcd, "kv", "ls", "--values", "job/").splitlines()
+    assert lines[:3] == ["job/000 = v0", 'job/001 = {"n": 1}', "job/002 = v2"] and len(lines) == 150
+    values = json.loads(ok(ipcd, "--json", "kv", "ls", "--values", "job/"))
+    assert values["job/001"] == {"n": 1} and len(values) == 150
+    assert ok(ipcd, "kv", "del", "--prefix", "job/") == "deleted 150 keys under job/\n"
+    assert ok(ipcd, "kv", "ls") == "keep\n"
+    assert ok(ipcd, "kv", "del", "--prefix", "job/") == "deleted 0 keys under job/\n"
+    res = run(ipcd, "kv", "del", "--prefix", "")
+    assert res.exit_code == 2 and "empty prefix" in res.output
+    assert json.loads(ok(ipcd, "--json", "kv", "del", "--prefix", "ke")) == {"deleted": ["keep"]}
+
+
+def test_publish_help_is_its_own() -> None:
+    res = CliRunner().invoke(cli, ["publish", "--help"], prog_name="ipcctl")
+    assert "Parse MESSAGE as JSON" in res.output and "VALUE" not in res.output
+    res = CliRunner().invoke(cli, ["kv", "set", "--help"], prog_name="ipcctl")
+    assert "Parse VALUE as JSON" in res.output
+
+
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\rline\nsshd[1]: Accepted password for root\u202e"
+SHOWN = "\\x1b]0;pwned\\x07\\x1b[2J\\rline"
+
+
+def test_peer_text_is_escaped_in_kv_and_channels(ipcd: Ipcd) -> None:
+    ipcd.call("kv.set", {"key": "evil", "value": HOSTILE})
+    out = ok(ipcd, "kv", "get", "evil")
+    assert out == f"{SHOWN}\nsshd[1]: Accepted password for root\\u202e\n"  # one value: its lines as they are
+    lines = ok(ipcd, "kv", "ls", "--values").splitlines()
+    assert lines == [f"evil = {SHOWN}", "       sshd[1]: Accepted password for root\\u202e"]
+    with spawn(ipcd, "subscribe", "-c", "1", "news") as sub, spawn(ipcd, "kv", "watch", "-c", "1", "ev") as watch:
+        wait_for(lambda: ipcd.call("status")["kv"]["watchers"] == 1, 10, "the watch")
+        wait_for(lambda: ipcd.call("publish", {"channel": "news", "message": HOSTILE})["delivered"] == 1, 10, "sub")
+        ipcd.call("kv.set", {"key": "evil", "value": HOSTILE})
+        sub_out, _ = finish(sub)
+        watch_out, _ = finish(watch)
+    assert "\x1b" not in sub_out + watch_out and "\u202e" not in sub_out + watch_out
+    assert sub_out.startswith(f"news: {SHOWN}\n      sshd[1]")  # indented under the message
+    assert watch_out.startswith(f"set evil = {SHOWN}\n           sshd[1]")
+
+
+def test_clients_shows_idle_streams_and_escapes_the_command(ipcd: Ipcd) -> None:
+    code = (
+        "import socket, sys\n"
+        "open('/proc/self/comm', 'w').write('\\x1b]0;x\\x07ev')\n"
+        "s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1])\n"
+        's.sendall(b\'{"jsonrpc":"2.0","id":1,"method":"subscribe","params":{"channels":["c"]}}\\n\')\n'
+        "s.recv(100); print('ready', flush=True); sys.stdin.read()\n"
+    )
+    peer = subprocess.Popen(
+        [sys.executable, "-c", code, ipcd.sock], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert peer.stdout is not None and peer.stdout.readline() == "ready\n"
+        out = ok(ipcd, "clients")
+        rows = json.loads(ok(ipcd, "--json", "clients"))
+    finally:
+        peer.communicate("")
+    assert "\x1b" not in out and "\\x1b]0;x\\x07ev" in out
+    theirs = next(r for r in rows if r["pid"] == peer.pid)
+    if "idle_s" in theirs:  # the daemon's newer fields: rendered when present
+        assert "IDLE" in out
+    if theirs.get("streams"):
+        assert "stream subscribe:" in out

@@ -232,6 +232,100 @@ def test_log_handler_sends_records_with_their_extra_fields(ipcd: Ipcd, monkeypat
     assert debug["priority"] == 7 and debug["fields"]["nested"] == {"a": [1, None]}
 
 
+def _logger(name: str, handler: logging.Handler) -> logging.Logger:
+    logger = logging.getLogger(name)
+    logger.handlers[:] = [handler]
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    return logger
+
+
+def test_log_handler_never_raises_without_a_daemon(
+    short_tmp: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in ("IPCD_SOCKET", "IPCD_RUNTIME_DIR", "IPCD_LOG_SOCKET"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(short_tmp))  # no daemon anywhere we look
+    if os.path.exists("/run/ipcd/ipcd.sock"):
+        pytest.skip("a system ipcd runs here")
+    handler = LogHandler(ident="nodaemon")  # does not raise
+    assert handler.path is None
+    logger = _logger("tests.nodaemon", handler)
+    for i in range(3):
+        logger.error("lost %d", i)  # does not raise
+    assert handler.dropped == 3
+    err = capsys.readouterr().err
+    assert err.count("--- Logging error ---") == 1  # the first of the run, not one per record
+    handler.close()
+    handler.close()  # twice, as logging.shutdown may: no error
+    logging.shutdown([lambda: handler])  # type: ignore[list-item]
+
+
+def test_log_handler_recovers_when_the_daemon_comes(make_ipcd, capsys: pytest.CaptureFixture[str]) -> None:
+    d: Ipcd = make_ipcd()
+    handler = LogHandler(d.log_sock, ident="late")
+    logger = _logger("tests.late", handler)
+    logger.warning("before")  # no daemon yet: dropped, reported once
+    assert handler.dropped == 1 and "--- Logging error ---" in capsys.readouterr().err
+    d.start()
+    logger.warning("after")
+    handler.close()
+    with Client(d.sock) as c:
+        wait_for(lambda: c.logs(ident="late"), 10, "the record sent once ipcd runs")
+        assert [e["message"] for e in c.logs(ident="late")] == ["after"]
+    assert handler.dropped == 1
+
+
+def test_log_handler_loses_nothing_in_a_burst(ipcd: Ipcd) -> None:
+    n = 5000
+    handler = LogHandler(ipcd.log_sock, ident="burst")
+    logger = _logger("tests.burst", handler)
+    for i in range(n):
+        logger.info("record %d", i)
+    handler.close()
+    assert handler.dropped == 0
+    with Client(ipcd.sock) as c:
+        wait_for(lambda: ipcd.call("status")["logs"]["stored"] >= n, 30, f"{n} records stored")
+        got = [e["message"] for e in c.logs(ident="burst", limit=n)]
+    assert got == [f"record {i}" for i in range(n)]
+
+
+def test_log_handler_wait_is_bounded(short_tmp: Path) -> None:
+    """A log socket nobody reads: each record waits at most timeout_s, then is counted as dropped."""
+    import socket
+    import time
+
+    path = str(short_tmp / "full.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as never_read:
+        never_read.bind(path)
+        handler = LogHandler(path, ident="full", timeout_s=0.05)
+        logger = _logger("tests.full", handler)
+        logging.raiseExceptions = False
+        try:
+            t0 = time.monotonic()
+            while handler.dropped == 0 and time.monotonic() - t0 < 20:
+                logger.info("x" * 1000)
+            assert handler.dropped == 1  # the queue filled up, and the program went on
+        finally:
+            logging.raiseExceptions = True
+            handler.close()
+
+
+def test_call_many_pipelines_and_keeps_the_order(ipcd: Ipcd) -> None:
+    with Client(ipcd.sock) as c:
+        calls = [("kv.set", {"key": f"k{i}", "value": i}) for i in range(300)]
+        assert [r["version"] for r in c.call_many(calls)] == [1] * 300
+        gets = [("kv.get", {"key": f"k{i}"}) for i in (0, 299, 7)] + [("kv.get", {"key": "missing"}), ("ping", None)]
+        results = c.call_many(gets, errors=True)
+        assert [r["value"] for r in results[:3]] == [0, 299, 7]
+        assert isinstance(results[3], NotFound) and results[4]["pong"] is True
+        with pytest.raises(NotFound):
+            c.call_many(gets)  # the first error, after every reply was read
+        assert c.call_many([("no.such", None), ("kv.get", {"key": "nope"})], errors=True)[0].code == -32601
+        assert c.ping()["pong"] is True  # the connection is still in step
+        assert c.call_many([]) == []
+
+
 CLIENT_SIDE = {
     "ipcd",
     "ipcd.client",
@@ -239,6 +333,7 @@ CLIENT_SIDE = {
     "ipcd.client.errors",
     "ipcd.client.handler",
     "ipcd.client.resolve",
+    "ipcd.client.trust",
     "ipcd.config",
     "ipcd.errors",
     "ipcd.wire",

@@ -5,12 +5,15 @@ from __future__ import annotations
 import ast
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from conftest import BIN, ROOT, Ipcd, ipcctl_argv, needs_program, wait_for
+
+from ipcd.client import Client
 
 CONTRIB = ROOT / "contrib"
 
@@ -112,38 +115,65 @@ def test_python_example_imports_only_the_client() -> None:
     assert ipcd_modules == {"ipcd.client"}
 
 
-@pytest.mark.parametrize("shell", ["bash", "zsh"])
+@pytest.mark.parametrize("shell", ["bash", "zsh", "fish"])
 def test_completions_are_current(shell: str) -> None:
-    """Regenerate with: _IPCCTL_COMPLETE=<shell>_source ipcctl > contrib/completions/ipcctl.<shell>"""
-    res = subprocess.run(
-        ipcctl_argv(),
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env={**os.environ, "_IPCCTL_COMPLETE": f"{shell}_source"},
-    )
+    """Regenerate with: ipcctl completion <shell> > contrib/completions/ipcctl.<shell>"""
+    res = subprocess.run(ipcctl_argv("completion", shell), capture_output=True, text=True, timeout=30)
     assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == (CONTRIB / "completions" / f"ipcctl.{shell}").read_text().strip()
+    assert res.stdout == (CONTRIB / "completions" / f"ipcctl.{shell}").read_text()
+    # click's own machinery: the same script as its environment variable gives
+    env = {**os.environ, "_IPCCTL_COMPLETE": f"{shell}_source"}
+    same = subprocess.run(ipcctl_argv(), capture_output=True, text=True, timeout=30, env=env)
+    assert same.stdout.strip() == res.stdout.strip()
 
 
-def test_bash_completion_completes_the_ipc_commands() -> None:
+def complete(line: str, env: dict[str, str] | None = None) -> list[str]:
+    """What bash offers for `line` (the cursor at its end), through the script in contrib/."""
     script = CONTRIB / "completions" / "ipcctl.bash"
-    words = {"ipcctl kv ": ["del", "get", "ls", "set", "watch"], "ipcctl sub": ["subscribe"], "ipcctl kv set --": None}
-    for line, want in words.items():
-        cmd = (
-            f"source {script}; COMP_WORDS=({line}''); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); "
-            'compopt() { :; }; _ipcctl_completion ipcctl; printf "%s\\n" "${COMPREPLY[@]}"'
-        )
-        res = subprocess.run(
-            ["bash", "-c", cmd],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            env={**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}"},
-        )
-        assert res.returncode == 0, res.stderr
-        got = res.stdout.split()
-        if want is None:
-            assert {"--json-value", "--ttl", "--if-version"} <= set(got), got
-        else:
-            assert got == want, (line, got)
+    cmd = (
+        f"source {script}; COMP_WORDS=({line}''); COMP_CWORD=$((${{#COMP_WORDS[@]}} - 1)); "
+        'compopt() { :; }; _ipcctl_completion ipcctl; printf "%s\\n" "${COMPREPLY[@]}"'
+    )
+    full = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", **(env or {})}
+    res = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=30, env=full)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == ""  # nothing ever printed into the command line
+    return res.stdout.split()
+
+
+def test_bash_completes_commands_and_options() -> None:
+    assert complete("ipcctl kv ") == ["del", "get", "ls", "set", "watch"]
+    assert complete("ipcctl sub") == ["subscribe"]
+    assert {"--json-value", "--ttl", "--if-version"} <= set(complete("ipcctl kv set --"))
+    assert complete("ipcctl comp") == ["completion"]
+    assert complete("ipcctl completion ") == ["bash", "zsh", "fish"]
+    assert complete("ipcctl logs -o short") == ["short", "short-iso", "short-precise"]
+    assert {"--unit", "--reverse", "--no-pager", "--since"} <= set(complete("ipcctl logs --"))
+
+
+def test_bash_completes_priorities_and_ranges() -> None:
+    assert complete("ipcctl logs -p w") == ["warning"]
+    assert complete("ipcctl logs -p e") == ["emerg", "err"]
+    assert complete("ipcctl logs -p warning..e") == ["warning..emerg", "warning..err"]
+
+
+def test_bash_completes_keys_channels_and_units_from_the_daemon(ipcd: Ipcd) -> None:
+    env = {"IPCD_SOCKET": ipcd.sock}
+    for key in ("app/mode", "app/limits", "other"):
+        ipcd.call("kv.set", {"key": key, "value": 1})
+    assert complete("ipcctl kv get app/", env) == ["app/limits", "app/mode"]
+    assert complete(f"ipcctl --socket {ipcd.sock} kv del o") == ["other"]
+    with Client(ipcd.sock) as sub:
+        sub.subscribe(["builds", "deploys"])
+        assert complete("ipcctl publish b", env) == ["builds"]
+        assert complete("ipcctl subscribe ", env) == ["builds", "deploys"]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:  # no unit here: nothing to offer, no error
+        s.sendto(b"<13>x: y", ipcd.log_sock)
+    assert complete("ipcctl logs -u ", env) == []
+
+
+def test_completion_that_needs_the_daemon_is_quiet_and_quick_when_it_is_down(short_tmp: Path) -> None:
+    env = {"IPCD_SOCKET": str(short_tmp / "none.sock")}
+    assert complete("ipcctl kv get ", env) == []
+    assert complete("ipcctl subscribe ", env) == []
+    assert complete("ipcctl logs -u ", env) == []

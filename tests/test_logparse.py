@@ -220,6 +220,61 @@ def test_unicode_digit_pid_does_not_raise(data: bytes) -> None:
     assert (entry.pid, entry.fields, entry.message) == (None, {"procid": "\u00b2"}, "x")
 
 
+# Third-party syslog vectors: every field kept (RFC 5424 §7.2.1 repeated names, a repeated
+# SD-ID, which §6.3.2 forbids but senders send), RFC 3339 stamps in a BSD header, a bare stamp.
+KEEPS_EVERY_FIELD = [
+    (
+        b'<165>1 - - - - - [origin ip="192.0.2.1" ip="192.0.2.129"]',
+        {"structured_data": {"origin": {"ip": ["192.0.2.1", "192.0.2.129"]}}, "message": ""},
+    ),
+    (
+        b'<165>1 - - - - - [origin ip="a" software="x" ip="b" ip="c"] m',
+        {"structured_data": {"origin": {"ip": ["a", "b", "c"], "software": "x"}}, "message": "m"},
+    ),
+    (
+        b'<165>1 - - - - - [a@1 x="1"][b@2 y="2"][a@1 x="3" z="4"] msg',
+        {"structured_data": {"a@1": {"x": ["1", "3"], "z": "4"}, "b@2": {"y": "2"}}, "message": "msg"},
+    ),
+    (
+        b'<165>1 - - - - - [a@1 k="v"][a@1 k="v"]',
+        {"structured_data": {"a@1": {"k": ["v", "v"]}}, "message": ""},
+    ),
+    (
+        b"<28>2019-12-02T16:49:23+02:00 host app[23410]: Test",
+        {"timestamp": "2019-12-02T16:49:23+02:00", "hostname": "host", "ident": "app", "pid": 23410, "message": "Test"},
+    ),
+    (
+        b"<28>2019-12-02T16:49:23.123456Z app[7]: Test",
+        {"timestamp": "2019-12-02T16:49:23.123456Z", "hostname": None, "ident": "app", "pid": 7, "message": "Test"},
+    ),
+    (
+        b"<28>2019-12-02T16:49:23-05:00 host app: x: y",
+        {"timestamp": "2019-12-02T16:49:23-05:00", "hostname": "host", "ident": "app", "pid": None, "message": "x: y"},
+    ),
+    (
+        b"<14>Aug 30 23:00:05",
+        {"timestamp": "Aug 30 23:00:05", "ident": None, "message": "", "format": "rfc3164"},
+    ),
+    (
+        b"<14>2019-12-02T16:49:23Z",
+        {"timestamp": "2019-12-02T16:49:23Z", "ident": None, "message": "", "format": "rfc3164"},
+    ),
+    (  # no zone: local time, still a stamp rather than the tag "2019-12-02T16"
+        b"<14>2019-12-02T16:49:23 app: m",
+        {"timestamp": "2019-12-02T16:49:23", "ident": "app", "message": "m"},
+    ),
+]
+
+
+@pytest.mark.parametrize(("data", "expect"), KEEPS_EVERY_FIELD, ids=[d[:40].decode() for d, _ in KEEPS_EVERY_FIELD])
+def test_every_field_is_kept(data: bytes, expect: dict[str, Any]) -> None:
+    for suffix in (b"", b"\n", b"\0"):
+        entry = parse_datagram(data + suffix)
+        assert entry_fields(entry, expect) == expect
+        assert entry == parse_general(data + suffix)
+        json.dumps(entry.structured_data)  # stored as JSON
+
+
 # --- RFC 5424 --------------------------------------------------------------------
 
 

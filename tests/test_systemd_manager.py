@@ -169,8 +169,13 @@ def ipcd_gid(box: SdBox) -> int:
 
 def test_install_units_as_a_pip_user_would(box: SdBox) -> None:
     res: subprocess.CompletedProcess[str] = box.install_units  # type: ignore[attr-defined]
-    assert "warning" not in res.stderr, res.stderr  # /opt: nothing ProtectHome= hides
+    assert "ProtectHome" not in res.stderr, res.stderr  # /opt: nothing ProtectHome= hides
+    # A venv's bin is not on PATH: install-units says so, and how to run ipcctl from there.
+    assert f"ipcd and ipcctl are in {VENV}/bin, which is not on PATH" in res.stderr, res.stderr
+    assert f"  {VENV}/bin/ipcctl status" in res.stdout
     assert "systemctl enable --now ipcd.socket ipcd-log.socket" in res.stdout
+    for page in ("man1/ipcctl.1", "man8/ipcd.8", "man5/ipcd.toml.5"):
+        assert box.run("test", "-f", f"/usr/local/share/man/{page}", check=False).returncode == 0, page
     service = box.run("cat", "/etc/systemd/system/ipcd.service").stdout
     assert f"ExecStart={VENV}/bin/ipcd\n" in service
     assert f"ExecReload={VENV}/bin/ipcctl --socket /run/ipcd/ipcd.sock reload\n" in service
@@ -382,3 +387,91 @@ def test_doctor_inside_the_box(sd: SdBox) -> None:
     assert res.returncode == 1, res.stdout + res.stderr
     assert re.search(r"^problem +access: .*not in group ipcd", res.stdout, re.M), res.stdout
     assert "usermod -aG ipcd" in res.stdout
+
+
+def test_logs_unit_filter_with_a_sender_in_a_real_unit(sd: SdBox) -> None:
+    """`ipcctl logs -u` as journalctl -u; needs the daemon's `unit` filter (logs.query)."""
+    box = sd
+    call(box, "ping")  # starts ipcd.service
+    sender = (
+        "import socket, time\n"
+        "s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)\n"
+        "s.sendto(b'<13>utest: from a unit', '/run/ipcd/log.sock')\n"
+        "time.sleep(120)\n"  # alive while ipcd reads its cgroup; stopped below
+    )
+    box.run("systemd-run", "--unit=ipcd-utest", "--service-type=exec", "/usr/bin/python3", "-c", sender)
+    try:
+        entry = wait_for(lambda: stored(box, "from a unit"), 20, "the unit's datagram")[0]
+        assert entry["sender_unit"] == "ipcd-utest.service"
+        send_log(box, "not from the unit")
+        wait_for(lambda: stored(box, "not from the unit"), 20, "the other datagram")
+        ctl = f"{VENV}/bin/ipcctl"
+        for unit in ("ipcd-utest", "ipcd-utest.service"):
+            assert box.run(ctl, "logs", "-u", unit, "-o", "cat").stdout == "from a unit\n"
+        assert box.run(ctl, "logs", "-u", "nope", "-u", "ipcd-utest", "-o", "cat").stdout == "from a unit\n"
+        assert box.run(ctl, "logs", "-u", "nope", "-o", "cat").stdout == ""
+        offered = box.run(
+            ctl, env={"_IPCCTL_COMPLETE": "bash_complete", "COMP_WORDS": "ipcctl logs -u ipcd-u", "COMP_CWORD": "3"}
+        ).stdout
+        assert offered.split() == ["plain,ipcd-utest.service"]  # -u completes from the daemon's entries
+    finally:
+        box.run("systemctl", "stop", "ipcd-utest.service", check=False)
+
+
+def test_logs_follow_survives_systemctl_restart(sd: SdBox) -> None:
+    """`ipcctl logs -f` across `systemctl restart ipcd`: no gap, no duplicate (needs after_id on logs.follow)."""
+    box = sd
+    call(box, "ping")
+    active(box)
+    env = {"PATH": BOX_PATH, "LANG": "C.UTF-8", "HOME": "/root"}
+    argv = box.nsenter_argv(f"{VENV}/bin/ipcctl", "logs", "-f", "-n", "0", "-g", "^restart-", "-o", "cat")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None and proc.stderr is not None
+    out, err = _LineReader(proc.stdout.fileno()), _LineReader(proc.stderr.fileno())
+    try:
+        n = 0
+        while True:  # until the follower is there: the first line it prints
+            n += 1
+            send_log(box, f"restart-0.{n}")
+            line = out.next(0.5)
+            if line is not None:
+                break
+        assert line.startswith("restart-0.")
+        while (line := out.next(0.5)) is not None:  # the probes that came after the first one
+            assert line.startswith("restart-0."), line
+        box.run("systemctl", "restart", "ipcd.service")
+        send_log(box, "restart-2")  # the socket stays with systemd: queued while ipcd restarts
+        notes = []
+        while not notes or "reconnected" not in notes[-1]:
+            notes.append(err.next(30) or "")
+            assert notes[-1], f"no reconnect note within 30 s: {notes}"
+        assert not any("cannot resume" in note for note in notes), notes
+        send_log(box, "restart-3")
+        assert [out.next(20), out.next(20)] == ["restart-2", "restart-3"]
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
+class _LineReader:
+    """Lines from a pipe, each waited for at most a given time (None when none came)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buf = b""
+
+    def next(self, timeout_s: float) -> str | None:
+        import select
+        import time
+
+        deadline = time.monotonic() + timeout_s
+        while b"\n" not in self.buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
+                return None
+            chunk = os.read(self.fd, 65536)
+            if not chunk:
+                return None
+            self.buf += chunk
+        line, self.buf = self.buf.split(b"\n", 1)
+        return line.decode()

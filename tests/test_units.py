@@ -105,7 +105,9 @@ def test_units_keep_the_two_traps_away() -> None:
 
 @pytest.fixture
 def installed(tmp_path: Path) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    res = install_units("--unit-dir", str(tmp_path), "--sysusers-dir", str(tmp_path))
+    res = install_units(
+        "--unit-dir", str(tmp_path), "--sysusers-dir", str(tmp_path), "--man-dir", str(tmp_path / "man")
+    )
     assert res.returncode == 0, res.stderr
     return tmp_path, res
 
@@ -161,14 +163,20 @@ def test_protect_home_warning(installed) -> None:
 
 
 def test_dry_run_writes_nothing(tmp_path: Path) -> None:
-    res = install_units("--unit-dir", str(tmp_path / "u"), "--sysusers-dir", str(tmp_path / "s"), "--dry-run")
+    dirs = ("--unit-dir", str(tmp_path / "u"), "--sysusers-dir", str(tmp_path / "s"), "--man-dir", str(tmp_path / "m"))
+    res = install_units(*dirs, "--dry-run")
     assert res.returncode == 0, res.stderr
     assert f"# {tmp_path / 'u' / 'ipcd.service'}" in res.stdout and f"ExecStart={BIN / 'ipcd'}" in res.stdout
-    assert not (tmp_path / "u").exists() and not (tmp_path / "s").exists()
+    assert f"# {tmp_path / 'm' / 'man1' / 'ipcctl.1'}" in res.stdout
+    assert not (tmp_path / "u").exists() and not (tmp_path / "s").exists() and not (tmp_path / "m").exists()
+    real = install_units(*dirs)
+    assert real.returncode == 0 and res.stderr == real.stderr  # the same warnings, before anything is written
 
 
 def test_user_units_go_to_xdg_config_home(tmp_path: Path) -> None:
-    res = install_units("--user", env={"XDG_CONFIG_HOME": str(tmp_path / "cfg")})
+    res = install_units(
+        "--user", env={"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "XDG_DATA_HOME": str(tmp_path / "data")}
+    )
     assert res.returncode == 0, res.stderr
     unit_dir = tmp_path / "cfg" / "systemd" / "user"
     assert sorted(p.name for p in unit_dir.iterdir()) == sorted(UNITS)
@@ -179,6 +187,7 @@ def test_user_units_go_to_xdg_config_home(tmp_path: Path) -> None:
         "ipcctl --user status",
     ):
         assert line in res.stdout
+    assert (tmp_path / "data" / "man" / "man1" / "ipcctl.1").exists()
     assert "sudo" not in res.stdout and "systemd-sysusers" not in res.stdout
     service = (unit_dir / "ipcd.service").read_text()
     assert unit_value(service, "ExecStart") == str(BIN / "ipcd")
@@ -188,7 +197,7 @@ def test_user_units_go_to_xdg_config_home(tmp_path: Path) -> None:
 
 @needs_analyze
 def test_user_units_verify_clean(tmp_path: Path) -> None:
-    res = install_units("--user", env={"XDG_CONFIG_HOME": str(tmp_path / "cfg")})
+    res = install_units("--user", env={"XDG_CONFIG_HOME": str(tmp_path / "cfg"), "XDG_DATA_HOME": str(tmp_path / "d")})
     assert res.returncode == 0, res.stderr
     unit_dir = tmp_path / "cfg" / "systemd" / "user"
     runtime = tmp_path / "rt"
@@ -203,6 +212,36 @@ def test_user_units_verify_clean(tmp_path: Path) -> None:
     )
     assert res.returncode == 0, res.stderr
     assert res.stderr == "", res.stderr
+
+
+def test_man_pages_are_installed(installed) -> None:
+    d, res = installed
+    for section, name in (("1", "ipcctl.1"), ("8", "ipcd.8"), ("5", "ipcd.toml.5")):
+        page = d / "man" / f"man{section}" / name
+        assert page.read_text() == (ROOT / "ipcd" / "manpages" / name).read_text()
+        assert f"wrote {page}" in res.stdout
+
+
+def test_says_where_the_commands_are_when_not_on_path(tmp_path: Path) -> None:
+    dirs = ("--unit-dir", str(tmp_path / "u"), "--sysusers-dir", str(tmp_path / "u"), "--man-dir", str(tmp_path / "m"))
+    path = ":".join(p for p in os.environ["PATH"].split(":") if Path(p).resolve() != BIN.resolve())
+    res = install_units(*dirs, env={"PATH": path})
+    assert res.returncode == 0, res.stderr
+    assert f"ipcd and ipcctl are in {BIN}, which is not on PATH" in res.stderr and "--link" in res.stderr
+    assert f"  {BIN / 'ipcctl'} status" in res.stdout  # the next step says how to run it from here
+    res = install_units(*dirs, "--link", "--bin-dir", str(tmp_path / "bin"), env={"PATH": path})
+    assert res.returncode == 0, res.stderr
+    assert "not on PATH" not in res.stderr
+    for name in ("ipcd", "ipcctl"):
+        link = tmp_path / "bin" / name
+        assert link.is_symlink() and link.resolve() == (BIN / name).resolve()
+        assert f"linked {link} -> {BIN / name}" in res.stdout
+    out = subprocess.run([str(tmp_path / "bin" / "ipcctl"), "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "ipcctl" in out.stdout
+    (tmp_path / "bin" / "ipcd").unlink()
+    (tmp_path / "bin" / "ipcd").write_text("not ours")
+    res = install_units(*dirs, "--link", "--bin-dir", str(tmp_path / "bin"), env={"PATH": path})
+    assert "exists and is not a link" in res.stderr and (tmp_path / "bin" / "ipcd").read_text() == "not ours"
 
 
 # -- the notify-reload drop-in (systemd >= 253) -------------------------------------------

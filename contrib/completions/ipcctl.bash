@@ -26,3 +26,4 @@ _ipcctl_completion_setup() {
 }
 
 _ipcctl_completion_setup;
+

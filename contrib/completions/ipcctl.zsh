@@ -38,3 +38,4 @@ else
     # eval/source/. command, register function for later
     compdef _ipcctl_completion ipcctl
 fi
+

@@ -11,7 +11,8 @@
                 continue
             print(msg["channel"], msg["message"])
 
-Calls (`kv_get`, `kv_update`, `publish`, ...) return the daemon's result.
+Calls (`kv_get`, `kv_update`, `publish`, ...) return the daemon's result;
+`call_many` pipelines many calls and returns their results in order.
 Streams (`subscribe`, `kv_watch`, `logs(follow=True)`) return an iterator
 of the notifications' params; one connection may hold several streams and
 still make calls, because notifications read while awaiting a reply are
@@ -19,7 +20,9 @@ kept for their stream.  A reader that falls behind gets, in the place of what it
 missed, one marker `{"lagged": True, "stream": ..., "missed": N}`.
 
 Errors are exceptions: `Unreachable` (no daemon at the socket; it says which
-socket and how to start ipcd), `AccessDenied` (the socket file's mode), and
+socket and how to start ipcd), `Untrusted` (an `Unreachable`: a directory
+on the socket's path, or the socket, could be someone else's, so nothing
+was sent; `trust` has the rule), `AccessDenied` (the socket file's mode), and
 `RemoteError` for an error the daemon answered, carrying its JSON-RPC
 `code`, `message` and `data`: that is `ipcd.errors.RpcError`, and the error
 comes as the daemon's own class for its code (`NotFound`, `Conflict`,
@@ -28,7 +31,8 @@ sends `logging` records to the log socket as JSON datagrams.
 
 The modules: `connection` (`Client`, `Stream`, `Subscription`), `resolve`
 (finding the sockets, connecting, explaining failures), `handler`
-(`LogHandler`, `send_datagram`) and `errors`.  The client talks to the
+(`LogHandler`, `send_datagram`), `trust` (the path check before any
+connect or send) and `errors`.  The client talks to the
 server side only through the wire format (`ipcd.wire`); it imports nothing
 of it but `ipcd.errors` and `ipcd.config`.
 """
@@ -53,9 +57,11 @@ from ipcd.client.errors import (
     RemoteError,
     RpcError,
     Unreachable,
+    Untrusted,
 )
 from ipcd.client.handler import LogHandler, send_datagram
 from ipcd.client.resolve import connect, resolve_log_socket, resolve_socket, user_socket
+from ipcd.client.trust import check_socket_path
 
 __all__ = [
     "AccessDenied",
@@ -78,6 +84,8 @@ __all__ = [
     "Stream",
     "Subscription",
     "Unreachable",
+    "Untrusted",
+    "check_socket_path",
     "connect",
     "resolve_log_socket",
     "resolve_socket",

@@ -66,10 +66,13 @@ class Client:
             self._subscription = None
 
     def _send(self, message: Any) -> None:
+        self._send_raw(jsonrpc.encode(message))
+
+    def _send_raw(self, data: bytes) -> None:
         self.connect()
         assert self._sock is not None
         try:
-            self._sock.sendall(jsonrpc.encode(message))
+            self._sock.sendall(data)
         except OSError as e:
             self.close()
             raise explain(e, self.path) from None
@@ -114,6 +117,34 @@ class Client:
         req_id = next(self._ids)
         self._send(jsonrpc.request(method, params, req_id))
         return self._await(req_id)
+
+    def call_many(self, calls: Iterable[tuple[str, Any]], errors: bool = False, window: int = 64) -> list[Any]:
+        """Pipelined calls: send up to `window` requests before reading their replies.
+
+        `calls` is `(method, params)` pairs; the results come back in that
+        order.  Every reply is read before anything is raised, so the
+        connection stays usable.  By default the first error, in call order,
+        is raised; with `errors=True` each failed call's `RemoteError` takes
+        the place of its result instead.  The window keeps both sides from
+        blocking on full socket buffers; one round trip per `window` calls.
+        """
+        results: list[Any] = []
+        pending = iter(calls)
+        while chunk := list(itertools.islice(pending, max(1, window))):
+            ids = [next(self._ids) for _ in chunk]
+            self._send_raw(
+                b"".join(jsonrpc.encode(jsonrpc.request(m, p, i)) for (m, p), i in zip(chunk, ids, strict=True))
+            )
+            for req_id in ids:
+                try:
+                    results.append(self._await(req_id))
+                except RpcError as e:
+                    results.append(e)
+        if not errors:
+            first = next((r for r in results if isinstance(r, RpcError)), None)
+            if first is not None:
+                raise first
+        return results
 
     def notify(self, method: str, params: Any = None) -> None:
         """Send a notification: no reply comes."""
@@ -291,10 +322,12 @@ class Client:
     def logs(self, follow: bool = False, **filters: Any) -> list[dict[str, Any]] | Stream:
         """Log entries (DESIGN.md "Log socket" has their fields).
 
-        `filters`: since, until, priority, ident, pid, uid, grep; without
-        `follow`, also limit (default 100) and after_id: a list in id order.
-        With `follow=True` (and `backlog`: entries to send first), an
-        iterator of entries as they are stored; `timeout_s` bounds each wait.
+        `filters` are the daemon's params: since, until, priority (a level or
+        "FROM..TO"), ident, unit, pid, uid, grep; without `follow`, also
+        limit (default 100), after_id and before_id: a list in id order.
+        With `follow=True` (and `backlog`: entries to send first, or
+        `after_id`: every matching entry after it first), an iterator of
+        entries as they are stored; `timeout_s` bounds each wait.
         """
         if not follow:
             return self.call("logs.query", filters)["entries"]  # type: ignore[no-any-return]

@@ -42,6 +42,7 @@ __all__ = [
     "RemoteError",
     "RpcError",
     "Unreachable",
+    "Untrusted",
 ]
 
 RemoteError = RpcError
@@ -58,6 +59,14 @@ class Unreachable(ClientError):
         super().__init__(message)
         self.path = path
         self.tried = tried
+
+
+class Untrusted(Unreachable):
+    """A directory on the socket's path, or the socket, is not safe to use (exit code 3 in ipcctl).
+
+    Someone other than you, root or ipcd could have put a fake daemon there:
+    nothing was sent.  `path` is the directory or file that failed.
+    """
 
 
 class AccessDenied(ClientError):

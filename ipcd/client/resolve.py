@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 from ipcd import config
 from ipcd.client.errors import AccessDenied, Unreachable
+from ipcd.client.trust import check_socket_path
 
 SYSTEM_SOCKET = str(config.SYSTEM_RUNTIME_DIR / config.CONTROL_SOCKET_NAME)
 START_HINT = "start it with `systemctl start ipcd` (or `systemctl --user start ipcd`), or run `ipcd`"
@@ -75,7 +76,11 @@ def resolve_log_socket(
 
 
 def connect(path: str, timeout_s: float | None) -> socket.socket:
-    """A stream socket connected to `path`; a failure is raised as `explain` says."""
+    """A stream socket connected to `path`, once its path is trusted (`trust`); a failure is raised as `explain` says."""
+    try:
+        check_socket_path(path)
+    except OSError as e:
+        raise explain(e, path) from None
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
     s.settimeout(timeout_s)
     try:

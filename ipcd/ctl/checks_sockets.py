@@ -33,6 +33,24 @@ def check_socket(d: Checkup) -> None:
     d.add("socket", "ok", f"control socket {d.path} ({how}; looked at {', '.join(tried)})")
 
 
+def check_trust(d: Checkup) -> None:
+    """The path to the socket, checked as every client checks it (`ipcd.client.trust`) before a connect."""
+    if d.path is None:
+        return
+    try:
+        client.check_socket_path(d.path)
+    except client.Untrusted as e:
+        d.add("trust", "problem", f"refusing to connect: {e}", "see the message: nothing is sent through that path")
+        d.path = None  # no check after this one connects through it
+        return
+    except FileNotFoundError:
+        pass  # no socket there: `reachable` says so
+    except OSError as e:
+        d.add("trust", "warning", f"cannot check the path to {d.path}: {e.strerror or e}")
+        return
+    d.add("trust", "ok", f"every directory on the way to {d.path} is yours, root's or ipcd's, none writable by others")
+
+
 def check_config(d: Checkup) -> None:
     uid = 0 if d.path == SYSTEM_SOCKET else os.geteuid()
     path, named = config.config_path(None, os.environ, uid)

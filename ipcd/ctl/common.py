@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from ipcd.client import Client
+from ipcd.ctl.escape import json_text
 
 
 class Opts:
@@ -38,8 +39,8 @@ pass_opts = click.make_pass_decorator(Opts)
 
 
 def emit_json(value: Any) -> None:
-    """One JSON document on stdout, non-ASCII as it is."""
-    click.echo(json.dumps(value, ensure_ascii=False))
+    """One JSON document on stdout, non-ASCII as it is, terminal controls escaped (`escape.json_text`)."""
+    click.echo(json_text(value))
 
 
 def fmt_duration(seconds: float) -> str:

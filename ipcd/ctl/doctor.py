@@ -12,7 +12,6 @@ checks are in `checks_sockets` and `checks_service`.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from dataclasses import asdict
 
@@ -22,9 +21,11 @@ from ipcd.ctl import checks_service, checks_sockets
 from ipcd.ctl.checkup import Check, Checkup
 from ipcd.ctl.common import Opts, pass_opts
 from ipcd.ctl.errors import EXIT_PROBLEM, EXIT_UNREACHABLE
+from ipcd.ctl.escape import escape, json_text
 
 STEPS: list[Callable[[Checkup], None]] = [
     checks_sockets.check_socket,
+    checks_sockets.check_trust,
     checks_sockets.check_config,
     checks_sockets.check_reachable,
     checks_sockets.check_control_file,
@@ -48,8 +49,8 @@ def run(d: Checkup) -> int:
 
 
 def render(c: Check) -> str:
-    fix = f"; fix: {c.fix}" if c.fix else ""
-    return f"{c.status:<8} {c.check}: {c.message}{fix}"
+    fix = f"; fix: {escape(c.fix)}" if c.fix else ""
+    return f"{c.status:<8} {c.check}: {escape(c.message)}{fix}"
 
 
 @click.command()
@@ -60,7 +61,7 @@ def doctor(opts: Opts, as_json: bool) -> None:
     d = Checkup(opts.socket, opts.user, opts.timeout_s)
     code = run(d)
     if as_json or opts.json:
-        click.echo(json.dumps([asdict(c) for c in d.checks], ensure_ascii=False))
+        click.echo(json_text([asdict(c) for c in d.checks]))
     else:
         for c in d.checks:
             click.echo(render(c))

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from ipcd.client import AccessDenied, PermissionDenied, RemoteError, Unreachable
+from ipcd.ctl.escape import escape
 
 EXIT_DAEMON_ERROR = 1
 EXIT_PROBLEM = 1  # doctor: a check found a problem
@@ -25,7 +26,7 @@ class CliError(click.ClickException):
     exit_code = EXIT_DAEMON_ERROR
 
     def show(self, file: Any = None) -> None:
-        click.echo(f"ipcctl: {self.format_message()}", err=True)
+        click.echo(f"ipcctl: {escape(self.format_message())}", err=True)  # it may quote what a peer wrote
 
 
 class DaemonError(CliError):

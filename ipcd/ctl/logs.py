@@ -1,138 +1,266 @@
 """`ipcctl logs` and `ipcctl send`: reading the log as journalctl does, writing it as logger does.
 
-`logs` asks the control socket (`logs.query`, `logs.follow`) and prints in
-journalctl's short, verbose or JSON forms; `send` writes RFC 3164 datagrams
-straight to the log socket.  Priority names are `wire.priority`'s, the same
-for both.
+`logs` takes journalctl's flags with their meanings (`logparams` reads
+them, `timespec` the times, `logfmt` renders the entries); it asks the
+control socket with `logs.query`, a page of at most 10000 entries at a
+time (`after_id` forward, `before_id` backward), and `logs.follow`.  On a
+terminal it pages (click's pager: `$PAGER`, else less with -R) unless `-f`
+or `--no-pager`, and colours by priority unless `NO_COLOR` is set; piped,
+it is plain.  `logs -f` survives a daemon restart (`streaming`): it resumes
+after the last id it printed, with no gap and no duplicate.
+
+`send` writes RFC 3164 datagrams straight to the log socket.
 """
 
 from __future__ import annotations
 
+import collections
 import getpass
-import json
-import socket
+import itertools
+import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import click
 
-from ipcd.client import resolve_log_socket, send_datagram
-from ipcd.ctl.common import Opts, emit_json, pass_opts
-from ipcd.wire.priority import FACILITY_NAMES, SEVERITY_NAMES, parse_priority
+from ipcd.client import Client, InvalidParams, resolve_log_socket, send_datagram
+from ipcd.ctl.common import Opts, pass_opts
+from ipcd.ctl.completion import complete_priorities, complete_units
+from ipcd.ctl.escape import json_text
+from ipcd.ctl.logfmt import OUTPUTS, Entry, Formatter
+from ipcd.ctl.logparams import LinesParam, PatternParam, PriorityParam, UidParam, UnitParam
+from ipcd.ctl.streaming import note, run_stream, until_interrupted
+from ipcd.ctl.timespec import TimeParam
+from ipcd.wire.priority import parse_priority
+
+PAGE = 10000  # logs.query's largest limit
+DEFAULT_LINES = 50
+DEFAULT_FOLLOW_LINES = 10
+# The flag that set each param, to name it when the daemon refuses a value.
+FLAGS = {
+    "priority": "-p",
+    "ident": "-t",
+    "unit": "-u",
+    "uid": "--uid",
+    "pid": "--pid",
+    "grep": "-g",
+    "since": "--since",
+    "until": "--until",
+    "limit": "-n",
+}
 
 
-def fmt_short(e: dict[str, Any], hostname: str) -> str:
-    """Like a syslog line: "Nov 27 10:30:20 host ident[pid]: message" (journalctl -o short)."""
-    when = time.strftime("%b %d %H:%M:%S", time.localtime(e["time"]))
-    ident = e.get("ident") or e.get("sender_comm") or "-"
-    pid = e.get("pid") if e.get("pid") is not None else e.get("sender_pid")
-    who = f"{ident}[{pid}]" if pid else ident
-    msg = e["message"] + (" [truncated]" if e.get("truncated") else "")
-    return f"{when} {e.get('hostname') or hostname} {who}: {msg}"
+def use_color() -> bool:
+    """Colours on a terminal, unless NO_COLOR (no-color.org) or TERM=dumb."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR") and os.environ.get("TERM") != "dumb"
 
 
-def fmt_verbose(e: dict[str, Any]) -> str:
-    t = e["time"]
-    head = time.strftime("%a %Y-%m-%d %H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1e6):06d}"
-    lines = [f"{head} {time.strftime('%Z', time.localtime(t))} [id {e['id']}]"]
-    prio, fac = e["priority"], e["facility"]
-    lines.append(f"    PRIORITY={prio} ({SEVERITY_NAMES[prio]})")
-    fac_name = FACILITY_NAMES[fac] if fac < len(FACILITY_NAMES) else "?"
-    lines.append(f"    FACILITY={fac} ({fac_name})")
-    for key in (
-        "ident",
-        "pid",
-        "hostname",
-        "msgid",
-        "timestamp",
-        "format",
-        "truncated",
-        "sender_pid",
-        "sender_uid",
-        "sender_gid",
-        "sender_comm",
-    ):
-        if e.get(key) is not None:
-            lines.append(f"    {key.upper()}={e[key]}")
-    for key in ("structured_data", "fields"):
-        if e.get(key):
-            lines.append(f"    {key.upper()}={json.dumps(e[key], ensure_ascii=False)}")
-    lines.append(f"    MESSAGE={e['message']}")
-    return "\n".join(lines)
+# -- reading the store a page at a time ---------------------------------------------
 
 
-def entry_printer(output: str) -> Callable[[dict[str, Any]], None]:
-    hostname = socket.gethostname()
-    if output == "json":
-        return lambda e: click.echo(json.dumps(e, ensure_ascii=False))
-    if output == "verbose":
-        return lambda e: click.echo(fmt_verbose(e))
-    return lambda e: click.echo(fmt_short(e, hostname))
+def _page(c: Client, filters: dict[str, Any], **extra: Any) -> list[Entry]:
+    return c.call("logs.query", {**filters, **extra})["entries"]  # type: ignore[no-any-return]
+
+
+def oldest_first(c: Client, filters: dict[str, Any], after_id: int = 0) -> Iterator[Entry]:
+    """Every matching entry after `after_id`, in id order, a page at a time."""
+    while True:
+        page = _page(c, filters, after_id=after_id, limit=PAGE)
+        yield from page
+        if len(page) < PAGE:
+            return
+        after_id = page[-1]["id"]
+
+
+def newest_first(c: Client, filters: dict[str, Any], n: int | None) -> Iterator[Entry]:
+    """The newest `n` matching entries (None: all), newest first, a page at a time."""
+    before: int | None = None
+    while n is None or n > 0:
+        limit = PAGE if n is None else min(n, PAGE)
+        page = _page(c, filters, limit=limit, **({} if before is None else {"before_id": before}))
+        yield from reversed(page)
+        if len(page) < limit:
+            return
+        before = page[0]["id"]
+        n = None if n is None else n - len(page)
+
+
+def select(c: Client, filters: dict[str, Any], n: int | None, reverse: bool) -> Iterator[Entry]:
+    """What `logs -n N [-r]` shows: the newest `n` (None: all), oldest first unless `reverse`."""
+    if reverse:
+        return newest_first(c, filters, n)
+    if n is None:
+        return oldest_first(c, filters)
+    if n <= PAGE:
+        return iter(_page(c, filters, limit=n) if n else [])
+    oldest = collections.deque(newest_first(c, filters, n), maxlen=1)  # walk back to the n-th newest
+    if not oldest:
+        return iter(())
+    return itertools.islice(oldest_first(c, filters, oldest[0]["id"] - 1), n)
+
+
+# -- the command ----------------------------------------------------------------------
+
+
+def _filters(
+    priority: int | str | None,
+    idents: tuple[str, ...],
+    units: tuple[str, ...],
+    uid: int | None,
+    pid: int | None,
+    grep: str | None,
+    since: float | None,
+    until: float | None,
+) -> dict[str, Any]:
+    """logs.query's params; one ident or unit as a string, several as a list."""
+    f: dict[str, Any] = {}
+    for name, value in (("priority", priority), ("uid", uid), ("pid", pid), ("grep", grep)):
+        if value is not None:
+            f[name] = value
+    for name, values in (("ident", idents), ("unit", units)):
+        if values:
+            f[name] = values[0] if len(values) == 1 else list(dict.fromkeys(values))
+    for name, when in (("since", since), ("until", until)):
+        if when is not None:
+            f[name] = when
+    return f
+
+
+def _as_usage_error(e: InvalidParams) -> click.UsageError:
+    """A value the daemon refused, said as a usage error (exit 2) that names the flag."""
+    flag = FLAGS.get(e.param or "")
+    if flag is None:
+        return click.UsageError(e.message)
+    return click.BadParameter(e.message, param_hint=f"'{flag}'")
+
+
+def _print_all(lines: Iterable[str], pager: bool, color: bool) -> None:
+    """Each line (no newline of its own), through a pager when stdin and stdout are a terminal."""
+    it = iter(lines)
+    first = next(it, None)
+    if first is None:
+        return  # nothing to page
+    if pager and sys.stdin.isatty() and sys.stdout.isatty():
+        # As journalctl: less quits on a short output, shows colours, chops long lines, Ctrl-C quits.
+        os.environ.setdefault("LESS", "FRSXMK")
+        click.echo_via_pager(itertools.chain([first], ("\n" + line for line in it)), color=color)  # it ends in "\n"
+        return
+    click.echo(first)
+    for line in it:
+        click.echo(line)
+
+
+def _emit_json_list(entries: Iterable[Entry]) -> None:
+    """`--json`: one JSON document (a list), written as it comes."""
+    out = sys.stdout
+    out.write("[")
+    for i, e in enumerate(entries):
+        out.write(("," if i else "") + json_text(e))
+    out.write("]\n")
+
+
+def _follow(opts: Opts, fmt: Formatter, filters: dict[str, Any], backlog: int) -> None:
+    last = {"id": 0}  # the last id shown, or the newest id when we started
+
+    def start(c: Client, reconnected: bool) -> Iterable[Any]:
+        if reconnected:  # everything after what we showed, then the live ones
+            try:
+                return c.logs(follow=True, **filters, after_id=last["id"])
+            except InvalidParams as e:
+                if e.param != "after_id":
+                    raise
+                note("this ipcd cannot resume a follow (no after_id): entries stored meanwhile may be missing")
+                return c.logs(follow=True, **filters)
+        newest = _page(c, {}, limit=1)
+        last["id"] = newest[-1]["id"] if newest else 0
+        return c.logs(follow=True, **filters, backlog=backlog)
+
+    def handle(e: dict[str, Any]) -> bool:
+        if e.get("lagged"):
+            note(f"-- {e.get('missed', '?')} entries missed: this reader fell behind --")
+            return True
+        last["id"] = max(last["id"], e["id"])
+        click.echo(fmt.render(e))
+        return True
+
+    until_interrupted(lambda: run_stream(opts, start, handle))
 
 
 @click.command()
+@click.option("-n", "--lines", "count", type=LinesParam(), help="The newest N entries, or all [50; 10 with -f].")
+@click.option("-f", "--follow", is_flag=True, help="Then print new entries as they are stored.")
+@click.option("-r", "--reverse", is_flag=True, help="Newest first.")
 @click.option(
-    "-n",
-    "--lines",
-    "count",
-    type=click.IntRange(0, 10000),
-    default=None,
-    help="How many of the newest entries [50; 10 with -f].",
+    "-p",
+    "--priority",
+    type=PriorityParam(),
+    shell_complete=complete_priorities,
+    help="This level and more severe (0-7, emerg..debug), or FROM..TO.",
 )
-@click.option("-f", "--follow", is_flag=True, help="Keep printing new entries as they are stored.")
-@click.option("-p", "--priority", metavar="PRIO", help="This level and more severe: 0-7 or emerg..debug.")
-@click.option("-t", "--identifier", "ident", metavar="IDENT", help="Only this ident (syslog tag).")
-@click.option("--pid", type=click.IntRange(min=0), help="Only this sender's (trusted) pid.")
-@click.option("--since", metavar="TIME", help="2026-11-27 10:00, -5m, -2h, today, yesterday...")
-@click.option("--until", metavar="TIME", help="As --since.")
-@click.option("-g", "--grep", metavar="PATTERN", help="Messages matching this regular expression (smart case).")
-@click.option("-o", "--output", type=click.Choice(["short", "json", "verbose"]), default="short", show_default=True)
+@click.option(
+    "-t",
+    "--identifier",
+    "idents",
+    type=str,
+    multiple=True,
+    metavar="IDENT",
+    help="This ident (syslog tag); repeat for any of several.",
+)
+@click.option(
+    "-u",
+    "--unit",
+    "units",
+    type=UnitParam(),
+    shell_complete=complete_units,
+    multiple=True,
+    help="The sender's systemd unit (sshd: sshd.service); repeatable.",
+)
+@click.option("--uid", type=UidParam(), help="The sender's (trusted) uid or user name.")
+@click.option("--pid", type=click.IntRange(min=0, max=2**31 - 1), help="The sender's (trusted) pid.")
+@click.option("-g", "--grep", type=PatternParam(), help="Messages matching this RE2 expression (smart case).")
+@click.option("-S", "--since", type=TimeParam(), help="2026-11-30 12:00, today, yesterday, -1h, '1h ago', @EPOCH...")
+@click.option("-U", "--until", type=TimeParam(), help="As --since.")
+@click.option("-o", "--output", type=click.Choice(OUTPUTS), default="short", show_default=True, help="The output mode.")
+@click.option("--no-pager", is_flag=True, help="Do not pipe the output into a pager.")
 @pass_opts
 def logs(
     opts: Opts,
-    count: int | None,
+    count: int | None | str,
     follow: bool,
-    priority: str | None,
-    ident: str | None,
+    reverse: bool,
+    priority: int | str | None,
+    idents: tuple[str, ...],
+    units: tuple[str, ...],
+    uid: int | None,
     pid: int | None,
-    since: str | None,
-    until: str | None,
     grep: str | None,
+    since: float | None,
+    until: float | None,
     output: str,
+    no_pager: bool,
 ) -> None:
-    """Show the log, newest last, like journalctl."""
-    filters: dict[str, Any] = {
-        k: v
-        for k, v in (
-            ("priority", priority),
-            ("ident", ident),
-            ("pid", pid),
-            ("since", since),
-            ("until", until),
-            ("grep", grep),
-        )
-        if v is not None
-    }
-    show = entry_printer("json" if opts.json else output)
-    if not follow:
-        n = 50 if count is None else count
-        entries = opts.call("logs.query", {**filters, "limit": n})["entries"] if n else []
-        if opts.json:
-            emit_json(entries)  # one document; -o json gives a line per entry
+    """Show the log, as journalctl does: the newest 50 entries, oldest first."""
+    ctx = click.get_current_context()
+    given = ctx.get_parameter_source("count") is not click.core.ParameterSource.DEFAULT
+    n: int | None = count if given else (DEFAULT_FOLLOW_LINES if follow else DEFAULT_LINES)  # type: ignore[assignment]
+    if follow and reverse:
+        raise click.UsageError("-f and -r cannot go together (as in journalctl)")
+    filters = _filters(priority, idents, units, uid, pid, grep, since, until)
+    fmt = Formatter("json" if opts.json else output, color=use_color() and not opts.json)
+    try:
+        if follow:
+            _follow(opts, fmt, filters, PAGE if n is None else min(n, PAGE))
             return
-        for e in entries:
-            show(e)
-        return
-    with opts.client(timeout_s=None) as c:
-        c.timeout_s = opts.timeout_s
-        c.call("logs.follow", {**filters, "backlog": 10 if count is None else count})
-        for note in c.notifications():
-            if note["method"] == "logs.entry":
-                show(note["params"])
-            elif note["method"] == "lagged":
-                click.echo(f"-- {note['params']['missed']} entries missed: this reader fell behind --", err=True)
+        with opts.client() as c:
+            entries = select(c, filters, n, reverse)
+            if opts.json:
+                _emit_json_list(entries)
+            else:
+                _print_all((fmt.render(e) for e in entries), not no_pager, fmt.color)
+    except InvalidParams as e:
+        raise _as_usage_error(e) from None
 
 
 @click.command()

@@ -112,27 +112,50 @@ def _check_config(runtime: str | None, state: str | None, config_file: str | Non
 @click.option("--user", is_flag=True, help="The user instance (systemctl --user), in ~/.config/systemd/user.")
 @click.option("--unit-dir", type=click.Path(), help="Write the units here [/etc/systemd/system].")
 @click.option("--sysusers-dir", type=click.Path(), help="Write the sysusers.d entry here [/etc/sysusers.d].")
-@click.option("--dry-run", is_flag=True, help="Print what would be written, write nothing.")
-def install_units(user: bool, unit_dir: str | None, sysusers_dir: str | None, dry_run: bool) -> None:
-    """Write ipcd's systemd units with this installation's paths."""
+@click.option("--man-dir", type=click.Path(), help="Install the man pages here [/usr/local/share/man].")
+@click.option("--link", is_flag=True, help="Link ipcd and ipcctl into /usr/local/bin (--user: ~/.local/bin).")
+@click.option("--bin-dir", type=click.Path(), help="Where --link puts the links.")
+@click.option("--dry-run", is_flag=True, help="Print what would be written, and the warnings; write nothing.")
+def install_units(
+    user: bool,
+    unit_dir: str | None,
+    sysusers_dir: str | None,
+    man_dir: str | None,
+    link: bool,
+    bin_dir: str | None,
+    dry_run: bool,
+) -> None:
+    """Write ipcd's systemd units with this installation's paths, and its man pages."""
     from pathlib import Path
 
-    p = units.plan(user, Path(unit_dir) if unit_dir else None, Path(sysusers_dir) if sysusers_dir else None)
+    links_to = (Path(bin_dir) if bin_dir else units.default_bin_dir(user)) if link or bin_dir else None
+    p = units.plan(
+        user,
+        Path(unit_dir) if unit_dir else None,
+        Path(sysusers_dir) if sysusers_dir else None,
+        Path(man_dir) if man_dir else None,
+        links_to,
+    )
     if dry_run:
         for path, text in p.files.items():
             click.echo(f"# {path}\n{text}")
-        return
-    try:
-        units.write(p)
-    except PermissionError as e:
-        raise click.ClickException(f"cannot write {e.filename}: permission denied (use sudo, or --user)") from None
-    for path in p.files:
-        click.echo(f"wrote {path}")
+        for target, exe in p.links.items():
+            click.echo(f"# link {target} -> {exe}")
+    else:
+        try:
+            skipped = units.write(p)
+        except PermissionError as e:
+            raise click.ClickException(f"cannot write {e.filename}: permission denied (use sudo, or --user)") from None
+        for path in p.files:
+            click.echo(f"wrote {path}")
+        for target, exe in p.links.items():
+            click.echo(f"linked {target} -> {exe}")
+        p.warnings.extend(skipped)
     for w in p.warnings:
         click.echo(f"warning: {w}", err=True)
-    click.echo("next:")
+    click.echo("next:" if not dry_run else "# next:")
     for step in p.next_steps:
-        click.echo(f"  {step}")
+        click.echo(f"  {step}" if not dry_run else f"#   {step}")
 
 
 def main() -> None:

@@ -74,6 +74,12 @@ class Channels:
         self.delivered += reached
         return reached
 
+    def names(self, prefix: str, limit: int) -> list[str]:
+        """The first `limit` channels with a subscriber that start with `prefix`, sorted."""
+        with self._lock:
+            found = [ch for ch in self._subs if ch.startswith(prefix)]
+        return sorted(found)[:limit]
+
     def status(self) -> dict[str, Any]:
         with self._lock:
             subscribers = len({s for members in self._subs.values() for s in members})

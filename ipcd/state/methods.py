@@ -144,6 +144,19 @@ def subscribe(call: Call, channels: list[str]) -> dict[str, Any]:
 
 
 @METHODS.method(
+    "channels",
+    role="read",
+    doc="The channels someone listens to now that start with `prefix` (at most 1000, sorted).",
+    params=(Param("prefix", "string", default=""),),
+)
+def channels_list(call: Call, prefix: str) -> dict[str, Any]:
+    return {"channels": _channels(call).names(prefix, MAX_CHANNEL_NAMES)}
+
+
+MAX_CHANNEL_NAMES = 1000
+
+
+@METHODS.method(
     "unsubscribe",
     role="read",
     doc="Stop receiving from `channels` (all of them if absent); the channels left.",

@@ -30,6 +30,12 @@ from ipcd.wire.priority import facility, severity
 USER_NOTICE = (facility("user"), severity("notice"))  # for plain text
 
 
+# RFC 5424 §6.3: {SD-ID: {PARAM-NAME: value}}.  A name that repeats in one element
+# (§7.2.1 allows several "ip" in "origin") has the list of its values, in order; a
+# repeated SD-ID (invalid, §6.3.2) adds its params to the first one's the same way.
+StructuredData = dict[str, dict[str, str | list[str]]]
+
+
 class LogEntry(NamedTuple):
     priority: int  # severity, 0 (emerg) .. 7 (debug)
     facility: int
@@ -38,7 +44,7 @@ class LogEntry(NamedTuple):
     hostname: str | None
     msgid: str | None
     timestamp: str | None  # as claimed, not interpreted
-    structured_data: dict[str, dict[str, str]] | None
+    structured_data: StructuredData | None
     fields: dict[str, Any] | None
     message: str
     format: str  # rfc5424, rfc3164, json, plain
@@ -47,11 +53,14 @@ class LogEntry(NamedTuple):
 
 _PRI = re.compile(rb"<(\d{1,3})>")
 _OCTETS = re.compile(rb"(\d{1,7}) (?=<)")
-# RFC 3164 §4.1.2 TIMESTAMP "Mmm dd hh:mm:ss", then an optional HOSTNAME, then
-# the TAG, an optional [PID] and ":".  A hostname holds no ":" or "[", so
-# "<13>Nov 27 10:00:00 su: x: y" reads as tag su, message "x: y".
+# RFC 3164 §4.1.2 TIMESTAMP "Mmm dd hh:mm:ss" (or an RFC 3339 one, as rsyslog's and
+# syslog-ng's RFC 3339 templates send; the zone may be missing), then an optional HOSTNAME, then the TAG, an
+# optional [PID] and ":".  A hostname holds no ":" or "[", so "<13>Nov 27 10:00:00
+# su: x: y" reads as tag su, message "x: y".  A timestamp and nothing else is an
+# empty message.
 _RFC3164 = re.compile(
-    r"(?P<ts>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d) "
+    r"(?P<ts>[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d"
+    r"|\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{1,9})?(?:Z|[+-]\d\d:\d\d)?)(?: |$)"
     r"(?:(?P<host>[^\s:\[\]]+) (?=[^\s:\[\]]+(?:\[[^\]\s]*\])?:))?"
     r"(?:(?P<tag>[^\s:\[\]]+)(?:\[(?P<pid>[^\]\s]*)\])?: ?)?"
     r"(?P<msg>.*)",
@@ -225,31 +234,44 @@ def _parse_rfc5424(pri: int, text: str) -> LogEntry | None:
     )
 
 
-def _split_sd(rest: str) -> tuple[dict[str, dict[str, str]] | None, str]:
-    """RFC 5424 §6.3 STRUCTURED-DATA, then the message; (None, "") if it is not SD."""
+def _split_sd(rest: str) -> tuple[StructuredData | None, str]:
+    """RFC 5424 §6.3 STRUCTURED-DATA, then the message; (None, "") if it is not SD.
+
+    Every param is kept, in order: a name that repeats gets the list of its
+    values, and a repeated SD-ID adds to the first (see `StructuredData`).
+    """
     if rest.startswith("-"):
         return {}, rest[2:] if rest[1:2] == " " else rest[1:]
-    sd: dict[str, dict[str, str]] = {}
+    sd: StructuredData = {}
     i = 0
     while i < len(rest) and rest[i] == "[":
         j = i + 1
         while j < len(rest) and rest[j] not in " ]":
             j += 1
         sd_id = rest[i + 1 : j]
-        params: dict[str, str] = {}
+        params = sd.setdefault(sd_id, {})
         while j < len(rest) and rest[j] != "]":
             m = _SD_PARAM.match(rest, j)
             if m is None:
                 return None, ""
-            params[m.group(1)] = _SD_UNESCAPE.sub(r"\1", m.group(2))
+            _add_param(params, m.group(1), _SD_UNESCAPE.sub(r"\1", m.group(2)))
             j = m.end()
         if j >= len(rest) or not sd_id:
             return None, ""
-        sd[sd_id] = params
         i = j + 1
     if i == 0:
         return None, ""
     return sd, rest[i + 1 :] if rest[i : i + 1] == " " else rest[i:]
+
+
+def _add_param(params: dict[str, str | list[str]], name: str, value: str) -> None:
+    seen = params.get(name)
+    if seen is None:
+        params[name] = value
+    elif isinstance(seen, list):
+        seen.append(value)
+    else:
+        params[name] = [seen, value]
 
 
 def _reject_constant(name: str) -> Any:
