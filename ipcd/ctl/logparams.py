@@ -38,7 +38,6 @@ UNIT_TYPES = (
     "scope",
 )
 _UNIT_CHARS = re.compile(r"[A-Za-z0-9:_.\\@-]+")
-# What RE2 reads and Python's re does not: Unicode classes, \C, \Q..\E, \z, the (?U) flag.
 
 
 class PriorityParam(click.ParamType[int | str]):
