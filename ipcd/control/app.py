@@ -96,6 +96,7 @@ class App:
         self.pid = os.getpid()
         self.started_mono = time.monotonic()
         self.sockets: dict[str, str] = {}
+        self.config_path: str | None = None  # the file the config comes from, if any
         self._sections: dict[str, Callable[[], dict[str, Any]]] = {}
         self._services: dict[type, object] = {}
 
@@ -125,6 +126,8 @@ class App:
             "uptime_s": round(time.monotonic() - self.started_mono, 3),
             "activation": self.activation,
             "sockets": dict(self.sockets),
+            "config": self.config_path,
+            "config_exists": bool(self.config_path and os.path.exists(self.config_path)),
         }
         for name, section in self._sections.items():
             out[name] = section()

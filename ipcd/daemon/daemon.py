@@ -56,6 +56,7 @@ class Daemon:
         self.notifier = notifier or Notifier()
         self.instance = Instance(paths, os.geteuid())
         self.app = App(cfg, make_policy(cfg.access, os.geteuid()), REGISTRY, lifecycle=self)
+        self.app.config_path = str(paths.config_path) if paths.config_path else None
         self.health = Health(self.notifier, watchdog_interval_s(), self.app)
         self.logs: LogProcess | None = None
         self.kvdb: KvDb | None = None
@@ -76,6 +77,8 @@ class Daemon:
         self.app.activation = self.instance.activation
         self.app.sockets.update({name: lst.path for name, lst in sorted(listeners.items())})
         self.app.add_section("watchdog", self.health.status)
+        self.app.add_section("rates", self.health.rates)
+        self.app.add_section("memory", self.health.memory)
         self._prepare_state_dir()
         kv_rows = old_kv_rows(self.paths.db)  # before the log process drops them from ipcd.db
         self._start_logs(listeners["log"].sock, owned=listeners["log"].bound is not None)
@@ -179,6 +182,7 @@ class Daemon:
                     pass  # logged and notified by reload()
             if self.kv is not None:
                 self.kv.purge_expired()
+            self.health.sample()
             now = time.monotonic()
             if now >= next_ping:
                 self.health.tick()

@@ -11,15 +11,18 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from ipcd import procfs
 from ipcd.control.app import App
 from ipcd.daemon.systemd import Notifier
 from ipcd.logs.process import LogProcess
 
 log = logging.getLogger("ipcd")
 
+RATE_WINDOW_S = 5.0
 Part = Callable[[float], str | None]  # stale_s -> what is wrong, or None
 
 
@@ -32,9 +35,7 @@ class Health:
         self.logs: LogProcess | None = None
         self.pings = 0
         self._reported = False
-        self._last_received = 0
-        self._last_rate_at = time.monotonic()
-        self.rate = 0.0
+        self._samples: deque[tuple[float, int, int]] = deque()  # (monotonic, received, requests)
 
     def watch(self, part: Part) -> None:
         self.parts.append(part)
@@ -71,17 +72,39 @@ class Health:
             "pings": self.pings,
         }
 
+    def sample(self) -> None:
+        """Count what came in, for the rates (the main loop calls this about once a second)."""
+        now = time.monotonic()
+        received = self.logs.received if self.logs else 0
+        requests = self.app.status_of("requests").get("total", 0)
+        self._samples.append((now, received, requests))
+        while len(self._samples) > 2 and now - self._samples[1][0] >= RATE_WINDOW_S:
+            self._samples.popleft()
+
+    def rates(self) -> dict[str, float]:
+        """`status.rates`: messages and requests per second over the last few seconds."""
+        if len(self._samples) < 2:
+            return {"messages_per_s": 0.0, "requests_per_s": 0.0}
+        (t0, m0, r0), (t1, m1, r1) = self._samples[0], self._samples[-1]
+        dt = max(t1 - t0, 1e-6)
+        return {"messages_per_s": round((m1 - m0) / dt, 1), "requests_per_s": round((r1 - r0) / dt, 1)}
+
+    def memory(self) -> dict[str, int | None]:
+        """`status.memory`: resident memory of both processes."""
+        log_pid = self.logs.pid if self.logs else 0
+        return {
+            "rss_bytes": procfs.rss_bytes(),
+            "log_process_rss_bytes": procfs.rss_bytes(log_pid) if log_pid else None,
+        }
+
     def summary(self) -> str:
         """The one-line STATUS=: clients, messages/s, drops."""
-        now = time.monotonic()
         lp = self.logs
         received = lp.received if lp else 0
-        if now - self._last_rate_at >= 0.5:
-            self.rate = (received - self._last_received) / (now - self._last_rate_at)
-            self._last_received, self._last_rate_at = received, now
         conns = self.app.status_of("connections").get("active", 0)
         dropped = lp.dropped if lp else 0
-        text = f"{conns} clients, {self.rate:.0f} msg/s, {received} received, {dropped} dropped"
+        rate = self.rates()["messages_per_s"]
+        text = f"{conns} clients, {rate:.0f} msg/s, {received} received, {dropped} dropped"
         problem = lp.store_problem() if lp else None
         if problem:
             text += f"; STORE FAILING: {problem}"

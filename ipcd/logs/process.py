@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from ipcd import procfs
 from ipcd.config import Config
 from ipcd.control.app import App
 from ipcd.errors import StartupError
@@ -184,7 +185,7 @@ class LogProcess:
     def logs_status(self) -> dict[str, int]:
         s = self.shared.snapshot()
         keys = ("received", "stored", "rate_limited", "truncated", "malformed", "dropped", "pending")
-        return {k: s[k] for k in keys}
+        return {**{k: s[k] for k in keys}, "followers": len(self.hub)}
 
     def store_status(self) -> dict[str, Any]:
         s = self.shared.snapshot()
@@ -195,6 +196,7 @@ class LogProcess:
             "entries": s["entries"],
             "commits": s["commits"],
             "deleted": s["deleted"],
+            "oldest": s["oldest_us"] / 1e6 if s["oldest_us"] else None,
             "writer": "dead" if state == WRITER_DEAD else "failing" if state == WRITER_FAILING else "ok",
         }
         if state != 0:
@@ -204,6 +206,7 @@ class LogProcess:
     def process_status(self) -> dict[str, Any]:
         return {
             "pid": self.pid or None,
+            "rss_bytes": procfs.rss_bytes(self.pid) if self.pid else None,
             "alive": self.dead is None and self.pid != 0,
             "last_turn_s": round(self.shared.age_s(), 3),
         }

@@ -28,6 +28,7 @@ COUNTERS = (
     "heartbeat_ns",  # CLOCK_MONOTONIC of the log loop's last turn
     "writer_state",  # 0 ok, 1 failing (retrying), 2 dead
     "failures",
+    "oldest_us",  # the time the oldest entry was received, in microseconds (0: the store is empty)
 )
 TEXT_BYTES = 1024
 _INDEX = {name: i for i, name in enumerate(COUNTERS)}

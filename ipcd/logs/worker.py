@@ -62,6 +62,7 @@ class Publisher:
                 "deleted": w.deleted,
                 "writer_state": state,
                 "failures": w.failures,
+                "oldest_us": int(w.oldest() * 1e6),
             }
         )
         self.shared.beat()

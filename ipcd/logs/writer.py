@@ -164,6 +164,7 @@ class Writer:
         self._next_retention = 0.0
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wakes_pending = False
+        self._oldest: float | None = None  # cached; None: look again
         self._closed = False
 
     # -- from a signal handler or another thread -----------------------------
@@ -189,6 +190,13 @@ class Writer:
     @property
     def pending(self) -> int:
         return self._count
+
+    def oldest(self) -> float:
+        """When the oldest entry in the store was received (0.0: none is)."""
+        if self._oldest is None:
+            row = self.conn.execute("SELECT time FROM entries ORDER BY id LIMIT 1").fetchone()
+            self._oldest = float(row[0]) if row else 0.0
+        return self._oldest
 
     @property
     def pending_bytes(self) -> int:
@@ -249,6 +257,8 @@ class Writer:
             self._failed(e)
             return False
         rows = self._count
+        if not self._oldest:
+            self._oldest = None  # it was empty: the oldest is among these
         for cols in INSERT:
             self._pending[cols] = []
             self._inserted[cols] = 0
@@ -335,7 +345,10 @@ class Writer:
     def _retain(self) -> None:
         self._next_retention = time.monotonic() + self.cfg.retention_interval_s
         try:
+            before = self.retention.deleted
             self.entries = self.retention.run(self.cfg, self.next_id, self.entries)
+            if self.retention.deleted != before:
+                self._oldest = None
         except sqlite3.Error as e:
             self._rollback()
             self._failed(e)
