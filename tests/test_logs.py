@@ -460,6 +460,7 @@ def test_bad_bytes_are_kept_and_counted(make_ipcd: Callable[..., Ipcd]) -> None:
         "malformed": 2,
         "dropped": 0,
         "pending": 0,
+        "followers": 0,
     }
     got = [(e["ident"], e["message"], e["format"]) for e in query(d)]
     assert got == [
@@ -511,6 +512,7 @@ def test_status_logs_and_store_sections(make_ipcd: Callable[..., Ipcd]) -> None:
         "malformed": 0,
         "dropped": 0,
         "pending": 0,
+        "followers": 0,
     }
     store = st["store"]
     assert (store["path"], store["entries"], store["deleted"], store["writer"]) == (db, 0, 0, "ok")
@@ -524,6 +526,7 @@ def test_status_logs_and_store_sections(make_ipcd: Callable[..., Ipcd]) -> None:
         "malformed": 2,
         "dropped": 0,
         "pending": 0,
+        "followers": 0,
     }
     assert st["store"]["entries"] == 4
     files = sum(os.stat(db + s).st_size for s in ("", "-wal", "-shm") if os.path.exists(db + s))

@@ -26,6 +26,7 @@ from ipcd.config import StoreConfig
 from ipcd.logs.filters import Filters, make_filters, parse_time
 from ipcd.logs.query import Reader
 from ipcd.logs.ratelimit import RateLimiter
+from ipcd.logs.retention import fair_levels
 from ipcd.logs.store import COLUMNS, SCHEMA_VERSION
 from ipcd.logs.writer import Received, Writer, row_values
 from ipcd.wire.logparse import LogEntry
@@ -728,12 +729,21 @@ def test_rate_limit_burst_passes_and_the_next_is_suppressed() -> None:
     assert rl.suppressed_total == 3
 
 
-def test_rate_limit_never_applies_to_crit_and_above() -> None:
+def test_rate_limit_crit_and_above_have_a_bucket_of_their_own_four_times_the_burst() -> None:
     rl = RateLimiter(burst=2, interval_s=10.0)
     assert run_limiter(rl, "k", [5, 5, 3], 0.0) == [(True, 0), (True, 0), (False, 0)]
-    assert run_limiter(rl, "k", [2, 1, 0, 2, 2], 1.0) == [(True, 0)] * 5
+    # The others' burst is spent: crit and above still pass, up to 4 x 2 of them ...
+    assert run_limiter(rl, "k", [2, 1, 0, 2, 2, 2, 1, 0], 1.0) == [(True, 0)] * 8
+    # ... and a flood of "emergencies" is limited too.
+    assert run_limiter(rl, "k", [0, 2], 1.5) == [(False, 0), (False, 0)]
     assert rl.check("k", 4, 2.0) == (False, 0)
-    assert rl.check("k", 2, 10.0) == (True, 2)  # a crit message also brings the report
+    assert rl.check("k", 2, 10.0) == (True, 4)  # a crit message also brings the report
+
+
+def test_rate_limit_chatter_never_uses_up_the_crit_bucket() -> None:
+    rl = RateLimiter(burst=3, interval_s=10.0)
+    assert sum(ok for ok, _ in run_limiter(rl, "k", [6] * 1000, 0.0)) == 3
+    assert run_limiter(rl, "k", [2] * 12, 0.5) == [(True, 0)] * 12
 
 
 def test_rate_limit_crit_opening_a_window_takes_no_share_of_the_burst() -> None:
@@ -795,3 +805,44 @@ def test_a_row_that_cannot_be_bound_is_skipped_and_counted(path: Path, open_writ
     w.add([row("next")])
     w.commit()
     assert ids_on_disk(path) == [1, 3, 4]
+
+
+# --- fair retention (DESIGN.md "Log socket"; issue #10 item 6) ---------------------------
+
+
+def test_fair_levels_cut_only_who_holds_more_than_the_level() -> None:
+    assert fair_levels({1: 100, 2: 10, 3: 5}, 60) == {1: 55}  # 45 + 10 + 5 = 60
+    assert fair_levels({1: 50, 2: 50}, 60) == {1: 20, 2: 20}
+    assert fair_levels({1: 10, 2: 10}, 100) == {}
+    assert fair_levels({1: 30, 2: 30, 3: 1}, 31) == {1: 15, 2: 15}
+    assert fair_levels({}, 10) == {}
+
+
+def test_a_flood_from_one_uid_pushes_out_only_its_own_entries(path: Path, open_writer: Any) -> None:
+    w = open_writer(max_entries=100)
+    w.add([row(f"victim {i}", uid=1000) for i in range(40)])
+    w.add([row(f"flood {i}", uid=2000, prio=2) for i in range(500)])  # crit, after the victim's
+    w.commit()
+    w.service()
+    with db(path) as c:
+        kept = dict(c.execute("SELECT sender_uid, count(*) FROM entries GROUP BY sender_uid").fetchall())
+        newest_flood = c.execute("SELECT min(message) FROM entries WHERE sender_uid = 2000").fetchone()[0]
+    assert kept == {1000: 40, 2000: 60}  # the victim keeps all it had; the flood its newest 60
+    assert w.entries == 100 and w.retention.rows == {1000: 40, 2000: 60}
+    assert newest_flood.startswith("flood 4")  # the oldest of the flood went first
+    # Reopened, the counts are read back from the store.
+    w.close()
+    w2 = open_writer(max_entries=100)
+    assert w2.retention.rows == {1000: 40, 2000: 60}
+
+
+def test_fair_retention_by_bytes_spares_the_small_sender(path: Path, open_writer: Any) -> None:
+    w = open_writer(max_bytes=300_000)
+    w.add([row(f"small {i}", uid=1000) for i in range(20)])
+    w.add([row(f"{i:04d} " + "x" * 2000, uid=2000) for i in range(400)])
+    w.commit()
+    w.service()
+    with db(path) as c:
+        kept = dict(c.execute("SELECT sender_uid, count(*) FROM entries GROUP BY sender_uid").fetchall())
+    assert kept[1000] == 20 and kept[2000] < 400
+    assert w.retention.used_bytes() <= 300_000

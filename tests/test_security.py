@@ -8,9 +8,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 from collections.abc import Iterator
 
-from conftest import Conn, Ipcd, needs_root, wait_for
+from conftest import Conn, Ipcd, needs_root, run_as, wait_for
 
 OPEN = '[control]\nsocket_mode = "0666"\n'
 
@@ -95,3 +96,31 @@ def test_admin_reserved_slots_are_for_admins_only(make_ipcd) -> None:
             for a in admins:
                 a.close()
     assert d.stop(signal.SIGTERM) == 0
+
+
+def send_as(uid: int, path: str, datagrams: list[bytes]) -> None:
+    """Datagrams to the log socket from a child running as `uid` (blocking, as syslog(3))."""
+
+    def child() -> tuple[int, str]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            for d in datagrams:
+                s.sendto(d, path)
+        return 0, ""
+
+    code, out = run_as(uid, uid, child)
+    assert code == 0, out
+
+
+@needs_root
+def test_one_user_cannot_erase_another_users_logs(make_ipcd) -> None:
+    """#10 item 6: 4000 "<10>" datagrams in a blink left only the attacker's entries (max_entries 3000)."""
+    d: Ipcd = make_ipcd(OPEN + "[store]\nmax_entries = 3000\nretention_interval_s = 0.05\n").start()
+    send_as(3002, d.log_sock, [b"<14>victim: entry %d" % i for i in range(50)])
+    wait_for(lambda: d.call("status")["logs"]["stored"] == 50, 10, "the victim's entries")
+    send_as(3001, d.log_sock, [b"<10>attacker: flood %d" % i for i in range(4000)])
+    wait_for(lambda: d.call("status")["logs"]["stored"] == 4050, 20, "the flood to be stored")
+    wait_for(lambda: d.call("status")["store"]["entries"] <= 3000, 10, "retention")
+    victim = d.call("logs.query", {"uid": 3002, "limit": 100})["entries"]
+    assert [e["message"] for e in victim] == [f"entry {i}" for i in range(50)]
+    flood = d.call("logs.query", {"uid": 3001, "limit": 1})["entries"]
+    assert flood[0]["message"] == "flood 3999"  # the attacker lost its own oldest

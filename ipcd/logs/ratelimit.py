@@ -3,9 +3,11 @@
 Each sender gets a window of `interval_s` that opens with its first
 message; within it the first `burst` messages pass and the rest are
 suppressed and counted.  When the window has ended, the sender's next
-message (or a sweep) reports the count once, so that `logserver` can store
+message (or a sweep) reports the count once, so that intake can store
 one "suppressed N messages from ..." entry per window.  Priorities crit and
-above (0..2) are never limited (journald.conf(5), RateLimitBurst=).
+above (0..2) count in a bucket of their own with `CRIT_FACTOR` times the
+burst (DESIGN.md "Log socket"): a flood of chatter never hides an
+emergency, and a flood of "emergencies" is still limited.
 
 The clock is passed in; who the sender is (its unit, or uid and command)
 is decided by the caller.
@@ -16,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 
 CRIT = 2
+CRIT_FACTOR = 4
 
 
 class RateLimiter:
@@ -24,7 +27,7 @@ class RateLimiter:
     def __init__(self, burst: int, interval_s: float) -> None:
         self.burst = burst  # 0: no limit
         self.interval_s = interval_s
-        # key -> [window start, messages in window, suppressed in window]
+        # key -> [window start, messages in window, suppressed in window, crit messages in window]
         self._windows: dict[Hashable, list[float]] = {}
         self.suppressed_total = 0
 
@@ -38,16 +41,19 @@ class RateLimiter:
             return True, 0
         w = self._windows.get(key)
         if w is None:
-            # A crit message opens the window but, as within it, takes no share of the burst.
-            self._windows[key] = [now, 0.0 if priority <= CRIT else 1.0, 0.0]
+            # A crit message opens the window but takes no share of the others' burst.
+            crit = priority <= CRIT
+            self._windows[key] = [now, 0.0 if crit else 1.0, 0.0, 1.0 if crit else 0.0]
             return True, 0
         ended = 0
         if now - w[0] >= self.interval_s or now < w[0]:  # a new window (or the clock went back)
             ended = int(w[2])
-            w[0], w[1], w[2] = now, 0.0, 0.0
+            w[0], w[1], w[2], w[3] = now, 0.0, 0.0, 0.0
         if priority <= CRIT:
-            return True, ended
-        if w[1] < self.burst:
+            if w[3] < self.burst * CRIT_FACTOR:
+                w[3] += 1
+                return True, ended
+        elif w[1] < self.burst:
             w[1] += 1
             return True, ended
         w[2] += 1

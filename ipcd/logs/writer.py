@@ -165,6 +165,8 @@ class Writer:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wakes_pending = False
         self._oldest: float | None = None  # cached; None: look again
+        self._by_uid: dict[int | None, int] = {}  # the pending rows by sender uid (for fair retention)
+        self._sizes: dict[int | None, int] = {}  # and their messages' bytes
         self._closed = False
 
     # -- from a signal handler or another thread -----------------------------
@@ -206,7 +208,15 @@ class Writer:
 
     def add(self, rows: list[Received]) -> None:
         """Take log rows: into the open transaction now, committed when due."""
-        size = sum(len(r.entry.message) for r in rows) + ROW_OVERHEAD * len(rows)
+        by_uid: dict[int | None, int] = {}
+        sizes: dict[int | None, int] = {}
+        size = ROW_OVERHEAD * len(rows)
+        for r in rows:
+            n = len(r.entry.message)
+            size += n
+            uid = r.sender_uid
+            by_uid[uid] = by_uid.get(uid, 0) + 1
+            sizes[uid] = sizes.get(uid, 0) + n
         cfg = self.cfg
         if self.error is not None and (
             self._count + len(rows) > cfg.max_pending or self._bytes + size > cfg.max_pending_bytes
@@ -215,6 +225,9 @@ class Writer:
             return
         if not self._count:
             self._first_at = time.monotonic()
+        for sender, count in by_uid.items():
+            self._by_uid[sender] = self._by_uid.get(sender, 0) + count
+            self._sizes[sender] = self._sizes.get(sender, 0) + sizes[sender]
         for cols, values in zip(INSERT, split(self.next_id + self._count, rows), strict=True):
             if values:
                 self._pending[cols] += values
@@ -259,6 +272,8 @@ class Writer:
         rows = self._count
         if not self._oldest:
             self._oldest = None  # it was empty: the oldest is among these
+        self.retention.added(self._by_uid, self._sizes)
+        self._by_uid, self._sizes = {}, {}
         for cols in INSERT:
             self._pending[cols] = []
             self._inserted[cols] = 0
