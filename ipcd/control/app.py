@@ -116,7 +116,7 @@ class App:
         self.sockets: dict[str, str] = {}
         self.connections = Counters("active", "total", "refused")
         self.requests = Counters("total", "errors")
-        self._sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._sections: dict[str, Callable[[], Any]] = {}
         self._services: dict[type, object] = {}
 
     def provide(self, service: object, kind: type | None = None) -> None:
@@ -129,7 +129,7 @@ class App:
         except KeyError:
             raise InternalError(f"{kind.__name__} is not running in this ipcd") from None
 
-    def add_section(self, name: str, section: Callable[[], dict[str, Any]]) -> None:
+    def add_section(self, name: str, section: Callable[[], Any]) -> None:
         self._sections[name] = section
 
     def status(self) -> dict[str, Any]:

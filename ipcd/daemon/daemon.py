@@ -35,6 +35,7 @@ from ipcd.daemon.health import Health
 from ipcd.daemon.instance import Instance, Paths
 from ipcd.daemon.systemd import Notifier, watchdog_interval_s
 from ipcd.errors import ConfigError, ReloadFailed, StartupError
+from ipcd.logs import forward
 from ipcd.logs import methods as log_methods
 from ipcd.logs.process import LogProcess
 from ipcd.logs.store import old_kv_rows
@@ -60,6 +61,7 @@ class Daemon:
         self.logs: LogProcess | None = None
         self.kvdb: KvDb | None = None
         self.kv: KvStore | None = None
+        self.forward: forward.Engine | None = None
         self.failure: str | None = None  # why ipcd stops on its own (exit 1)
         self.control: ControlServer | None = None
         self._control_thread: threading.Thread | None = None
@@ -79,6 +81,7 @@ class Daemon:
         self._prepare_state_dir()
         kv_rows = old_kv_rows(self.paths.db)  # before the log process drops them from ipcd.db
         self._start_logs(listeners["log"].sock, owned=listeners["log"].bound is not None)
+        self.forward = forward.start(self.cfg, self.paths.state_dir, self.logs, self.app)
         self._start_state(kv_rows)
         self._start_control(listeners["control"].sock)
         log.info(
@@ -212,6 +215,7 @@ class Daemon:
         set_log_level(new.daemon.log_level)
         if self.logs is not None:
             self.logs.configure(new)
+        forward.reload(self.forward, new)
         if self.kv is not None and self.kvdb is not None:
             self.kv.cfg = new.kv
             self.kvdb.set_durability(new.kv.durability)
@@ -252,6 +256,7 @@ class Daemon:
             self._control_thread.join()
         if self.kvdb is not None:
             self.kvdb.close()
+        forward.stop(self.forward)
         if self.logs is not None:
             self.logs.close()
         self.instance.close()
