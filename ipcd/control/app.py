@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from ipcd.control.streams import Stream
 
 T = TypeVar("T")
+UNKNOWN_METHOD = "(unknown)"
 
 
 class Counters:
@@ -116,6 +117,9 @@ class App:
         self.sockets: dict[str, str] = {}
         self.connections = Counters("active", "total", "refused")
         self.requests = Counters("total", "errors")
+        # By method (metrics); a name no method has counts as UNKNOWN_METHOD, so peers cannot add labels.
+        self.calls = Counters(*(m.name for m in registry), UNKNOWN_METHOD)
+        self.call_errors = Counters(*(m.name for m in registry), UNKNOWN_METHOD)
         self._sections: dict[str, Callable[[], Any]] = {}
         self._services: dict[type, object] = {}
 

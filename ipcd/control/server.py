@@ -23,7 +23,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ipcd.control.access import Peer, identify, require
-from ipcd.control.app import App, Call
+from ipcd.control.app import UNKNOWN_METHOD, App, Call
 from ipcd.control.streams import Outbox, Stream
 from ipcd.errors import InternalError, LimitReached, RpcError
 from ipcd.wire import jsonrpc
@@ -220,8 +220,10 @@ class ControlHandler(socketserver.BaseRequestHandler):
         if isinstance(msg, jsonrpc.Invalid):
             app.requests.add("errors")
             return _error_line(msg.id, msg.error)
+        name = UNKNOWN_METHOD
         try:
             method = app.registry.get(msg.method)
+            app.calls.add(name := method.name)
             require(conn.peer.role, method.role, method.name)
             params = method.bind(msg)
             value = method.handler(Call(app, conn.peer, conn, method), **params)
@@ -230,9 +232,11 @@ class ControlHandler(socketserver.BaseRequestHandler):
             return jsonrpc.result_line(msg.id, value)
         except RpcError as e:
             app.requests.add("errors")
+            app.call_errors.add(name)
             return None if msg.notification else _error_line(msg.id, e)
         except Exception:
             app.requests.add("errors")
+            app.call_errors.add(name)
             log.exception("internal error in %s", msg.method)
             err = InternalError(f"internal error in {msg.method}; ipcd's log has the details")
             return None if msg.notification else _error_line(msg.id, err)

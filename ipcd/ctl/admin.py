@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from ipcd.ctl.common import Opts, emit_json, fmt_bytes, fmt_duration, parse_json_arg, pass_opts
+from ipcd.ctl.forward import render_forward
 
 
 def render_status(st: dict[str, Any]) -> list[str]:
@@ -68,12 +69,13 @@ def _render_channels(ch: dict[str, Any]) -> str:
     )
 
 
-SECTION_RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+SECTION_RENDERERS: dict[str, Callable[[Any], str]] = {
     "logs": _render_logs,
     "store": _render_store,
     "kv": _render_kv,
     "channels": _render_channels,
     "watchdog": _render_watchdog,
+    "forward": render_forward,
 }
 
 

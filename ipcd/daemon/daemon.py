@@ -30,6 +30,7 @@ from ipcd.control.access import make_policy
 from ipcd.control.app import App
 from ipcd.control.registry import Registry
 from ipcd.control.server import ControlServer
+from ipcd.daemon import metrics
 from ipcd.daemon.diagnostics import set_log_level
 from ipcd.daemon.health import Health
 from ipcd.daemon.instance import Instance, Paths
@@ -47,7 +48,7 @@ from ipcd.state.kvdb import KV_DB_NAME, KvDb
 log = logging.getLogger("ipcd")
 
 STOP_GRACE_S = 5.0
-REGISTRY = Registry.join([control_methods.METHODS, log_methods.METHODS, state_methods.METHODS])
+REGISTRY = Registry.join([control_methods.METHODS, log_methods.METHODS, state_methods.METHODS, metrics.METHODS])
 
 
 class Daemon:
@@ -62,6 +63,7 @@ class Daemon:
         self.kvdb: KvDb | None = None
         self.kv: KvStore | None = None
         self.forward: forward.Engine | None = None
+        self.metrics: metrics.Metrics | None = None
         self.failure: str | None = None  # why ipcd stops on its own (exit 1)
         self.control: ControlServer | None = None
         self._control_thread: threading.Thread | None = None
@@ -84,6 +86,7 @@ class Daemon:
         self.forward = forward.start(self.cfg, self.paths.state_dir, self.logs, self.app)
         self._start_state(kv_rows)
         self._start_control(listeners["control"].sock)
+        self.metrics = metrics.start(self.app, self.logs, self.cfg)
         log.info(
             "ipcd %s ready: control %s, log %s, store %s, activation %s (pid %d, log process %d)",
             __version__,
@@ -216,6 +219,7 @@ class Daemon:
         if self.logs is not None:
             self.logs.configure(new)
         forward.reload(self.forward, new)
+        metrics.reload(self.metrics, new)
         if self.kv is not None and self.kvdb is not None:
             self.kv.cfg = new.kv
             self.kvdb.set_durability(new.kv.durability)
@@ -242,6 +246,7 @@ class Daemon:
             self.notifier.extend_timeout(5.0)
 
     def _stop_parts(self) -> None:
+        metrics.stop(self.metrics)
         if self.control is not None:
             self.control.shutdown()  # serve_forever returns: no more accepts
             self.instance.unlink("control")
