@@ -196,6 +196,7 @@ def test_every_command_is_added_in_cli() -> None:
         "publish",
         "subscribe",
         "doctor",
+        "metrics",
     }
     for path in (ROOT / "ipcd" / "ctl").glob("*.py"):
         assert "def register(" not in path.read_text(), path
