@@ -381,3 +381,30 @@ def test_doctor_inside_the_box(sd: SdBox) -> None:
     assert res.returncode == 1, res.stdout + res.stderr
     assert re.search(r"^problem +access: .*not in group ipcd", res.stdout, re.M), res.stdout
     assert "usermod -aG ipcd" in res.stdout
+
+
+def test_journald_forwarding_shows_in_journalctl(sd: SdBox) -> None:
+    """A journald target under the real unit (AF_UNIX only, no network): journalctl -t finds the entry."""
+    box = sd
+    box.write_file(CONFIG, '[[forward]]\nname = "journal"\ntype = "journald"\npriority = "info"\n')
+    call(box, "ping")
+    active(box)
+    ident = "ipcd-fwd-test"
+    box.run(
+        "setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",
+        "logger", "-u", "/run/ipcd/log.sock", "-t", ident, "-p", "user.warning", "forwarded to the journal",
+    )  # fmt: skip
+    box.run("logger", "-u", "/run/ipcd/log.sock", "-t", ident, "-p", "user.debug", "filtered out by priority")
+
+    def in_journal() -> list[dict[str, Any]]:
+        out = box.run("journalctl", "--no-pager", "-t", ident, "-o", "json", check=False).stdout
+        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+    entries = wait_for(in_journal, 20, f"journalctl -t {ident} to show the entry")
+    (e,) = entries
+    assert e["MESSAGE"] == "forwarded to the journal" and e["PRIORITY"] == "4" and e["SYSLOG_FACILITY"] == "1"
+    assert e["IPCD_SENDER_UID"] == str(OTHER_UID) and e["IPCD_SENDER_COMM"] == "logger"
+    assert e["_SYSTEMD_UNIT"] == "ipcd.service"  # journald's own trusted fields: ipcd sent it
+    st = call(box, "status")["forward"][0]
+    assert (st["state"], st["errors"]) == ("connected", 0)
+    wait_for(lambda: call(box, "status")["forward"][0]["lag"] == 0, 10, "lag 0")
