@@ -20,6 +20,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import time
 from typing import Any
 
 from ipcd.logs.store import StoredEntry
@@ -44,7 +45,10 @@ def sd_name(name: str) -> str:
 
 
 def sd_value(value: Any) -> str:
-    return _SD_ESCAPE.sub(r"\\\1", str(value))
+    text = str(value)
+    if '"' in text or "\\" in text or "]" in text:  # rare: the regex only then (this runs per entry and param)
+        return _SD_ESCAPE.sub(r"\\\1", text)
+    return text
 
 
 def sd_element(sd_id: str, params: list[tuple[str, Any]]) -> str:
@@ -78,6 +82,16 @@ def _original_sd(raw: str | None) -> str:
     return "".join(out)
 
 
+_second: list[Any] = [None, ""]  # the last whole second formatted, and its text
+
+
+def _utc(received: float) -> str:
+    whole = int(received)
+    if _second[0] != whole:
+        _second[:] = [whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole))]
+    return f"{_second[1]}.{int((received - whole) * 1e6):06d}Z"
+
+
 def timestamp(claimed: str | None, received: float) -> str:
     """The claimed time if it reads as RFC 3339 with a zone, else the received time, in UTC (§6.2.3)."""
     if claimed:
@@ -87,26 +101,28 @@ def timestamp(claimed: str | None, received: float) -> str:
             when = None
         if when is not None and when.tzinfo is not None:
             return when.isoformat(timespec="microseconds")
-    utc = dt.datetime.fromtimestamp(received, dt.UTC)
-    return utc.isoformat(timespec="microseconds").replace("+00:00", "Z")
+    return _utc(received)
 
 
 def format_entry(e: StoredEntry, hostname: str, max_bytes: int) -> bytes:
     """One RFC 5424 message, at most `max_bytes` (>= 2048, so that the header always fits;
     the MSG is cut at a character boundary)."""
     pri = e.facility * 8 + e.priority  # §6.2.1
-    trusted = [
-        ("id", e.id),
-        ("uid", e.sender_uid),
-        ("gid", e.sender_gid),
-        ("pid", e.sender_pid),
-        ("comm", e.sender_comm),
-        ("unit", e.sender_unit),
-    ]
+    trusted = "".join(
+        f' {name}="{sd_value(value)}"'
+        for name, value in (
+            ("uid", e.sender_uid),
+            ("gid", e.sender_gid),
+            ("pid", e.sender_pid),
+            ("comm", e.sender_comm),
+            ("unit", e.sender_unit),
+        )
+        if value is not None
+    )
     head = (
         f"<{pri}>1 {timestamp(e.timestamp, e.time)} {header_field(e.hostname or hostname, 255)} "
         f"{header_field(e.ident, 48)} {header_field(e.pid, 128)} {header_field(e.msgid, 32)} "
-        f"{sd_element(SD_ID, trusted)}"
+        f'[{SD_ID} id="{e.id}"{trusted}]'
     ).encode("utf-8", "replace")
     theirs = _original_sd(e.structured_data).encode("utf-8", "replace")
     if len(head) + len(theirs) < max_bytes:  # else the sender's own structured data is left out, never cut
