@@ -27,7 +27,7 @@ NETWORK_FIX = (
 
 def render_forward(targets: list[dict[str, Any]]) -> str:
     if not targets:
-        return "  forward   no targets"
+        return "  forward   none ([[forward]] in the config)"
     width = max(len(t["name"]) for t in targets)
     lines = []
     for n, t in enumerate(targets):

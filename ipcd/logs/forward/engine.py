@@ -14,7 +14,6 @@ does with its entries is `target`'s business.
 
 from __future__ import annotations
 
-import concurrent.futures
 import logging
 import os
 import select
@@ -74,7 +73,6 @@ class Engine:
         self._cursors: Cursors | None = None
         self._saved: dict[str, int] = {}
         self._saved_at = 0.0
-        self._resolver = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="ipcd-forward-dns")
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._pending: list[ForwardConfig] | None = targets
         self._applied = threading.Event()
@@ -118,7 +116,6 @@ class Engine:
         self.wake()
         if self._thread is not None:
             self._thread.join(10.0)
-        self._resolver.shutdown(wait=False, cancel_futures=True)
         for fd in (self._wake_r, self._wake_w):
             os.close(fd)
 
@@ -207,7 +204,7 @@ class Engine:
                 cursor = head
             if t is not None:
                 t.close()
-            targets.append(Target(cfg, cursor, self.hostname, self._resolver))
+            targets.append(Target(cfg, cursor, self.hostname))
         for t in old.values():  # removed; its cursor stays in forward.db should it come back
             t.close()
         self.targets = targets

@@ -32,6 +32,7 @@ import random
 import select
 import socket
 import ssl
+import threading
 from collections import deque
 from typing import Any, Protocol
 
@@ -56,11 +57,10 @@ class Store(Protocol):
 
 
 class Target:
-    def __init__(self, cfg: ForwardConfig, cursor: int, hostname: str, resolver: concurrent.futures.Executor) -> None:
+    def __init__(self, cfg: ForwardConfig, cursor: int, hostname: str) -> None:
         self.cfg = cfg
         self.scheme, self.host, self.port = split_address(cfg.address)
         self.hostname = hostname
-        self.resolver = resolver
         self.cursor = cursor  # the last id delivered
         self.read_pos = cursor  # the last id read from the store (sent, or about to be)
         self.state = BACKING_OFF
@@ -156,7 +156,7 @@ class Target:
         try:
             ip = ipaddress.ip_address(self.host)
         except ValueError:  # a name: resolved off this thread, so a slow DNS holds no other target
-            self._resolving = self.resolver.submit(socket.getaddrinfo, self.host, self.port, 0, kind)
+            self._resolving = _resolve(self.host, self.port, kind)
             return
         family = socket.AF_INET6 if ip.version == 6 else socket.AF_INET
         self._open(family, (self.host, self.port))
@@ -316,6 +316,20 @@ class Target:
             self._inflight.append((0, self.read_pos, float("-inf")))
         else:
             self._dgrams.append((self.read_pos, None))
+
+
+def _resolve(host: str, port: int, kind: int) -> concurrent.futures.Future[Any]:
+    """getaddrinfo(3) on a daemon thread of its own: one that hangs never holds ipcd's exit."""
+    future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def run() -> None:
+        try:
+            future.set_result(socket.getaddrinfo(host, port, 0, kind))
+        except BaseException as e:
+            future.set_exception(e)
+
+    threading.Thread(target=run, name="ipcd-forward-dns", daemon=True).start()
+    return future
 
 
 def _where(cfg: ForwardConfig) -> tuple[str, list[Any]]:
