@@ -107,6 +107,8 @@ class Target:
             return min(self.deadline, now + ACK_POLL_S) if self._resolving is not None else self.deadline
         if self._inflight:
             return max(self._inflight[0][2] + self.cfg.ack_window_s, now + ACK_POLL_S)
+        if self._dgrams and not self._blocked:
+            return now  # loaded at the end of the last turn, not sent yet
         idle = self._pos >= len(self._out) and not self._dgrams
         return now if idle and self.read_pos < head else float("inf")
 
