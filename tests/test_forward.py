@@ -14,6 +14,7 @@ import os
 import socket
 import sqlite3
 import threading
+from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,7 @@ def assert_in_order_at_least_once(ids: list[int], n: int, cursor_before: int) ->
     assert set(ids) == set(range(1, n + 1))
     first_seen = list(dict.fromkeys(ids))
     assert first_seen == sorted(first_seen)
-    repeats = {i for i in ids if ids.count(i) > 1}
+    repeats = {i for i, times in Counter(ids).items() if times > 1}
     assert all(i > cursor_before for i in repeats), (cursor_before, sorted(repeats))
 
 
@@ -125,7 +126,7 @@ def test_a_restart_of_rsyslogd_mid_stream_loses_nothing(
         rs.start()
     finally:
         t.join()
-    wait_for(all_arrived(rs, n), 60, f"{n} entries at rsyslogd")
+    wait_for(all_arrived(rs, n), 60, f"{n} entries at rsyslogd", interval_s=0.2)
     assert_in_order_at_least_once(rs.ids(), n, cursor)
     st = wait_for(lambda: (x := fstatus(d, "central"))["lag"] == 0 and x, 10, "lag 0")
     assert st["errors"] >= 1 and st["last_error"]
@@ -176,7 +177,7 @@ def test_a_target_that_does_not_read_never_holds_intake_or_another_target(
                 for i in range(1, 20001):  # ~19 MB: far more than the kernel buffers of the hole
                     s.send(f"<13>Nov 30 10:00:00 fill[1]: {i} {filler}".encode())
             wait_for(lambda: stored(d) == 20000, 60, "20000 stored")
-            wait_for(all_arrived(rs, 20000), 120, "20000 entries at rsyslogd")
+            wait_for(all_arrived(rs, 20000), 120, "20000 entries at rsyslogd", interval_s=0.2)
             assert fstatus(d, "hole")["lag"] > 0  # it holds only itself
         finally:
             conn.close()
@@ -309,3 +310,58 @@ def test_journald_protocol_with_a_memfd_for_a_big_entry(make_ipcd: Callable[...,
             raw = memfd.read()
         second = parse_native(raw)
         assert second["MESSAGE"] == big and second["IPCD_ID"] == "2"
+
+
+def test_the_cursor_waits_out_the_ack_window(make_ipcd: Callable[..., Ipcd], rsyslogd: Callable[..., Rsyslogd]) -> None:
+    rs = rsyslogd().start()
+    d = make_ipcd(
+        target("central", f"tcp://127.0.0.1:{rs.port}").replace("ack_window_s = 0.3", "ack_window_s = 2")
+    ).start()
+    send_logs(d, 10)
+    wait_for(all_arrived(rs, 10), 10, "10 entries at rsyslogd")
+    st = fstatus(d, "central")
+    assert (st["sent"], st["cursor"], st["lag"]) == (10, 0, 10)  # received and acknowledged, not yet past the window
+    wait_for(lambda: fstatus(d, "central")["cursor"] == 10, 15, "the cursor past the window")
+    assert (d.state_dir / "forward.db").stat().st_mode & 0o777 == 0o600
+
+
+def test_doctor_probes_targets_itself_when_ipcd_is_down(short_tmp: Path) -> None:
+    with socket.socket() as up:
+        up.bind(("127.0.0.1", 0))
+        up.listen()
+        conf = short_tmp / "ipcd.toml"
+        conf.write_text(
+            target("up", f"tcp://127.0.0.1:{up.getsockname()[1]}") + target("down", f"tcp://127.0.0.1:{free_port()}")
+        )
+        out = ipcctl("--socket", str(short_tmp / "none.sock"), "doctor", env={"IPCD_CONFIG": str(conf)})
+    assert out.returncode == 3  # unreachable daemon
+    assert "ok       forward up: tcp://127.0.0.1:" in out.stdout and "TCP connect ok (from here)" in out.stdout
+    assert "problem  forward down: tcp://127.0.0.1:" in out.stdout and "refused" in out.stdout.lower()
+
+
+def test_kill_9_of_ipcd_mid_stream_loses_nothing(
+    make_ipcd: Callable[..., Ipcd], rsyslogd: Callable[..., Rsyslogd]
+) -> None:
+    rs = rsyslogd().start()
+    d = make_ipcd(target("central", f"tcp://127.0.0.1:{rs.port}") + "[log]\nrate_limit_burst = 0\n").start()
+    n = 30000
+    rs.stop()  # down while the backlog is stored; up again to take it, and ipcd is killed meanwhile
+    send_logs(d, n)
+    wait_for(lambda: stored(d) == n, 30, f"{n} stored")
+    log_pid = d.call("status")["log_process"]["pid"]
+    rs.start()
+
+    def lines() -> int:
+        try:
+            return rs.out.read_bytes().count(b"\n")
+        except FileNotFoundError:
+            return 0
+
+    wait_for(lambda: lines() >= 2000, 30, "forwarding under way")
+    d.kill()  # SIGKILL: no last save of the cursor
+    wait_for(lambda: not os.path.exists(f"/proc/{log_pid}"), 30, "the log process to end")
+    cursor = forward_db_cursor(d, "central")
+    assert cursor < n
+    d.start()
+    wait_for(all_arrived(rs, n), 60, f"{n} entries at rsyslogd", interval_s=0.2)
+    assert_in_order_at_least_once(rs.ids(), n, cursor)

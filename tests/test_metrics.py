@@ -137,3 +137,17 @@ def test_textfile_is_written_atomically_and_follows_reloads(make_ipcd: Callable[
     wait_for(lambda: stored_in_file() == 1, 10, "the textfile to be rewritten")
     assert sorted(p.name for p in prom.parent.iterdir()) == ["ipcd.prom"]  # no temporary file left
     assert d.stderr().count("cannot write the metrics textfile") == 1  # said once, not every interval
+
+
+def test_histogram_buckets_are_le_and_cumulative() -> None:
+    from ipcd.logs.shared import HISTOGRAM_BOUNDS_S, Shared
+
+    sh = Shared()
+    for seconds in (0.0, 0.001, 0.0011, 20.0):  # 0.001 sits on a bound: it counts there (le)
+        sh.observe("commit_duration", seconds)
+    buckets, total_s = sh.histogram("commit_duration")
+    counts = dict(buckets)
+    assert counts[0.0005] == 1 and counts[0.001] == 2 and counts[0.0025] == 3 and counts[10.0] == 3
+    assert counts[math.inf] == 4 and len(buckets) == len(HISTOGRAM_BOUNDS_S) + 1
+    assert total_s == pytest.approx(20.0021)
+    assert sh.histogram("intake_latency")[0][-1] == (math.inf, 0)  # the histograms do not share slots
