@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ipcd.errors import ConfigError
+from ipcd.wire.priority import severity  # the one table of level names; a pure module that imports nothing
 
 MiB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -327,10 +328,6 @@ def _check(value: Any, meta: Mapping[str, Any]) -> Any:
 
 
 def _severity(value: Any) -> int:
-    # wire.priority is the one table of names; config sits below wire, so the
-    # names are looked up lazily (config is imported by everything).
-    from ipcd.wire.priority import severity
-
     if isinstance(value, bool) or not isinstance(value, (int, str)):
         raise ValueError("must be a level name (emerg..debug) or 0-7")
     try:

@@ -81,6 +81,11 @@ def check_forward(d: Checkup) -> None:
         if st is not None and st["state"] == "connected":
             d.add(check, "ok", f"{st['address']}: connected, lag {st['lag']} entries")
             continue
+        if st is not None and not st["errors"]:
+            d.add(
+                check, "warning", f"{st['address']}: {st['state'].replace('_', ' ')} (no error yet)", "run doctor again"
+            )
+            continue
         here = probe(cfg, d.timeout_s) if cfg is not None else None
         if st is None:  # ipcd is not running: only this machine's view
             assert here is not None
