@@ -107,8 +107,15 @@ class StreamLink:
 
     def queued_mark(self) -> int:
         """The stream offset (in TCP bytes) that everything written so far ends at."""
-        outq = _outq(self.sock)  # first: an ack between the two reads then errs on the late side
-        return self.acked() + outq
+        # acked + unacknowledged is the end of what was written, read as one snapshot: an ack that
+        # lands between the two reads would count its bytes twice, and hold the cursor forever.
+        acked = self.acked()
+        while True:
+            outq = _outq(self.sock)
+            again = self.acked()
+            if again == acked:
+                return acked + outq
+            acked = again
 
     def acked(self) -> int:
         """Bytes the peer's TCP has acknowledged on this connection (tcpi_bytes_acked)."""
