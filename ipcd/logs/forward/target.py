@@ -68,6 +68,7 @@ class Target:
         self.deadline = 0.0
         self.link: StreamLink | DatagramLink | None = None
         self._resolving: concurrent.futures.Future[Any] | None = None
+        self._addrs: list[tuple[int, Any]] = []  # addresses of a name not tried yet
         self._out = memoryview(b"")  # stream: the batch being written
         self._pos = 0  # how much of it is written
         self._out_upto = 0
@@ -180,15 +181,35 @@ class Target:
             if not self._resolving.done():
                 return
             infos, self._resolving = self._resolving.result(), None  # raises socket.gaierror
-            family, _, _, _, sockaddr = infos[0]
-            self._open(family, sockaddr)
+            self._addrs = list(dict.fromkeys((family, sockaddr) for family, _, _, _, sockaddr in infos))
+            self._open_next()
             if self.state == CONNECTED:
                 return
         assert isinstance(self.link, StreamLink)
-        if revents or self.link.phase == "tls":
-            self.link.progress()
+        try:
+            if revents or self.link.phase == "tls":
+                self.link.progress()
+        except OSError:
+            if self.link.phase != "tcp" or not self._addrs:
+                raise
+            self._open_next()  # a name with several addresses (::1 and 127.0.0.1): the next one
+            return
         if self.link.up:
             self._connected()
+
+    def _open_next(self) -> None:
+        """Connect to the next address the name resolved to; the last one's error is the target's."""
+        while True:
+            if self.link is not None:
+                self.link.close()
+                self.link = None
+            family, sockaddr = self._addrs.pop(0)
+            try:
+                self._open(family, sockaddr)
+                return
+            except OSError:
+                if not self._addrs:
+                    raise
 
     def _connected(self) -> None:
         self.state = CONNECTED
