@@ -140,6 +140,7 @@ class Rsyslogd:
             text = self.out.read_text(errors="replace")
         except FileNotFoundError:
             return []
+        text = text[: text.rfind("\n") + 1]  # rsyslogd may be writing the last line right now
         return [line.split(SEP, 7) for line in text.splitlines() if line]
 
     def ids(self) -> list[int]:

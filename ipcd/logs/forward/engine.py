@@ -108,7 +108,11 @@ class Engine:
 
     def status(self) -> list[dict[str, Any]]:
         head = self.hub.head
-        return [t.status(head) for t in self.targets]
+        out = [t.status(head) for t in self.targets]
+        if self._thread is not None and not self._thread.is_alive() and not self._stopping:
+            for t in out:  # never a stale "connected"
+                t.update(state="stopped", last_error="the forwarding thread died; ipcd's log has why")
+        return out
 
     def stop(self) -> None:
         self.hub.remove(self)
