@@ -386,7 +386,8 @@ def test_doctor_inside_the_box(sd: SdBox) -> None:
 def test_journald_forwarding_shows_in_journalctl(sd: SdBox) -> None:
     """A journald target under the real unit (AF_UNIX only, no network): journalctl -t finds the entry."""
     box = sd
-    box.write_file(CONFIG, '[[forward]]\nname = "journal"\ntype = "journald"\npriority = "info"\n')
+    config = '[log]\nmax_datagram_bytes = 400000\n[[forward]]\nname = "journal"\ntype = "journald"\npriority = "info"\n'
+    box.write_file(CONFIG, config)
     call(box, "ping")
     active(box)
     ident = "ipcd-fwd-test"
@@ -395,13 +396,18 @@ def test_journald_forwarding_shows_in_journalctl(sd: SdBox) -> None:
         "logger", "-u", "/run/ipcd/log.sock", "-t", ident, "-p", "user.warning", "forwarded to the journal",
     )  # fmt: skip
     box.run("logger", "-u", "/run/ipcd/log.sock", "-t", ident, "-p", "user.debug", "filtered out by priority")
+    big = "z" * 300_000  # past a datagram: the memfd path, under the unit's system call filter
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        s.sendto(f"<14>{ident}: {big}".encode(), str(box.root / LOG))
 
     def in_journal() -> list[dict[str, Any]]:
-        out = box.run("journalctl", "--no-pager", "-t", ident, "-o", "json", check=False).stdout
-        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        out = box.run("journalctl", "--no-pager", "--all", "-t", ident, "-o", "json", check=False).stdout
+        found = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        return found if len(found) == 2 else []
 
-    entries = wait_for(in_journal, 20, f"journalctl -t {ident} to show the entry")
-    (e,) = entries
+    e, second = wait_for(in_journal, 20, f"journalctl -t {ident} to show both entries")
+    assert second["MESSAGE"] == big
     assert e["MESSAGE"] == "forwarded to the journal" and e["PRIORITY"] == "4" and e["SYSLOG_FACILITY"] == "1"
     assert e["IPCD_SENDER_UID"] == str(OTHER_UID) and e["IPCD_SENDER_COMM"] == "logger"
     assert e["_SYSTEMD_UNIT"] == "ipcd.service"  # journald's own trusted fields: ipcd sent it
