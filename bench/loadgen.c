@@ -10,7 +10,7 @@
  *   loadgen rpc     --socket P --conns N --seconds S [--request LINE] [--pipeline D]
  *                   [--warmup S] [--check] [--redis]
  *   loadgen connect --socket P --seconds S [--request LINE] [--warmup S] [--redis]
- *   loadgen dgram   --socket P --count N [--size B] [--conns K]
+ *   loadgen dgram   --socket P --count N [--size B] [--conns K] [--rate R]
  *   loadgen pubsub  --socket P --subscribers N --seconds S [--warmup S] [--redis]
  *   common: --pin CPU (sched_setaffinity before anything else)
  *
@@ -184,6 +184,7 @@ typedef struct {
     int redis;
     int pin;
     long count;
+    long rate; /* dgram: datagrams per second, all senders together; 0: as fast as they go */
     double seconds;
     double warmup;
 } opts_t;
@@ -193,7 +194,7 @@ static void usage(void)
     fputs("usage: loadgen rpc     --socket P [--conns N] [--seconds S] [--request LINE] [--pipeline D]\n"
           "                       [--warmup S] [--check] [--redis] [--pin CPU]\n"
           "       loadgen connect --socket P [--seconds S] [--request LINE] [--warmup S] [--redis] [--pin CPU]\n"
-          "       loadgen dgram   --socket P [--count N] [--size B] [--conns K] [--pin CPU]\n"
+          "       loadgen dgram   --socket P [--count N] [--size B] [--conns K] [--rate R] [--pin CPU]\n"
           "       loadgen pubsub  --socket P [--subscribers N] [--seconds S] [--warmup S] [--redis] [--pin CPU]\n",
           stderr);
     exit(2);
@@ -261,6 +262,8 @@ static opts_t parse(int argc, char **argv)
             o.subscribers = (int)num(a, v, 1, 100000);
         else if (!strcmp(a, "--count"))
             o.count = num(a, v, 1, 1000000000L);
+        else if (!strcmp(a, "--rate"))
+            o.rate = num(a, v, 1, 1000000000L);
         else if (!strcmp(a, "--pin"))
             o.pin = (int)num(a, v, 0, CPU_SETSIZE - 1);
         else if (!strcmp(a, "--seconds"))
@@ -946,7 +949,13 @@ static int sender(const opts_t *o, long count, int gate)
     char go;
     while (read(gate, &go, 1) < 0 && errno == EINTR) {
     }
+    double per_ns = (double)o->rate / o->conns / 1e9; /* this sender's share of --rate */
+    uint64_t t0 = now_ns();
     for (long i = 0; i < count; i++) {
+        while (per_ns > 0 && (double)(now_ns() - t0) * per_ns < (double)i) {
+            struct timespec pause = {0, 100000}; /* 0.1 ms: --rate paces, the senders never burst ahead */
+            nanosleep(&pause, NULL);
+        }
         int n = head + snprintf(msg + head, 24, "%ld ", i);
         while (n < o->size) {
             size_t k = sizeof FILLER - 1;

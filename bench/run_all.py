@@ -1,10 +1,10 @@
-"""Every ipcd benchmark in turn: control, intake, isolation, kv; each figure beside its baselines.
+"""Every ipcd benchmark in turn: control, intake, isolation, kv, forward; each figure beside its baselines.
 
     make bench                                   # builds bench/loadgen, then this
     .venv/bin/python bench/run_all.py [--reps 3] [--seconds 3] [-n 1000000] [--only control,kv]
 
 Each runner is a process of its own (bench/control.py, intake.py,
-isolation.py, kv.py: see their docstrings and bench/README.md); one that
+isolation.py, kv.py, forward.py: see their docstrings and bench/README.md); one that
 fails is reported and the others still run.  Takes a while at the defaults
 (about 20 minutes on 2 cores): use --seconds 1 -n 100000 for a quick look.
 """
@@ -18,7 +18,7 @@ import time
 
 from benchlib import BENCH, PYTHON, build_loadgen, dgram_qlen, machine
 
-RUNNERS = ("control", "intake", "isolation", "kv")
+RUNNERS = ("control", "intake", "isolation", "kv", "forward")
 
 
 def main() -> int:
@@ -42,6 +42,7 @@ def main() -> int:
         "intake": ["--reps", a.reps, "-n", a.n],
         "isolation": ["--reps", a.reps, "--seconds", a.seconds, "-n", a.iso_n],
         "kv": ["--reps", a.reps, "--seconds", a.seconds],
+        "forward": ["--reps", a.reps, "-n", max(a.n // 5, 1000), "--seconds", max(a.seconds * 3, 3)],
     }
     failed = []
     for name in RUNNERS:

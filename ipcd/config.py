@@ -11,20 +11,28 @@ store, access) is not this module's business.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ipcd.errors import ConfigError
+from ipcd.wire.priority import severity  # the one table of level names; a pure module that imports nothing
 
 MiB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DURABILITY = ("normal", "fsync")
+FORWARD_TYPES = ("syslog", "journald")
+JOURNAL_SOCKET = "/run/systemd/journal/socket"  # systemd-journald.socket, sd_journal_sendv(3)
+_TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_ADDRESS = re.compile(
+    r"(?P<scheme>tcp|tls|udp)://(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})"
+)
 
 # Names the daemon, the client and ipcctl agree on.
 SYSTEM_RUNTIME_DIR = Path("/run/ipcd")  # root's runtime dir; the system units' sockets
@@ -101,6 +109,34 @@ class AccessConfig:
     write_groups: list[int | str] = _opt([], "ids")
 
 
+@dataclass
+class MetricsConfig:
+    textfile: str = _opt("", "path", doc="write metrics here for node_exporter's textfile collector; empty: off")
+    interval_s: float = _opt(15.0, "float", 1, 86400, "how often the textfile is rewritten")
+
+
+@dataclass
+class ForwardConfig:
+    """One `[[forward]]` table: a target the log is forwarded to (DESIGN.md "Forwarding")."""
+
+    name: str = _opt("", "target", doc="unique; names the target in status and metrics")
+    type: str = _opt("", "forward_type", doc="syslog or journald")
+    address: str = _opt("", "str", doc="tcp://, tls://, udp://HOST:PORT; unix:///path (journald)")
+    priority: int | None = _opt(None, "severity", doc="that level and more severe")
+    ident: list[str] = _opt([], "strs")
+    unit: list[str] = _opt([], "strs", doc="the sender's systemd unit")
+    uid: list[int] = _opt([], "uids", doc="the sender's trusted uid")
+    ca_file: str = _opt("", "path", doc="tls:// only: CA certificates (default: the system's)")
+    server_name: str = _opt("", "str", doc="tls:// only: the name the certificate must carry (default: HOST)")
+    max_message_bytes: int = _opt(
+        8192, "int", 2048, 16 * MiB, "syslog: longer messages are cut (RFC 5425: 2048 to 8192)"
+    )
+    batch: int = _opt(500, "int", 1, 10000, "entries read from the store at a time")
+    ack_window_s: float = _opt(2.0, "float", 0, 3600, "the at-least-once window (README)")
+    timeout_s: float = _opt(10.0, "float", 0.1, 600, "connect, TLS handshake, unacknowledged data")
+    backoff_max_s: float = _opt(60.0, "float", 0.1, 86400, "the longest wait between attempts")
+
+
 SECTIONS: dict[str, type] = {
     "daemon": DaemonConfig,
     "control": ControlConfig,
@@ -108,6 +144,7 @@ SECTIONS: dict[str, type] = {
     "store": StoreConfig,
     "kv": KvConfig,
     "access": AccessConfig,
+    "metrics": MetricsConfig,
 }
 
 
@@ -119,6 +156,8 @@ class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     kv: KvConfig = field(default_factory=KvConfig)
     access: AccessConfig = field(default_factory=AccessConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    forward: list[ForwardConfig] = field(default_factory=list)
     path: str | None = None  # the file it came from, if any
     explicit: frozenset[str] = frozenset()  # "section.key" set by the file
 
@@ -202,9 +241,12 @@ def parse(raw: bytes, path: str = "<config>") -> Config:
     cfg = Config(path=path)
     explicit: set[str] = set()
     for name, value in doc.items():
+        if name == "forward":
+            cfg.forward = _forwards(value, text, path)
+            continue
         cls = SECTIONS.get(name)
         if cls is None:
-            known = ", ".join(f"[{s}]" for s in SECTIONS)
+            known = ", ".join([*(f"[{s}]" for s in SECTIONS), "[[forward]]"])
             raise ConfigError(f"unknown section (known: {known})", path, _line_of(text, None, name), name)
         if not isinstance(value, dict):
             raise ConfigError("must be a table", path, _line_of(text, None, name), name)
@@ -214,19 +256,27 @@ def parse(raw: bytes, path: str = "<config>") -> Config:
     return cfg
 
 
-def _section(cls: type, name: str, values: dict[str, Any], text: str, path: str) -> Any:
+def _section(
+    cls: type,
+    name: str,
+    values: dict[str, Any],
+    text: str,
+    path: str,
+    line_of: Callable[[str], int | None] | None = None,
+) -> Any:
     specs = {f.name: f for f in fields(cls)}
     out = cls()
+    where = line_of or (lambda key: _line_of(text, name, key))
     for key, value in values.items():
         dotted = f"{name}.{key}"
         f = specs.get(key)
         if f is None:
             known = ", ".join(specs)
-            raise ConfigError(f"unknown key (known: {known})", path, _line_of(text, name, key), dotted)
+            raise ConfigError(f"unknown key (known: {known})", path, where(key), dotted)
         try:
             setattr(out, key, _check(value, f.metadata))
         except ValueError as e:
-            raise ConfigError(str(e), path, _line_of(text, name, key), dotted) from None
+            raise ConfigError(str(e), path, where(key), dotted) from None
     return out
 
 
@@ -253,6 +303,21 @@ def _check(value: Any, meta: Mapping[str, Any]) -> Any:
         raise ValueError(f"must be one of {', '.join(DURABILITY)}")
     elif kind == "mode":
         value = parse_mode(value)
+    elif kind == "path" and (not isinstance(value, str) or (value and not value.startswith("/"))):
+        raise ValueError("must be an absolute path (or empty)")
+    elif kind == "target" and (not isinstance(value, str) or not _TARGET_NAME.fullmatch(value)):
+        raise ValueError("must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit")
+    elif kind == "forward_type" and value not in FORWARD_TYPES:
+        raise ValueError(f"must be one of {', '.join(FORWARD_TYPES)}")
+    elif kind == "severity":
+        value = _severity(value)
+    elif kind == "strs" and not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
+        raise ValueError("must be a list of non-empty strings")
+    elif kind == "uids" and not (
+        isinstance(value, list)
+        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in value)
+    ):
+        raise ValueError("must be a list of uids (numbers)")
     elif kind == "ids" and (
         not isinstance(value, list)
         or not all(
@@ -265,6 +330,96 @@ def _check(value: Any, meta: Mapping[str, Any]) -> Any:
     if hi is not None and value > hi:
         raise ValueError(f"must be at most {_num(hi)}, not {value}")
     return value
+
+
+def _severity(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ValueError("must be a level name (emerg..debug) or 0-7")
+    try:
+        return severity(value)
+    except ValueError:
+        raise ValueError(f"must be a level name (emerg..debug) or 0-7, not {value!r}") from None
+
+
+# -- [[forward]] -------------------------------------------------------------------
+
+
+def _forwards(value: Any, text: str, path: str) -> list[ForwardConfig]:
+    if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
+        raise ConfigError("must be an array of tables: [[forward]]", path, _line_of(text, None, "forward"), "forward")
+    out: list[ForwardConfig] = []
+    seen: dict[str, int] = {}
+    for n, table in enumerate(value, 1):
+        key = f"forward[{n}]"
+        target = _section(ForwardConfig, key, table, text, path, functools.partial(_forward_line, text, n))
+        for required in ("name", "type"):
+            if not getattr(target, required):
+                raise ConfigError("missing (required)", path, _forward_line(text, n, None), f"{key}.{required}")
+        try:
+            target.address = forward_address(target)
+        except ValueError as e:
+            raise ConfigError(str(e), path, _forward_line(text, n, "address"), f"{key}.address") from None
+        tls = target.address.startswith("tls://")
+        for tls_key in ("ca_file", "server_name"):
+            if getattr(target, tls_key) and not tls:
+                raise ConfigError(
+                    "only for a tls:// address", path, _forward_line(text, n, tls_key), f"{key}.{tls_key}"
+                )
+        if target.name in seen:
+            why = f"a second target named {target.name!r} (the first is forward[{seen[target.name]}])"
+            raise ConfigError(why, path, _forward_line(text, n, "name"), f"{key}.name")
+        seen[target.name] = n
+        out.append(target)
+    return out
+
+
+def forward_address(target: ForwardConfig) -> str:
+    """The target's address, checked; journald's default filled in."""
+    address = target.address
+    if target.type == "journald":
+        if not address:
+            return f"unix://{JOURNAL_SOCKET}"
+        if not address.startswith("unix:///"):
+            raise ValueError("journald takes unix:///path (default unix:///run/systemd/journal/socket)")
+        return address
+    if not address:
+        raise ValueError("missing: tcp://HOST:PORT, tls://HOST:PORT or udp://HOST:PORT")
+    m = _ADDRESS.fullmatch(address)
+    if m is None:
+        raise ValueError(f"{address!r} is not tcp://HOST:PORT, tls://HOST:PORT or udp://HOST:PORT ([::1] for IPv6)")
+    if not 1 <= int(m.group("port")) <= 65535:
+        raise ValueError(f"port {m.group('port')} is not 1-65535")
+    return address
+
+
+def split_address(address: str) -> tuple[str, str, int]:
+    """`tcp://host:514` -> ("tcp", "host", 514); `unix:///p` -> ("unix", "/p", 0)."""
+    if address.startswith("unix://"):
+        return "unix", address[len("unix://") :], 0
+    m = _ADDRESS.fullmatch(address)
+    if m is None:
+        raise ValueError(f"not an address: {address!r}")
+    return m.group("scheme"), m.group("ip6") or m.group("host"), int(m.group("port"))
+
+
+def _forward_line(text: str, index: int, key: str | None) -> int | None:
+    """The line of `key` in the `index`-th (1-based) [[forward]] table, else of its header."""
+    header, n = None, 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        m = _HEADER.match(line)
+        if m:
+            if header is not None:
+                break
+            if line.lstrip().startswith("[[") and _dotted(m.group(1)) == ["forward"]:
+                n += 1
+                if n == index:
+                    header = lineno
+            continue
+        if header is not None and key is not None:
+            a = _ASSIGN.match(line)
+            if a and _dotted(a.group(1))[0] == key:
+                return lineno
+    return header
 
 
 def _num(bound: float) -> str:
@@ -331,4 +486,5 @@ def to_dict(cfg: Config) -> dict[str, Any]:
             f.name: (f"{getattr(sec, f.name):04o}" if f.metadata["kind"] == "mode" else getattr(sec, f.name))
             for f in fields(sec)
         }
+    out["forward"] = [{f.name: getattr(t, f.name) for f in fields(t)} for t in cfg.forward]
     return out

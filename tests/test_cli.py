@@ -198,6 +198,7 @@ def test_every_command_is_added_in_cli() -> None:
         "subscribe",
         "doctor",
         "completion",
+        "metrics",
     }
     for path in (ROOT / "ipcd" / "ctl").glob("*.py"):
         assert "def register(" not in path.read_text(), path
@@ -220,8 +221,30 @@ def test_status_renders_every_section_present_and_skips_the_absent(ipcd: Ipcd) -
         "store": {**live["store"], "oldest": 1795000000.0, "error": "disk full\x1b[2J"},
         "logs": {**live["logs"], "followers": 2},
         "forward": [
-            {"name": "central", "type": "syslog", "state": "up", "cursor": 41, "lag": 3, "sent": 40, "errors": 0},
-            {"name": "jd", "type": "journald", "state": "down", "errors": 5, "last_error": "refused\x1b]0;x\x07"},
+            {
+                "name": "central",
+                "type": "syslog",
+                "address": "tcp://logs:514",
+                "state": "connected",
+                "cursor": 41,
+                "lag": 3,
+                "sent": 40,
+                "errors": 0,
+                "last_error": None,
+                "missed": 0,
+            },
+            {
+                "name": "jd",
+                "type": "journald",
+                "address": "unix:///run/systemd/journal/socket",
+                "state": "backing_off",
+                "cursor": 0,
+                "lag": 44,
+                "sent": 0,
+                "errors": 5,
+                "last_error": "refused\x1b]0;x\x07",
+                "missed": 0,
+            },
         ],
     }
     text = "\n".join(render_status(full))
@@ -231,9 +254,9 @@ def test_status_renders_every_section_present_and_skips_the_absent(ipcd: Ipcd) -
     assert ", 2 followers" in text
     oldest = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(1795000000.0))
     assert f"entries, oldest {oldest}" in text and "FAILING: disk full\\x1b[2J" in text
-    assert "  forward   2 targets" in text
-    assert "central (syslog): up, cursor 41, lag 3, sent 40, errors 0" in text
-    assert "jd (journald): down, errors 5; last error: refused\\x1b]0;x\\x07" in text
+    assert "  forward   central  syslog tcp://logs:514: connected, cursor 41, lag 3, 40 sent, 0 errors" in text
+    assert "            jd       journald unix:///run/systemd/journal/socket: backing off, cursor 0, lag 44" in text
+    assert "last error: refused\\x1b]0;x\\x07" in text
     assert "\x1b" not in text
     sparse = {k: v for k, v in full.items() if k not in ("rates", "memory", "forward", "config")}
     text = "\n".join(render_status(sparse))

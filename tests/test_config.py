@@ -25,6 +25,7 @@ from ipcd.config import (
     DaemonConfig,
     KvConfig,
     LogConfig,
+    MetricsConfig,
     StoreConfig,
     config_path,
     load,
@@ -311,6 +312,10 @@ admin_uids = [0, "alice"]
 admin_groups = ["wheel"]
 write_uids = [1000, 1001]
 write_groups = []
+
+[metrics]
+textfile = "/var/lib/node_exporter/ipcd.prom"
+interval_s = 30
 """
 
 ALL_KEYS = frozenset(f"{name}.{f.name}" for name, cls in config.SECTIONS.items() for f in dataclasses.fields(cls))
@@ -356,8 +361,9 @@ def test_parse_every_key() -> None:
     assert cfg.access == AccessConfig(
         admin_uids=[0, "alice"], admin_groups=["wheel"], write_uids=[1000, 1001], write_groups=[]
     )
+    assert cfg.metrics == MetricsConfig(textfile="/var/lib/node_exporter/ipcd.prom", interval_s=30.0)
     assert cfg.explicit == ALL_KEYS
-    assert len(ALL_KEYS) == 36  # a new key needs a line in FULL
+    assert len(ALL_KEYS) == 38  # a new key needs a line in FULL
 
 
 def test_parse_turns_integers_into_floats_for_number_keys() -> None:
@@ -736,9 +742,11 @@ def test_not_utf8_is_a_config_error(raw: bytes) -> None:
 
 def test_to_dict_shape_of_the_defaults() -> None:
     d = to_dict(Config())
-    assert list(d) == ["daemon", "control", "log", "store", "kv", "access"]
+    assert list(d) == ["daemon", "control", "log", "store", "kv", "access", "metrics", "forward"]
+    assert d["forward"] == []
     for name, cls in config.SECTIONS.items():
         assert list(d[name]) == [f.name for f in dataclasses.fields(cls)]
+    assert d["metrics"] == {"textfile": "", "interval_s": 15.0}
     assert d["daemon"] == {"log_level": "info", "status_interval_s": 5.0}
     assert d["control"]["socket_mode"] == "0660"
     assert d["log"]["socket_mode"] == "0666"
@@ -765,12 +773,14 @@ def _toml_value(value: Any) -> str:
     return json.dumps(value)  # ints, strings, lists of them: JSON spelling is TOML spelling
 
 
-def to_toml(d: dict[str, dict[str, Any]]) -> bytes:
+def to_toml(d: dict[str, Any]) -> bytes:
     out = []
     for section, values in d.items():
-        out.append(f"[{section}]")
-        out += [f"{key} = {_toml_value(value)}" for key, value in values.items()]
-        out.append("")
+        tables = values if isinstance(values, list) else [values]
+        for table in tables:
+            out.append(f"[[{section}]]" if isinstance(values, list) else f"[{section}]")
+            out += [f"{key} = {_toml_value(value)}" for key, value in table.items() if value is not None]
+            out.append("")
     return "\n".join(out).encode()
 
 
@@ -782,6 +792,7 @@ def test_to_dict_round_trips_through_parse(source: bytes) -> None:
     assert to_dict(again) == d
     for name in config.SECTIONS:
         assert getattr(again, name) == getattr(cfg, name)
+    assert again.forward == cfg.forward
     assert again.explicit == ALL_KEYS
 
 

@@ -475,3 +475,96 @@ class _LineReader:
             self.buf += chunk
         line, self.buf = self.buf.split(b"\n", 1)
         return line.decode()
+
+
+def test_journald_forwarding_shows_in_journalctl(sd: SdBox) -> None:
+    """A journald target under the real unit (AF_UNIX only, no network): journalctl -t finds the entry."""
+    box = sd
+    config = '[log]\nmax_datagram_bytes = 400000\n[[forward]]\nname = "journal"\ntype = "journald"\npriority = "info"\n'
+    box.write_file(CONFIG, config)
+    call(box, "ping")
+    active(box)
+    ident = "ipcd-fwd-test"
+    box.run(
+        "setpriv",
+        f"--reuid={OTHER_UID}",
+        f"--regid={OTHER_UID}",
+        "--clear-groups",
+        "logger",
+        "-u",
+        "/run/ipcd/log.sock",
+        "-t",
+        ident,
+        "-p",
+        "user.warning",
+        "forwarded to the journal",
+    )
+    box.run("logger", "-u", "/run/ipcd/log.sock", "-t", ident, "-p", "user.debug", "filtered out by priority")
+    big = "z" * 300_000  # past a datagram: the memfd path, under the unit's system call filter
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+        s.sendto(f"<14>{ident}: {big}".encode(), str(box.root / LOG))
+
+    def in_journal() -> list[dict[str, Any]]:
+        out = box.run("journalctl", "--no-pager", "--all", "-t", ident, "-o", "json", check=False).stdout
+        found = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        return found if len(found) == 2 else []
+
+    e, second = wait_for(in_journal, 20, f"journalctl -t {ident} to show both entries")
+    assert second["MESSAGE"] == big
+    assert e["MESSAGE"] == "forwarded to the journal" and e["PRIORITY"] == "4" and e["SYSLOG_FACILITY"] == "1"
+    assert e["IPCD_SENDER_UID"] == str(OTHER_UID) and e["IPCD_SENDER_COMM"] == "logger"
+    assert e["_SYSTEMD_UNIT"] == "ipcd.service"  # journald's own trusted fields: ipcd sent it
+    st = call(box, "status")["forward"][0]
+    assert (st["state"], st["errors"]) == ("connected", 0)
+    wait_for(lambda: call(box, "status")["forward"][0]["lag"] == 0, 10, "lag 0")
+
+
+RECEIVER = """
+import socket
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 6514))
+s.listen()
+while True:
+    c, _ = s.accept()
+    with c, open("/run/ipcd-rx.log", "ab") as f:
+        while data := c.recv(65536):
+            f.write(data)
+            f.flush()
+"""
+
+
+def test_network_targets_need_the_drop_in_and_doctor_says_so(sd: SdBox) -> None:
+    """The shipped unit has no network; contrib/systemd/forward-network.conf opens it, and the store waits meanwhile."""
+    box = sd
+    box.run("systemd-run", "--unit=ipcd-rx", "-p", "Type=exec", "/usr/bin/python3", "-c", RECEIVER)
+    try:
+        box.write_file(
+            CONFIG, '[[forward]]\nname = "rx"\ntype = "syslog"\naddress = "tcp://127.0.0.1:6514"\nbackoff_max_s = 0.5\n'
+        )
+        call(box, "ping")
+        active(box)
+        send_log(box, "sent before the network was opened")
+        st = wait_for(lambda: (x := call(box, "status")["forward"][0])["errors"] >= 1 and x, 20, "rx to fail")
+        assert "Address family not supported" in st["last_error"], st  # RestrictAddressFamilies=AF_UNIX
+        res = box.run(f"{VENV}/bin/ipcctl", "doctor", "--json", check=False)
+        check = next(c for c in json.loads(res.stdout) if c["check"] == "forward rx")
+        assert check["status"] == "problem" and "reachable from here" in check["message"], check
+        assert "forward-network.conf" in check["fix"]
+        box.write_file(
+            f"{DROP_IN_DIR}/forward-network.conf", (ROOT / "contrib/systemd/forward-network.conf").read_text()
+        )
+        box.run("systemctl", "daemon-reload")
+        box.run("systemctl", "restart", "ipcd.service")
+        active(box)
+        received = box.root / "run/ipcd-rx.log"
+        wait_for(
+            lambda: received.exists() and b"sent before the network was opened" in received.read_bytes(),
+            20,
+            "the stored entry at the receiver once the network is open",
+        )
+        assert b'[ipcd@32473 id="' in received.read_bytes()
+        assert call(box, "status")["forward"][0]["state"] == "connected"
+    finally:
+        box.run("systemctl", "stop", "ipcd-rx.service", check=False)

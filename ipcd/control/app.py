@@ -97,7 +97,7 @@ class App:
         self.started_mono = time.monotonic()
         self.sockets: dict[str, str] = {}
         self.config_path: str | None = None  # the file the config comes from, if any
-        self._sections: dict[str, Callable[[], dict[str, Any]]] = {}
+        self._sections: dict[str, Callable[[], Any]] = {}
         self._services: dict[type, object] = {}
 
     def provide(self, service: object, kind: type | None = None) -> None:
@@ -110,13 +110,14 @@ class App:
         except KeyError:
             raise InternalError(f"{kind.__name__} is not running in this ipcd") from None
 
-    def add_section(self, name: str, section: Callable[[], dict[str, Any]]) -> None:
+    def add_section(self, name: str, section: Callable[[], Any]) -> None:
         self._sections[name] = section
 
     def status_of(self, name: str) -> dict[str, Any]:
         """One section of `status`, or {} if that part is not running."""
         section = self._sections.get(name)
-        return section() if section is not None else {}
+        value = section() if section is not None else {}
+        return value if isinstance(value, dict) else {}
 
     def status(self) -> dict[str, Any]:
         """`status`: who and where, then each section (`connections` and `requests` are the server's)."""

@@ -14,6 +14,7 @@ import click
 
 from ipcd.ctl.common import Opts, emit_json, fmt_bytes, fmt_duration, parse_json_arg, pass_opts
 from ipcd.ctl.escape import escape, json_text
+from ipcd.ctl.forward import render_forward
 
 
 def render_status(st: dict[str, Any]) -> list[str]:
@@ -81,24 +82,6 @@ def _render_store(sto: dict[str, Any]) -> str:
     return line
 
 
-def _render_forward(targets: list[dict[str, Any]]) -> str:
-    if not targets:
-        return "  forward   none"
-    lines = [f"  forward   {len(targets)} target{'' if len(targets) == 1 else 's'}"]
-    for t in targets:
-        line = (
-            f"            {escape(str(t.get('name', '?')))} ({escape(str(t.get('type', '?')))}): "
-            f"{escape(str(t.get('state', '?')))}"
-        )
-        for key, label in (("cursor", "cursor"), ("lag", "lag"), ("sent", "sent"), ("errors", "errors")):
-            if t.get(key) is not None:
-                line += f", {label} {t[key]}"
-        if t.get("last_error"):
-            line += f"; last error: {escape(str(t['last_error']))}"
-        lines.append(line)
-    return "\n".join(lines)
-
-
 def _render_watchdog(wd: dict[str, Any]) -> str:
     if not wd.get("enabled"):
         return "  watchdog  off (no WATCHDOG_USEC)"
@@ -122,10 +105,10 @@ SECTION_RENDERERS: dict[str, Callable[[Any], str]] = {
     "memory": _render_memory,
     "logs": _render_logs,
     "store": _render_store,
-    "forward": _render_forward,
     "kv": _render_kv,
     "channels": _render_channels,
     "watchdog": _render_watchdog,
+    "forward": render_forward,
 }
 
 

@@ -20,7 +20,7 @@ import click
 
 from ipcd import __version__
 from ipcd.client import AccessDenied, RemoteError, Unreachable
-from ipcd.ctl import admin, completion, doctor, ipc, logs
+from ipcd.ctl import admin, completion, doctor, ipc, logs, metrics
 from ipcd.ctl.common import Opts
 from ipcd.ctl.errors import to_cli_error
 
@@ -72,6 +72,7 @@ cli.add_command(ipc.publish)
 cli.add_command(ipc.subscribe)
 cli.add_command(doctor.doctor)
 cli.add_command(completion.completion)
+cli.add_command(metrics.metrics)
 
 
 def main() -> None:

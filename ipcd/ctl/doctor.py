@@ -17,7 +17,7 @@ from dataclasses import asdict
 
 import click
 
-from ipcd.ctl import checks_service, checks_sockets
+from ipcd.ctl import checks_service, checks_sockets, forward
 from ipcd.ctl.checkup import Check, Checkup
 from ipcd.ctl.common import Opts, pass_opts
 from ipcd.ctl.errors import EXIT_PROBLEM, EXIT_UNREACHABLE
@@ -36,6 +36,7 @@ STEPS: list[Callable[[Checkup], None]] = [
     checks_service.check_systemd,
     checks_service.check_store,
     checks_service.check_units,
+    forward.check_forward,
 ]
 
 

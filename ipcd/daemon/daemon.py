@@ -30,11 +30,13 @@ from ipcd.control.access import make_policy
 from ipcd.control.app import App
 from ipcd.control.registry import Registry
 from ipcd.control.server import ControlServer
+from ipcd.daemon import metrics
 from ipcd.daemon.diagnostics import set_log_level
 from ipcd.daemon.health import Health
 from ipcd.daemon.instance import Instance, Paths
 from ipcd.daemon.systemd import Notifier, watchdog_interval_s
 from ipcd.errors import ConfigError, ReloadFailed, StartupError
+from ipcd.logs import forward
 from ipcd.logs import methods as log_methods
 from ipcd.logs.process import LogProcess
 from ipcd.logs.store import old_kv_rows
@@ -46,7 +48,7 @@ from ipcd.state.kvdb import KV_DB_NAME, KvDb
 log = logging.getLogger("ipcd")
 
 STOP_GRACE_S = 5.0
-REGISTRY = Registry.join([control_methods.METHODS, log_methods.METHODS, state_methods.METHODS])
+REGISTRY = Registry.join([control_methods.METHODS, log_methods.METHODS, state_methods.METHODS, metrics.METHODS])
 
 
 class Daemon:
@@ -61,6 +63,8 @@ class Daemon:
         self.logs: LogProcess | None = None
         self.kvdb: KvDb | None = None
         self.kv: KvStore | None = None
+        self.forward: forward.Engine | None = None
+        self.metrics: metrics.Metrics | None = None
         self.failure: str | None = None  # why ipcd stops on its own (exit 1)
         self.control: ControlServer | None = None
         self._control_thread: threading.Thread | None = None
@@ -82,8 +86,10 @@ class Daemon:
         self._prepare_state_dir()
         kv_rows = old_kv_rows(self.paths.db)  # before the log process drops them from ipcd.db
         self._start_logs(listeners["log"].sock, owned=listeners["log"].bound is not None)
+        self.forward = forward.start(self.cfg, self.paths.state_dir, self.logs, self.app)
         self._start_state(kv_rows)
         self._start_control(listeners["control"].sock)
+        self.metrics = metrics.start(self.app, self.logs, self.cfg)
         log.info(
             "ipcd %s ready: control %s, log %s, store %s, activation %s (pid %d, log process %d)",
             __version__,
@@ -132,6 +138,7 @@ class Daemon:
 
     def _start_control(self, sock: Any) -> None:
         self.control = ControlServer(sock, self.app)
+        self.app.provide(self.control)  # for metrics: requests by method
         self._control_thread = threading.Thread(target=self.control.serve_forever, args=(0.1,), name="ipcd-control")
         self._control_thread.start()
         self.health.watch(self._control_problem)
@@ -216,6 +223,8 @@ class Daemon:
         set_log_level(new.daemon.log_level)
         if self.logs is not None:
             self.logs.configure(new)
+        forward.reload(self.forward, new)
+        metrics.reload(self.metrics, new)
         if self.kv is not None and self.kvdb is not None:
             self.kv.cfg = new.kv
             self.kvdb.set_durability(new.kv.durability)
@@ -242,6 +251,7 @@ class Daemon:
             self.notifier.extend_timeout(5.0)
 
     def _stop_parts(self) -> None:
+        metrics.stop(self.metrics)
         if self.control is not None:
             self.control.shutdown()  # serve_forever returns: no more accepts
             self.instance.unlink("control")
@@ -256,6 +266,7 @@ class Daemon:
             self._control_thread.join()
         if self.kvdb is not None:
             self.kvdb.close()
+        forward.stop(self.forward)
         if self.logs is not None:
             self.logs.close()
         self.instance.close()

@@ -194,6 +194,7 @@ class FollowHub:
         self.db_path = db_path
         self.head = head
         self._followers: list[Follower] = []
+        self._listeners: list[Callable[[int], None]] = []  # told each commit's last id (forwarding)
         self._cv = threading.Condition()
         self._kicked = False
         self._closed = False
@@ -221,11 +222,22 @@ class FollowHub:
         with self._cv:
             self._followers = [x for x in self._followers if x is not f]
 
+    def listen(self, fn: Callable[[int], None]) -> None:
+        """Call `fn(last_id)` at each commit, on the thread that hears of it (it must not block)."""
+        with self._cv:
+            self._listeners = [*self._listeners, fn]
+
+    def unlisten(self, fn: Callable[[int], None]) -> None:
+        with self._cv:
+            self._listeners = [x for x in self._listeners if x != fn]
+
     def publish(self, last_id: int) -> None:
         """The log process committed up to `last_id`."""
         if last_id > self.head:
             self.head = last_id
         self.kick()
+        for fn in self._listeners:  # the list is replaced, never changed in place
+            fn(last_id)
 
     def kick(self) -> None:
         with self._cv:

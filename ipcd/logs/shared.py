@@ -9,11 +9,12 @@ process and never reads half a message.
 
 from __future__ import annotations
 
+import bisect
 import mmap
 import struct
 import time
 
-COUNTERS = (
+COUNTERS: tuple[str, ...] = (
     "received",  # every datagram read, rate-limited ones included
     "stored",  # rows committed since start
     "rate_limited",
@@ -29,6 +30,15 @@ COUNTERS = (
     "writer_state",  # 0 ok, 1 failing (retrying), 2 dead
     "failures",
     "oldest_us",  # the time the oldest entry was received, in microseconds (0: the store is empty)
+)
+# Histograms (metrics): a slot per bucket (not cumulative), the last one +Inf, and the sum in ns.
+HISTOGRAMS = (
+    "intake_latency",  # per commit: how long its oldest entry waited, from read to committed
+    "commit_duration",  # per commit: inserting what was not inserted yet, and COMMIT
+)
+HISTOGRAM_BOUNDS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+COUNTERS += tuple(
+    f"{h}_{i}" for h in HISTOGRAMS for i in [*(str(n) for n in range(len(HISTOGRAM_BOUNDS_S) + 1)), "sum_ns"]
 )
 TEXT_BYTES = 1024
 _INDEX = {name: i for i, name in enumerate(COUNTERS)}
@@ -52,6 +62,23 @@ class Shared:
         slots = self._slots
         for name, value in values.items():
             slots[_INDEX[name]] = value
+
+    def observe(self, histogram: str, seconds: float) -> None:
+        """One observation (the log process is the only writer: no lock)."""
+        slots, at = self._slots, _INDEX[f"{histogram}_0"]
+        slots[at + bisect.bisect_left(HISTOGRAM_BOUNDS_S, seconds)] += 1  # le: bound >= value
+        slots[at + len(HISTOGRAM_BOUNDS_S) + 1] += int(seconds * 1e9)
+
+    def histogram(self, histogram: str) -> tuple[list[tuple[float, int]], float]:
+        """Cumulative buckets (upper bound, count; the last one inf) and the sum in seconds."""
+        at = _INDEX[f"{histogram}_0"]
+        n = len(HISTOGRAM_BOUNDS_S) + 1
+        counts = self._slots[at : at + n + 1].tolist()
+        out, total = [], 0
+        for bound, count in zip([*HISTOGRAM_BOUNDS_S, float("inf")], counts[:n], strict=True):
+            total += count
+            out.append((bound, total))
+        return out, counts[n] / 1e9
 
     def snapshot(self) -> dict[str, int]:
         return dict(zip(COUNTERS, self._slots.tolist(), strict=True))

@@ -44,6 +44,7 @@ class Publisher:
         self.writer = writer
         self.commit_w = commit_w
         self._text: str | None = None
+        self._commits = 0
 
     def turn(self) -> None:
         i, w = self.intake, self.writer
@@ -72,6 +73,10 @@ class Publisher:
             self.shared.set_text(text)
 
     def committed(self, last_id: int) -> None:
+        if self.writer.commits != self._commits:  # not at start, when nothing was committed yet
+            self._commits = self.writer.commits
+            self.shared.observe("intake_latency", self.writer.last_wait_s)
+            self.shared.observe("commit_duration", self.writer.last_commit_s)
         self.turn()
         self.shared.set("last_id", last_id)
         try:

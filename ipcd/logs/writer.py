@@ -148,6 +148,7 @@ class Writer:
         self.unstorable = 0  # rows sqlite3 could not bind (a bug elsewhere): skipped, counted
         self._skipped = 0  # of them, in the open transaction
         self.commits = 0
+        self.last_commit_s = self.last_wait_s = 0.0  # the last commit's duration; how long its oldest row waited
         self.error: str | None = None  # the last write failure, until a write succeeds
         self.failures = 0
         self.dead: str | None = None  # set if the writer's thread died
@@ -261,6 +262,7 @@ class Writer:
             self._retain()
 
     def commit(self) -> bool:
+        started = time.monotonic()
         try:
             self._insert_pending()
             if self._in_tx:
@@ -284,6 +286,7 @@ class Writer:
         self.unstorable += self._skipped
         self._skipped = 0
         self.commits += 1
+        self.last_commit_s, self.last_wait_s = time.monotonic() - started, time.monotonic() - self._first_at
         if self.error is not None:
             log.warning("the store is writable again, after %d failed attempts", self.failures)
             self.error = None
