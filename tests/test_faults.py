@@ -197,7 +197,10 @@ def test_a_stuck_log_process_stops_the_watchdog_until_it_turns_again(short_tmp) 
     paths = Paths(short_tmp / "run", short_tmp / "state", None, False)
     d = Daemon(config.Config(), paths, Notifier({"NOTIFY_SOCKET": notify_path}))
     d.health.watchdog_s = 0.05
+    umask = os.umask(0o022)
+    os.umask(umask)
     d.start()
+    os.umask(umask)  # the daemon's own umask (077) is not this test process's
     runner = threading.Thread(target=d.run)
     runner.start()
     notes: list[str] = []

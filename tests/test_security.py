@@ -9,6 +9,7 @@ import contextlib
 import os
 import signal
 import socket
+import stat
 from collections.abc import Iterator
 
 from conftest import Conn, Ipcd, needs_root, run_as, wait_for
@@ -124,3 +125,66 @@ def test_one_user_cannot_erase_another_users_logs(make_ipcd) -> None:
     assert [e["message"] for e in victim] == [f"entry {i}" for i in range(50)]
     flood = d.call("logs.query", {"uid": 3001, "limit": 1})["entries"]
     assert flood[0]["message"] == "flood 3999"  # the attacker lost its own oldest
+
+
+# -- trust in directories and files (#10 items 2 and 3, the daemon's side) -------------------
+
+
+def test_store_files_are_0600_and_the_state_dir_0700_whatever_the_umask(make_ipcd) -> None:
+    d: Ipcd = make_ipcd()
+    old = os.umask(0)
+    try:
+        d.start()
+    finally:
+        os.umask(old)
+    d.call("kv.set", {"key": "k", "value": 1})
+    d.call("ping")
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in d.state_dir.iterdir()}
+    assert modes and set(modes.values()) == {0o600}, modes  # ipcd.db(-wal, -shm), kv.db(...)
+    assert {"ipcd.db", "kv.db"} <= set(modes)
+    assert stat.S_IMODE(d.state_dir.stat().st_mode) == 0o700
+    assert stat.S_IMODE(d.run_dir.stat().st_mode) == 0o755  # others must reach the sockets
+
+
+def test_a_symlinked_runtime_dir_is_refused(make_ipcd, short_tmp) -> None:
+    d: Ipcd = make_ipcd()
+    elsewhere = short_tmp / "elsewhere"
+    elsewhere.mkdir()
+    d.run_dir.symlink_to(elsewhere)
+    d.start(wait=False)
+    assert d.wait() == 1
+    assert f"{d.run_dir} is a symlink: refusing to use it" in d.stderr()
+    assert not any(elsewhere.iterdir())  # nothing was made through it
+
+
+def test_a_world_writable_state_dir_is_refused(make_ipcd) -> None:
+    d: Ipcd = make_ipcd()
+    d.state_dir.mkdir()
+    os.chmod(d.state_dir, 0o777)
+    d.start(wait=False)
+    assert d.wait() == 1
+    assert "is writable by its group or by others (mode 0777)" in d.stderr() and "chmod go-w" in d.stderr()
+
+
+@needs_root
+def test_a_runtime_dir_made_by_another_user_is_refused(make_ipcd) -> None:
+    """/tmp/ipcd-$UID made first by bob: alice's ipcd refuses it (and alice's ipcctl too, see test_trust)."""
+    d: Ipcd = make_ipcd()
+    d.run_dir.mkdir()
+    os.chown(d.run_dir, 3003, 3003)
+    d.start(wait=False)
+    assert d.wait() == 1
+    assert f"{d.run_dir} is owned by uid 3003" in d.stderr()
+
+
+@needs_root
+def test_a_store_file_another_uid_made_is_refused(make_ipcd) -> None:
+    """A root ipcd used bob's pre-made ipcd.db in a world-writable state dir."""
+    d: Ipcd = make_ipcd()
+    d.state_dir.mkdir(mode=0o700)
+    planted = d.state_dir / "ipcd.db"
+    planted.write_bytes(b"")
+    os.chown(planted, 3003, 3003)
+    d.start(wait=False)
+    assert d.wait() == 1
+    assert f"{planted} is owned by uid 3003, not by uid 0" in d.stderr()

@@ -30,7 +30,7 @@ from ipcd.control.access import make_policy
 from ipcd.control.app import App
 from ipcd.control.registry import Registry
 from ipcd.control.server import ControlServer
-from ipcd.daemon import metrics
+from ipcd.daemon import metrics, trust
 from ipcd.daemon.diagnostics import set_log_level
 from ipcd.daemon.health import Health
 from ipcd.daemon.instance import Instance, Paths
@@ -77,6 +77,7 @@ class Daemon:
 
     def start(self) -> None:
         _raise_nofile()
+        os.umask(0o077)  # every file ipcd makes is its own: the store, kv.db, the lock (sockets get their modes)
         listeners = self.instance.open(self.cfg)
         self.app.activation = self.instance.activation
         self.app.sockets.update({name: lst.path for name, lst in sorted(listeners.items())})
@@ -103,16 +104,14 @@ class Daemon:
         self.notifier.ready(status=self.health.summary())
 
     def _prepare_state_dir(self) -> None:
-        sd = self.paths.state_dir
-        try:
-            sd.mkdir(mode=0o750, parents=True, exist_ok=True)
-        except OSError as e:
-            raise StartupError(f"cannot create state dir {sd}: {e.strerror}") from None
+        trust.private_dir(self.paths.state_dir, self.instance.uid)
+        trust.store_files(self.paths.state_dir, self.instance.uid)
 
     def _start_logs(self, sock: Any, owned: bool) -> None:
         """Fork the log process: first of all, while this is the only thread."""
         self.logs = LogProcess(self.cfg, self.paths.db, sock, owned=owned, on_exit=self._log_process_ended)
         self.logs.start(close_in_child=[*self.instance.fds_except("log"), *self.notifier.fds()])
+        _lower_priority(self.cfg.daemon.control_nice)
         self.logs.provide(self.app)
         self.health.logs = self.logs
         self.health.watch(self.logs.problem)
@@ -271,6 +270,18 @@ class Daemon:
             self.logs.close()
         self.instance.close()
         self.notifier.close()
+
+
+def _lower_priority(nice: int) -> None:
+    """Intake before queries (DESIGN.md): a blocked log socket blocks every service that logs,
+    so on a busy machine the scheduler should favour the log process.  Set on the main thread
+    before the control threads start: each thread takes its nice value from the one that made it."""
+    if nice <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)
+    except OSError as e:  # a seccomp filter without setpriority, say
+        log.warning("cannot lower the control process's priority (daemon.control_nice): %s", e.strerror)
 
 
 def _raise_nofile() -> None:

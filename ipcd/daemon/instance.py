@@ -26,6 +26,7 @@ from ipcd import config
 from ipcd.config import Config
 from ipcd.daemon.binding import Bound, bind_unix, check_path_length, probe
 from ipcd.daemon.systemd import ActivationError, adopt_sockets, socket_path
+from ipcd.daemon.trust import trusted_dir
 from ipcd.errors import AlreadyRunning, IpcdError, StartupError
 from ipcd.logs.store import DB_NAME
 
@@ -103,15 +104,8 @@ class Instance:
         return self.paths.control if name == "control" else self.paths.log
 
     def _prepare_runtime_dir(self) -> None:
-        rd = self.paths.runtime_dir
-        try:
-            rd.mkdir(mode=0o755, parents=True, exist_ok=True)
-        except OSError as e:
-            raise StartupError(f"cannot create runtime dir {rd}: {e.strerror}", e.errno or errno.EIO) from None
-        st = rd.stat()
-        if st.st_uid not in (self.uid, 0) or st.st_mode & 0o002:
-            # /tmp/ipcd-$UID could have been made by someone else first.
-            raise StartupError(f"runtime dir {rd} is owned by uid {st.st_uid} or writable by all: refusing to use it")
+        # 0755: other users reach the sockets (their own modes say who may use them).
+        trusted_dir(self.paths.runtime_dir, self.uid, 0o755)
 
     def _take_lock(self) -> None:
         """One ipcd per runtime dir: an flock(2) held for the daemon's life.
