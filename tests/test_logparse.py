@@ -450,7 +450,7 @@ def test_json_that_is_not_a_log_entry_is_plain(data: bytes) -> None:
 def test_json_deeply_nested_is_plain() -> None:
     data = b'{"message": "m", "fields": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
     entry = parse_datagram(data)
-    assert (entry.format, entry.malformed) == ("plain", False)
+    assert (entry.format, entry.malformed) == ("plain", True)  # stored as text, counted malformed (DESIGN.md)
 
 
 def test_json_extra_keys_land_in_fields() -> None:
@@ -530,3 +530,18 @@ def test_fast_path_same_as_general(data: bytes) -> None:
 def test_json_that_could_not_go_out_again_is_kept_as_plain_text(data: bytes) -> None:
     entry = parse_datagram(data)
     assert (entry.format, entry.message, entry.fields) == ("plain", data.decode(), None)
+
+
+def test_a_json_datagram_nested_past_64_is_plain_text_and_malformed() -> None:
+    """DESIGN.md "Limits" (issue #10 item 7): 64 deep is JSON, 65 is kept as text and counted."""
+
+    def nested(depth: int) -> bytes:
+        return b'{"message": "m", "fields": {"x": ' + b"[" * (depth - 2) + b"]" * (depth - 2) + b"}}"
+
+    ok = parse_datagram(nested(64))
+    assert (ok.format, ok.malformed, ok.message) == ("json", False, "m")
+    deep = parse_datagram(nested(65))
+    assert (deep.format, deep.malformed) == ("plain", True)
+    assert deep.message == nested(65).decode()
+    far = parse_datagram(nested(5000))  # past Python's recursion limit too
+    assert (far.format, far.malformed) == ("plain", True)

@@ -6,10 +6,12 @@ Peers with other uids are forked children that drop to another uid (root only).
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import socket
 import stat
+import time
 from collections.abc import Iterator
 
 from conftest import Conn, Ipcd, needs_root, run_as, wait_for
@@ -188,3 +190,24 @@ def test_a_store_file_another_uid_made_is_refused(make_ipcd) -> None:
     d.start(wait=False)
     assert d.wait() == 1
     assert f"{planted} is owned by uid 3003, not by uid 0" in d.stderr()
+
+
+def test_sigterm_while_a_kv_set_is_in_flight_answers_it_and_stops_at_once(make_ipcd) -> None:
+    """#10 item 13: the stop took 30 s (the write waited for a writer that had ended)."""
+    d: Ipcd = make_ipcd().start()
+    with Conn(d.sock) as c:
+        big = "x" * 500_000
+        for i in range(20):  # pipelined: some are still in flight when SIGTERM lands
+            c.send_json({"jsonrpc": "2.0", "id": i, "method": "kv.set", "params": {"key": f"k{i}", "value": big}})
+        d.send_signal(signal.SIGTERM)
+        replies = []
+        while (line := c.readline()) != b"":
+            replies.append(json.loads(line))
+    t0 = time.monotonic()
+    assert d.wait(20) == 0
+    assert time.monotonic() - t0 < 10
+    acked = [r["id"] for r in replies if "result" in r]
+    assert acked == list(range(len(acked)))  # answered in order, up to where the stop cut reading
+    d.start()
+    for i in acked:  # what was acknowledged was committed
+        assert d.call("kv.get", {"key": f"k{i}"})["version"] == 1

@@ -24,6 +24,7 @@ import json
 import re
 from typing import Any, NamedTuple
 
+from ipcd.wire.jsonrpc import MAX_DEPTH, too_deep
 from ipcd.wire.priority import facility, severity
 
 # RFC 5424 §6.2.1: PRI = facility * 8 + severity, 0..191.
@@ -284,8 +285,12 @@ def _parse_json(data: bytes) -> LogEntry | None:
         # What is stored must go out again as JSON: no lone surrogate ("\\ud800"
         # has no UTF-8 form), no number that turned into inf.
         json.dumps(doc, ensure_ascii=False, allow_nan=False).encode("utf-8")
-    except (ValueError, RecursionError):  # UnicodeError is a ValueError
+    except RecursionError:
+        return _plain(data, malformed=True)
+    except ValueError:  # UnicodeError is one too
         return None
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and too_deep(doc):
+        return _plain(data, malformed=True)  # DESIGN.md "Limits": JSON nesting depth, 64
     if not isinstance(doc, dict) or not isinstance(doc.get("message"), str):
         return None
     try:
