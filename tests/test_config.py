@@ -748,7 +748,7 @@ def test_to_dict_shape_of_the_defaults() -> None:
     for name, cls in config.SECTIONS.items():
         assert list(d[name]) == [f.name for f in dataclasses.fields(cls)]
     assert d["metrics"] == {"textfile": "", "interval_s": 15.0}
-    assert d["daemon"] == {"log_level": "info", "status_interval_s": 5.0, "control_nice": 5}
+    assert d["daemon"] == {"log_level": "info", "status_interval_s": 5.0, "control_nice": 10}
     assert d["control"]["socket_mode"] == "0660"
     assert d["log"]["socket_mode"] == "0666"
     assert d["control"]["max_request_bytes"] == MiB

@@ -32,7 +32,7 @@ from ipcd.control.registry import Registry
 from ipcd.control.server import ControlServer
 from ipcd.daemon import metrics, trust
 from ipcd.daemon.diagnostics import set_log_level
-from ipcd.daemon.health import Health
+from ipcd.daemon.health import Health, Priority
 from ipcd.daemon.instance import Instance, Paths
 from ipcd.daemon.systemd import Notifier, watchdog_interval_s
 from ipcd.errors import ConfigError, ReloadFailed, StartupError
@@ -60,6 +60,7 @@ class Daemon:
         self.app = App(cfg, make_policy(cfg.access, os.geteuid()), REGISTRY, lifecycle=self)
         self.app.config_path = str(paths.config_path) if paths.config_path else None
         self.health = Health(self.notifier, watchdog_interval_s(), self.app)
+        self.priority = Priority()
         self.logs: LogProcess | None = None
         self.kvdb: KvDb | None = None
         self.kv: KvStore | None = None
@@ -111,7 +112,6 @@ class Daemon:
         """Fork the log process: first of all, while this is the only thread."""
         self.logs = LogProcess(self.cfg, self.paths.db, sock, owned=owned, on_exit=self._log_process_ended)
         self.logs.start(close_in_child=[*self.instance.fds_except("log"), *self.notifier.fds()])
-        _lower_priority(self.cfg.daemon.control_nice)
         self.logs.provide(self.app)
         self.health.logs = self.logs
         self.health.watch(self.logs.problem)
@@ -189,6 +189,7 @@ class Daemon:
             if self.kv is not None:
                 self.kv.purge_expired()
             self.health.sample()
+            self.priority.adjust(self.health.busy(), self.cfg.daemon.control_nice)
             now = time.monotonic()
             if now >= next_ping:
                 self.health.tick()
@@ -270,18 +271,6 @@ class Daemon:
             self.logs.close()
         self.instance.close()
         self.notifier.close()
-
-
-def _lower_priority(nice: int) -> None:
-    """Intake before queries (DESIGN.md): a blocked log socket blocks every service that logs,
-    so on a busy machine the scheduler should favour the log process.  Set on the main thread
-    before the control threads start: each thread takes its nice value from the one that made it."""
-    if nice <= 0:
-        return
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, os.getpriority(os.PRIO_PROCESS, 0) + nice)
-    except OSError as e:  # a seccomp filter without setpriority, say
-        log.warning("cannot lower the control process's priority (daemon.control_nice): %s", e.strerror)
 
 
 def _raise_nofile() -> None:

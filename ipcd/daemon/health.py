@@ -10,6 +10,7 @@ STATUS= (clients, messages/s, drops).
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections import deque
 from collections.abc import Callable
@@ -23,6 +24,8 @@ from ipcd.logs.process import LogProcess
 log = logging.getLogger("ipcd")
 
 RATE_WINDOW_S = 5.0
+BUSY_MSGS_PER_S = 1000
+CALM_S = 5.0  # how long intake stays calm before the control process gets its priority back
 Part = Callable[[float], str | None]  # stale_s -> what is wrong, or None
 
 
@@ -89,6 +92,13 @@ class Health:
         dt = max(t1 - t0, 1e-6)
         return {"messages_per_s": round((m1 - m0) / dt, 1), "requests_per_s": round((r1 - r0) / dt, 1)}
 
+    def busy(self) -> bool:
+        """Whether intake is busy: over BUSY_MSGS_PER_S in the last second (see `Priority`)."""
+        if len(self._samples) < 2:
+            return False
+        (t0, m0, _), (t1, m1, _) = self._samples[-2], self._samples[-1]
+        return (m1 - m0) / max(t1 - t0, 1e-6) >= BUSY_MSGS_PER_S
+
     def memory(self) -> dict[str, int | None]:
         """`status.memory`: resident memory of both processes."""
         log_pid = self.logs.pid if self.logs else 0
@@ -109,3 +119,59 @@ class Health:
         if problem:
             text += f"; STORE FAILING: {problem}"
         return text
+
+
+class Priority:
+    """Intake before queries, while intake is busy (DESIGN.md "Processes and sockets").
+
+    A blocked log socket blocks every service that logs, so while the log
+    process is busy the control process's threads run `[daemon] control_nice`
+    below it, and the scheduler favours intake on a busy machine; once intake
+    has been calm a few seconds they get their priority back, so control
+    clients get the whole machine when logging is light.  Going back needs
+    RLIMIT_NICE (root, or the unit's LimitNICE=); where it is not allowed the
+    threads stay niced, and that is said once.
+    """
+
+    def __init__(self) -> None:
+        self.nice = 0  # over the base, now
+        self._calm_since = 0.0
+        self._stuck = False
+
+    def adjust(self, busy: bool, nice: int) -> None:
+        now = time.monotonic()
+        if busy:
+            self._calm_since = 0.0
+            want = nice
+        else:
+            self._calm_since = self._calm_since or now
+            want = 0 if now - self._calm_since >= CALM_S else self.nice
+        if want != self.nice and not (self._stuck and want < self.nice):
+            self._renice(want)
+
+    def _renice(self, want: int) -> None:
+        step = want - self.nice
+        for tid in _threads():
+            try:
+                os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + step)
+            except ProcessLookupError:
+                continue  # a thread that ended meanwhile
+            except OSError as e:
+                if step < 0:  # no RLIMIT_NICE to come back: stay as nice as we are
+                    self._stuck = True
+                    log.info(
+                        "the control process stays at nice +%d: %s (LimitNICE= allows coming back)",
+                        self.nice,
+                        e.strerror,
+                    )
+                else:
+                    log.warning("cannot lower the control process's priority (daemon.control_nice): %s", e.strerror)
+                return
+        self.nice = want
+
+
+def _threads() -> list[int]:
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [os.getpid()]

@@ -26,7 +26,7 @@ from typing import Any
 
 from ipcd.config import KvConfig
 from ipcd.errors import Conflict, InternalError, InvalidParams, LimitReached, NotFound
-from ipcd.state.kvdb import DELETE, DELETE_VERSION, UPSERT, KvDb, Write
+from ipcd.state.kvdb import DELETE, DELETE_VERSION, UPSERT, Batch, KvDb, Write
 from ipcd.wire.jsonrpc import MAX_DEPTH, too_deep
 
 MAX_KEY_CHARS = 256
@@ -216,9 +216,9 @@ class KvStore:
             if self._items.get(key) is new:
                 self._put(key, old)
 
-    def _wait(self, batch: Any) -> None:
+    def _wait(self, batch: Batch) -> None:
         try:
-            batch.wait()
+            self.db.commit(batch)
         except Exception as e:
             raise InternalError(f"the store could not be written, nothing changed: {e}") from None
 
@@ -251,6 +251,7 @@ class KvStore:
                     tell()
 
             self.db.submit(Write(DELETE_VERSION, rows, many=True, after=tell_all))
+            self.db.kick()
         self.expired += len(gone)
         return len(gone)
 

@@ -3,9 +3,12 @@
 Key/value state has a file of its own, apart from the log's store, so that
 the log process and the control process never queue on one SQLite write
 lock (DESIGN.md "Processes and sockets").  Writes are `submit`ted by the
-threads that serve `kv.set`/`kv.delete`; the writer thread takes whatever
-is queued when it is free, runs it in one transaction and commits once
-(group commit), then answers every write of that commit at once.  Each
+threads that serve `kv.set`/`kv.delete` (in the order they hold, under
+their own lock), then `commit`ted: when no commit is under way, the caller
+commits whatever is queued itself, at once, in its own thread (no hand-over
+to another thread for a lone writer); when one is, its write waits for the
+next, which takes everything queued meanwhile in one transaction (group
+commit) by the writer thread, and every write of it is answered at once.  Each
 write may bring an `undo` (run, newest first, if the commit failed) and an
 `after` (run in submission order once it is committed: watchers hear of
 changes in the order they were made, and only of committed ones).
@@ -93,6 +96,7 @@ class KvDb:
         self._cv = threading.Condition()
         self._queue: list[Write] = []
         self._batch = Batch()
+        self._committing = False  # one commit at a time, by a caller or the writer thread
         self._closing = False
         self._thread: threading.Thread | None = None
 
@@ -114,7 +118,7 @@ class KvDb:
 
     def submit(self, write: Write) -> Batch:
         """Queue a write for the next commit (the caller keeps the order it wants by
-        holding its own lock while it submits); wait on the batch it joined."""
+        holding its own lock while it submits); `commit` the batch it joined."""
         with self._cv:
             if self._closing:
                 batch = Batch()
@@ -122,19 +126,52 @@ class KvDb:
                 batch.done.set()
                 return batch
             self._queue.append(write)
-            self._cv.notify()
+            if self._committing:
+                self._cv.notify()  # the writer thread takes it as soon as the commit under way ends
             return self._batch
 
+    def kick(self) -> None:
+        """Have the writer thread commit what is queued (a write nobody waits on)."""
+        with self._cv:
+            self._cv.notify()
+
+    def commit(self, batch: Batch, timeout_s: float | None = None) -> None:
+        """Return once `batch` is committed (or raise its error).
+
+        With no commit under way, the caller commits everything queued itself,
+        at once (a lone writer never waits for another thread); else the
+        writer thread commits it next, with whatever else queued meanwhile.
+        """
+        with self._cv:
+            lead = not self._committing and batch is self._batch and bool(self._queue)
+            if lead:
+                writes, self._queue, self._batch = self._queue, [], Batch()
+                self._committing = True
+        if lead:
+            self._lead(writes, batch)
+        batch.wait(timeout_s)
+
+    def _lead(self, writes: list[Write], batch: Batch) -> None:
+        try:
+            self._commit(writes, batch)
+        finally:
+            with self._cv:
+                self._committing = False
+                if self._queue:
+                    self._cv.notify()  # the writer thread: what queued during this commit
+
     def _run(self) -> None:
+        """Commit what queued while another commit ran (group commit), and at close what is left."""
         while True:
             with self._cv:
-                while not self._queue and not self._closing:
+                while (not self._queue or self._committing) and not (self._closing and not self._committing):
                     self._cv.wait()
                 if not self._queue:
                     return
                 writes, batch = self._queue, self._batch
                 self._queue, self._batch = [], Batch()
-            self._commit(writes, batch)
+                self._committing = True
+            self._lead(writes, batch)
 
     def _commit(self, writes: list[Write], batch: Batch) -> None:
         try:
