@@ -279,6 +279,8 @@ max_batch = 20
 idle_timeout_s = 60          # an integer where a number goes
 stream_queue = 16
 max_queued_bytes_per_connection = 131072
+max_queued_bytes = 2097152
+max_inflight_request_bytes = 65536
 max_streams_per_connection = 5
 query_timeout_s = 0.5
 socket_mode = "0600"
@@ -291,6 +293,7 @@ rate_limit_interval_s = 0.5
 receive_buffer_bytes = 65536
 socket_mode = 0o640
 follow_max_lag = 500
+max_senders = 100
 
 [store]
 max_entries = 5000
@@ -335,6 +338,8 @@ def test_parse_every_key() -> None:
         idle_timeout_s=60.0,
         stream_queue=16,
         max_queued_bytes_per_connection=131072,
+        max_queued_bytes=2097152,
+        max_inflight_request_bytes=65536,
         max_streams_per_connection=5,
         query_timeout_s=0.5,
         socket_mode=0o600,
@@ -347,6 +352,7 @@ def test_parse_every_key() -> None:
         receive_buffer_bytes=65536,
         socket_mode=0o640,
         follow_max_lag=500,
+        max_senders=100,
     )
     assert cfg.store == StoreConfig(
         max_entries=5000,
@@ -364,7 +370,7 @@ def test_parse_every_key() -> None:
     )
     assert cfg.metrics == MetricsConfig(textfile="/var/lib/node_exporter/ipcd.prom", interval_s=30.0)
     assert cfg.explicit == ALL_KEYS
-    assert len(ALL_KEYS) == 39  # a new key needs a line in FULL
+    assert len(ALL_KEYS) == 42  # a new key needs a line in FULL
 
 
 def test_parse_turns_integers_into_floats_for_number_keys() -> None:

@@ -28,7 +28,7 @@ from ipcd.logs.query import Reader
 from ipcd.logs.ratelimit import RateLimiter
 from ipcd.logs.retention import fair_levels
 from ipcd.logs.store import COLUMNS, SCHEMA_VERSION
-from ipcd.logs.writer import Received, Writer, row_values
+from ipcd.logs.writer import ROW_OVERHEAD, Received, Writer, row_values
 from ipcd.wire.logparse import LogEntry
 
 # The schema as ipcd 0.1 shipped it (user_version 1), written out by hand:
@@ -389,6 +389,29 @@ def test_rows_wait_in_memory_while_the_store_cannot_be_written(path: Path, open_
     with db(path) as c:
         assert [r[0] for r in c.execute("SELECT message FROM entries ORDER BY id")] == ["a", "b", "c", "d"]
     assert (w.pending, w.stored, w.dropped, w.next_id) == (0, 4, 2, 5)
+
+
+def test_rows_waiting_for_a_failing_store_are_bounded_in_bytes_at_the_edge(open_writer: Any) -> None:
+    # #10 item 11: on a full disk, up to 100,000 pending 64 KiB entries (6.4 GB) could wait in memory.
+    w = open_writer(commit_batch=1, max_pending=100_000, max_pending_bytes=1 << 20)
+    w.conn.execute("PRAGMA query_only = ON")
+    message = "x" * (4096 - ROW_OVERHEAD)  # 4 KiB a row, by the estimate (a row costs about that: see writer)
+    for _ in range(300):
+        w.add([row(message)])
+    assert w.error is not None
+    assert (w.pending, w.pending_bytes, w.dropped) == (256, 1 << 20, 44)
+
+
+def test_rows_in_the_open_transaction_are_committed_at_max_pending_bytes(path: Path, open_writer: Any) -> None:
+    # Not only at commit_batch rows: 10000 rows of 64 KiB would be 640 MB waiting for the commit.
+    w = open_writer(commit_batch=10_000, max_pending_bytes=1 << 20)
+    message = "x" * (4096 - ROW_OVERHEAD)
+    for _ in range(255):
+        w.add([row(message)])
+    assert (w.pending, w.stored) == (255, 0)
+    w.add([row(message)])  # 1 MiB by the estimate: committed at once
+    assert (w.pending, w.stored) == (0, 256)
+    assert len(ids_on_disk(path)) == 256
 
 
 # --- retention -------------------------------------------------------------------------
@@ -762,6 +785,24 @@ def test_rate_limit_is_per_key() -> None:
         (False, 0),
     ]
     assert len(rl) == 4
+
+
+def test_rate_limit_windows_are_bounded_and_new_senders_fall_back_to_their_uids() -> None:
+    # A user who makes up a new command name (or unit) per process made a window each, without end.
+    rl = RateLimiter(burst=1, interval_s=10.0, max_windows=3)
+    for comm in ("a", "b", "c"):
+        key = rl.key_for((1000, comm), "uid 1000")
+        assert key == (1000, comm) and rl.check(key, 5, 0.0) == (True, 0)
+    assert rl.key_for((1000, "a"), "uid 1000") == (1000, "a")  # a sender with a window keeps it
+    assert rl.key_for((1000, "d"), "uid 1000") == "uid 1000"  # the table is full: the uid's window
+    assert [rl.check(rl.key_for((1000, f"n{i}"), "uid 1000"), 5, 1.0) for i in range(3)] == [
+        (True, 0),
+        (False, 0),
+        (False, 0),
+    ]
+    assert len(rl) == 4  # the bound, and the one fallback window past it
+    rl.sweep(20.0)
+    assert len(rl) == 0 and rl.key_for((1000, "d"), "uid 1000") == (1000, "d")
 
 
 def test_rate_limit_sweep_reports_ended_windows_once() -> None:

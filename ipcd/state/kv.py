@@ -11,7 +11,8 @@ go out again (`kv.get` splices it into the reply), so a value costs its
 size, not a tree of Python objects.  An expired key is gone for readers at
 once; `purge_expired` (every second) removes it for good.  Watchers are
 indexed by prefix: a write costs a lookup per prefix of its key plus the
-watchers that match, never a look at every watcher.  Roles, params and the
+watchers that match, never a look at every watcher; a change is encoded
+once, whatever the number of its watchers.  Roles, params and the
 wire are `methods`' business.
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 from ipcd.config import KvConfig
 from ipcd.errors import Conflict, InternalError, InvalidParams, LimitReached, NotFound
 from ipcd.state.kvdb import DELETE, DELETE_VERSION, UPSERT, Batch, KvDb, Write
-from ipcd.wire.jsonrpc import MAX_DEPTH, too_deep
+from ipcd.wire.jsonrpc import MAX_DEPTH, Raw, notification_line, to_bytes, too_deep
 
 MAX_KEY_CHARS = 256
 
@@ -61,12 +62,15 @@ def check_key(key: str, what: str = "key") -> str:
     return key
 
 
-def change_line(key: str, op: str, value: str | None, version: int) -> str:
-    """A `kv.change` notification's params, as JSON text."""
-    return f'{{"key":{json.dumps(key, ensure_ascii=False)},"op":"{op}","value":{value or "null"},"version":{version}}}'
+def change_line(key: str, op: str, value: str | None, version: int) -> bytes:
+    """A `kv.change` notification, encoded (once for all its watchers)."""
+    params = (
+        f'{{"key":{json.dumps(key, ensure_ascii=False)},"op":"{op}","value":{value or "null"},"version":{version}}}'
+    )
+    return to_bytes(notification_line("kv.change", Raw(params)))
 
 
-Watcher = Callable[[str], Any]  # takes a kv.change's params as JSON text
+Watcher = Callable[[bytes], Any]  # takes a kv.change notification, encoded
 
 
 class Watchers:
