@@ -53,7 +53,9 @@ def _opt(default: Any, kind: str, lo: float | None = None, hi: float | None = No
 class DaemonConfig:
     log_level: str = _opt("info", "level", doc="ipcd's own diagnostics on stderr")
     status_interval_s: float = _opt(5.0, "float", 0.1, 3600, "how often STATUS= is refreshed")
-    control_nice: int = _opt(10, "int", 0, 19, "the control process's nice over the log process's, while intake is busy")
+    control_nice: int = _opt(
+        10, "int", 0, 19, "the control process's nice over the log process's, while intake is busy"
+    )
 
 
 @dataclass
