@@ -7,6 +7,7 @@ polls a condition against a deadline and says what it waited for.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -23,7 +24,18 @@ from typing import Any, TypeVar
 import pytest
 from click.testing import CliRunner
 
-from ipcd.ctl.cli import cli
+from ipcd.ctl.cli import COMMANDS, cli
+
+# ipcctl and ipcd.client import their parts when first used; load them all now, so that a
+# child forked to run as another uid (`run_as`) never has to read the interpreter's files,
+# which may sit under a home directory that uid cannot enter.
+for _module in {f"ipcd.ctl.{where[0]}" for where in COMMANDS.values()} | {
+    "ipcd.client.connection",
+    "ipcd.client.handler",
+    "ipcd.client.resolve",
+    "ipcd.client.trust",
+}:
+    importlib.import_module(_module)
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
