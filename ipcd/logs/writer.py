@@ -125,7 +125,7 @@ def split(first_id: int, rows: list[Received]) -> Split:
                 e.pid,
                 e.message,
                 e.format,
-                r.truncated,
+                1 if r.truncated else 0,  # an int: sqlite3 binds a bool through its adapters, slowly
                 r.sender_pid,
                 uid,
                 r.sender_gid,
