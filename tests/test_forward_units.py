@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from conftest import ROOT
-from test_units import UNITS, analyze, exposure, installed, needs_analyze, unit_value
+from test_daemon_units import UNITS, analyze, exposure, installed, needs_analyze, unit_value
 
 __all__ = ["installed"]  # the fixture, used here
 DROP_IN = ROOT / "contrib/systemd/forward-network.conf"

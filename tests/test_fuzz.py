@@ -1,6 +1,6 @@
 """Property tests (hypothesis) for the sans-IO cores: only declared errors may escape.
 
-The datagram parser has its own in tests/test_logparse.py.  Budgets are
+The datagram parser has its own in tests/test_wire_logparse.py.  Budgets are
 bounded (max_examples) so that the suite stays fast; raise them locally with
 HYPOTHESIS_PROFILE=deep.
 """

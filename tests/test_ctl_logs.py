@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 from conftest import Ipcd, ipcctl, ipcctl_argv, needs_program, wait_for
-from test_logs import HOSTNAME, MY_COMM, MY_PID, NO_LIMIT, alive, query, send, wait_stored
+from test_logs_intake import HOSTNAME, MY_COMM, MY_PID, NO_LIMIT, alive, query, send, wait_stored
 
 RED, YELLOW, BOLD, GREY = "\x1b[0;1;31m", "\x1b[0;1;33m", "\x1b[0;1;39m", "\x1b[0;38;5;245m"
 
