@@ -1,35 +1,35 @@
-"""ipcd's settings: the `Config` dataclass, the directory rules, the TOML file,
+"""ipcd's settings: the `Config` dataclasses, the directory rules, the TOML file,
 and the names (socket files, units) that the daemon, the client and ipcctl share.
 
 Everything here is pure: the environment and the uid are passed in, the
 file is read once.  DESIGN.md "Processes and sockets" fixes the order in
 which directories are chosen and "Config" the keys.  A key the file does not
 know, or a value of the wrong type or out of range, is a `ConfigError`
-naming the file, the line and the key.  Who reads the values (servers, the
-store, access) is not this module's business.
+naming the file, the line and the key.  The file as text (TOML errors with
+their line, each kind of value checked, the line a key is on) is
+`configfile`'s; who reads the values (servers, the store, access) is not
+this module's business.
 """
 
 from __future__ import annotations
 
 import functools
-import math
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ipcd.configfile import check, forward_line, line_of, read_toml
+from ipcd.configfile import parse_mode as parse_mode  # a public name of this module
 from ipcd.errors import ConfigError
-from ipcd.wire.priority import severity  # the one table of level names; a pure module that imports nothing
 
 MiB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DURABILITY = ("normal", "fsync")
 FORWARD_TYPES = ("syslog", "journald")
 JOURNAL_SOCKET = "/run/systemd/journal/socket"  # systemd-journald.socket, sd_journal_sendv(3)
-_TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _ADDRESS = re.compile(
     r"(?P<scheme>tcp|tls|udp)://(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})"
 )
@@ -42,8 +42,15 @@ UNIT_NAMES = ("ipcd.socket", "ipcd-log.socket", "ipcd.service")
 PROTECT_HOME_DIRS = ("/home/", "/root/", "/run/user/")  # what ProtectHome=yes hides (systemd.exec(5))
 
 
-def _opt(default: Any, kind: str, lo: float | None = None, hi: float | None = None, doc: str = "") -> Any:
-    meta = {"kind": kind, "min": lo, "max": hi, "doc": doc}
+def _opt(
+    default: Any,
+    kind: str,
+    lo: float | None = None,
+    hi: float | None = None,
+    doc: str = "",
+    choices: tuple[str, ...] | None = None,
+) -> Any:
+    meta = {"kind": kind, "min": lo, "max": hi, "doc": doc, "choices": choices}
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -51,7 +58,7 @@ def _opt(default: Any, kind: str, lo: float | None = None, hi: float | None = No
 
 @dataclass
 class DaemonConfig:
-    log_level: str = _opt("info", "level", doc="ipcd's own diagnostics on stderr")
+    log_level: str = _opt("info", "level", doc="ipcd's own diagnostics on stderr", choices=LOG_LEVELS)
     status_interval_s: float = _opt(5.0, "float", 0.1, 3600, "how often STATUS= is refreshed")
     control_nice: int = _opt(
         10, "int", 0, 19, "the control process's nice over the log process's, while intake is busy"
@@ -108,7 +115,9 @@ class KvConfig:
     max_value_bytes: int = _opt(MiB, "int", 1, 64 * MiB)
     max_keys: int = _opt(100_000, "int", 1, 10**8)
     max_bytes: int = _opt(64 * MiB, "int", 1, 2**40, "all values together")
-    durability: str = _opt("normal", "durability", doc='"normal": survives kill -9; "fsync": power loss too')
+    durability: str = _opt(
+        "normal", "durability", doc='"normal": survives kill -9; "fsync": power loss too', choices=DURABILITY
+    )
 
 
 @dataclass
@@ -130,7 +139,7 @@ class ForwardConfig:
     """One `[[forward]]` table: a target the log is forwarded to (DESIGN.md "Forwarding")."""
 
     name: str = _opt("", "target", doc="unique; names the target in status and metrics")
-    type: str = _opt("", "forward_type", doc="syslog or journald")
+    type: str = _opt("", "forward_type", doc="syslog or journald", choices=FORWARD_TYPES)
     address: str = _opt("", "str", doc="tcp://, tls://, udp://HOST:PORT; unix:///path (journald)")
     priority: int | None = _opt(None, "severity", doc="that level and more severe")
     ident: list[str] = _opt([], "strs")
@@ -234,20 +243,7 @@ def load(path: Path | None, named: bool = False) -> Config:
 
 
 def parse(raw: bytes, path: str = "<config>") -> Config:
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise ConfigError(f"not UTF-8 (byte {e.start})", path, line) from None
-    try:
-        doc = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        m = re.search(r"\(at line (\d+)", str(e))
-        line = int(m.group(1)) if m else max(1, len(text.splitlines()))  # "at end of document"
-        msg = re.sub(r"\s*\(at (line \d+, column \d+|end of document)\)", "", str(e))
-        raise ConfigError(f"TOML syntax: {msg}", path, line) from None
-    except ValueError as e:  # an integer past the interpreter's int-string limit
-        raise ConfigError(f"TOML value: {e}", path) from None
+    doc, text = read_toml(raw, path)
     cfg = Config(path=path)
     explicit: set[str] = set()
     for name, value in doc.items():
@@ -257,9 +253,9 @@ def parse(raw: bytes, path: str = "<config>") -> Config:
         cls = SECTIONS.get(name)
         if cls is None:
             known = ", ".join([*(f"[{s}]" for s in SECTIONS), "[[forward]]"])
-            raise ConfigError(f"unknown section (known: {known})", path, _line_of(text, None, name), name)
+            raise ConfigError(f"unknown section (known: {known})", path, line_of(text, None, name), name)
         if not isinstance(value, dict):
-            raise ConfigError("must be a table", path, _line_of(text, None, name), name)
+            raise ConfigError("must be a table", path, line_of(text, None, name), name)
         setattr(cfg, name, _section(cls, name, value, text, path))
         explicit.update(f"{name}.{k}" for k in value)
     cfg.explicit = frozenset(explicit)
@@ -272,11 +268,11 @@ def _section(
     values: dict[str, Any],
     text: str,
     path: str,
-    line_of: Callable[[str], int | None] | None = None,
+    key_line: Callable[[str], int | None] | None = None,
 ) -> Any:
     specs = {f.name: f for f in fields(cls)}
     out = cls()
-    where = line_of or (lambda key: _line_of(text, name, key))
+    where = key_line or (lambda key: line_of(text, name, key))
     for key, value in values.items():
         dotted = f"{name}.{key}"
         f = specs.get(key)
@@ -284,71 +280,10 @@ def _section(
             known = ", ".join(specs)
             raise ConfigError(f"unknown key (known: {known})", path, where(key), dotted)
         try:
-            setattr(out, key, _check(value, f.metadata))
+            setattr(out, key, check(value, f.metadata))
         except ValueError as e:
             raise ConfigError(str(e), path, where(key), dotted) from None
     return out
-
-
-def _check(value: Any, meta: Mapping[str, Any]) -> Any:
-    kind, lo, hi = meta["kind"], meta["min"], meta["max"]
-    if kind == "int":
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise ValueError(f"must be an integer, not {_tname(value)}")
-    elif kind == "float":
-        if not isinstance(value, (int, float)) or isinstance(value, bool):
-            raise ValueError(f"must be a number, not {_tname(value)}")
-        try:
-            value = float(value)
-        except OverflowError:
-            raise ValueError("number out of range") from None
-        if not math.isfinite(value):
-            raise ValueError(f"must be a finite number, not {value}")
-    elif kind == "str":
-        if not isinstance(value, str) or not value:
-            raise ValueError("must be a non-empty string")
-    elif kind == "level" and value not in LOG_LEVELS:
-        raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
-    elif kind == "durability" and value not in DURABILITY:
-        raise ValueError(f"must be one of {', '.join(DURABILITY)}")
-    elif kind == "mode":
-        value = parse_mode(value)
-    elif kind == "path" and (not isinstance(value, str) or (value and not value.startswith("/"))):
-        raise ValueError("must be an absolute path (or empty)")
-    elif kind == "target" and (not isinstance(value, str) or not _TARGET_NAME.fullmatch(value)):
-        raise ValueError("must be 1 to 64 letters, digits, '_', '.' or '-', starting with a letter or digit")
-    elif kind == "forward_type" and value not in FORWARD_TYPES:
-        raise ValueError(f"must be one of {', '.join(FORWARD_TYPES)}")
-    elif kind == "severity":
-        value = _severity(value)
-    elif kind == "strs" and not (isinstance(value, list) and all(isinstance(v, str) and v for v in value)):
-        raise ValueError("must be a list of non-empty strings")
-    elif kind == "uids" and not (
-        isinstance(value, list)
-        and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**32 for v in value)
-    ):
-        raise ValueError("must be a list of uids (numbers)")
-    elif kind == "ids" and (
-        not isinstance(value, list)
-        or not all(
-            (isinstance(v, int) and not isinstance(v, bool) and v >= 0) or (isinstance(v, str) and v) for v in value
-        )
-    ):
-        raise ValueError("must be a list of ids (numbers) or names (strings)")
-    if lo is not None and value < lo:
-        raise ValueError(f"must be at least {_num(lo)}, not {value}")
-    if hi is not None and value > hi:
-        raise ValueError(f"must be at most {_num(hi)}, not {value}")
-    return value
-
-
-def _severity(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ValueError("must be a level name (emerg..debug) or 0-7")
-    try:
-        return severity(value)
-    except ValueError:
-        raise ValueError(f"must be a level name (emerg..debug) or 0-7, not {value!r}") from None
 
 
 # -- [[forward]] -------------------------------------------------------------------
@@ -356,28 +291,26 @@ def _severity(value: Any) -> int:
 
 def _forwards(value: Any, text: str, path: str) -> list[ForwardConfig]:
     if not isinstance(value, list) or not all(isinstance(t, dict) for t in value):
-        raise ConfigError("must be an array of tables: [[forward]]", path, _line_of(text, None, "forward"), "forward")
+        raise ConfigError("must be an array of tables: [[forward]]", path, line_of(text, None, "forward"), "forward")
     out: list[ForwardConfig] = []
     seen: dict[str, int] = {}
     for n, table in enumerate(value, 1):
         key = f"forward[{n}]"
-        target = _section(ForwardConfig, key, table, text, path, functools.partial(_forward_line, text, n))
+        target = _section(ForwardConfig, key, table, text, path, functools.partial(forward_line, text, n))
         for required in ("name", "type"):
             if not getattr(target, required):
-                raise ConfigError("missing (required)", path, _forward_line(text, n, None), f"{key}.{required}")
+                raise ConfigError("missing (required)", path, forward_line(text, n, None), f"{key}.{required}")
         try:
             target.address = forward_address(target)
         except ValueError as e:
-            raise ConfigError(str(e), path, _forward_line(text, n, "address"), f"{key}.address") from None
+            raise ConfigError(str(e), path, forward_line(text, n, "address"), f"{key}.address") from None
         tls = target.address.startswith("tls://")
         for tls_key in ("ca_file", "server_name"):
             if getattr(target, tls_key) and not tls:
-                raise ConfigError(
-                    "only for a tls:// address", path, _forward_line(text, n, tls_key), f"{key}.{tls_key}"
-                )
+                raise ConfigError("only for a tls:// address", path, forward_line(text, n, tls_key), f"{key}.{tls_key}")
         if target.name in seen:
             why = f"a second target named {target.name!r} (the first is forward[{seen[target.name]}])"
-            raise ConfigError(why, path, _forward_line(text, n, "name"), f"{key}.name")
+            raise ConfigError(why, path, forward_line(text, n, "name"), f"{key}.name")
         seen[target.name] = n
         out.append(target)
     return out
@@ -410,81 +343,6 @@ def split_address(address: str) -> tuple[str, str, int]:
     if m is None:
         raise ValueError(f"not an address: {address!r}")
     return m.group("scheme"), m.group("ip6") or m.group("host"), int(m.group("port"))
-
-
-def _forward_line(text: str, index: int, key: str | None) -> int | None:
-    """The line of `key` in the `index`-th (1-based) [[forward]] table, else of its header."""
-    header, n = None, 0
-    for lineno, line in enumerate(text.splitlines(), 1):
-        m = _HEADER.match(line)
-        if m:
-            if header is not None:
-                break
-            if line.lstrip().startswith("[[") and _dotted(m.group(1)) == ["forward"]:
-                n += 1
-                if n == index:
-                    header = lineno
-            continue
-        if header is not None and key is not None:
-            a = _ASSIGN.match(line)
-            if a and _dotted(a.group(1))[0] == key:
-                return lineno
-    return header
-
-
-def _num(bound: float) -> str:
-    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
-
-
-def parse_mode(value: Any) -> int:
-    """A file mode as `"0660"` (octal string) or `0o660` (TOML integer)."""
-    if isinstance(value, str) and re.fullmatch(r"0?[0-7]{3}", value):
-        return int(value, 8)
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 0o777:
-        return value
-    raise ValueError(f'must be an octal mode such as "0660", not {value!r}')
-
-
-def _tname(value: Any) -> str:
-    return {str: "a string", bool: "a boolean", list: "an array", dict: "a table", float: "a float"}.get(
-        type(value), type(value).__name__
-    )
-
-
-_KEY = r'(?:[A-Za-z0-9_-]+|"[^"]*"|\'[^\']*\')'
-_HEADER = re.compile(rf"^\s*\[\[?\s*({_KEY}(?:\s*\.\s*{_KEY})*)\s*\]\]?")
-_ASSIGN = re.compile(rf"^\s*({_KEY}(?:\s*\.\s*{_KEY})*)\s*=")
-_INLINE_KEY = re.compile(rf"[{{,]\s*({_KEY})\s*=")
-
-
-def _dotted(text: str) -> list[str]:
-    return [k.strip().strip("\"'") for k in re.findall(_KEY, text)]
-
-
-def _line_of(text: str, section: str | None, key: str) -> int | None:
-    """Best-effort line of `key` in `[section]` (or of the table `key` itself)."""
-    current: list[str] = []
-    for n, line in enumerate(text.splitlines(), 1):
-        m = _HEADER.match(line)
-        if m:
-            current = _dotted(m.group(1))
-            if section is None and current[0] == key:
-                return n
-            if section is not None and current[:2] == [section, key]:
-                return n  # [control.extra]: a table where a key was expected
-            continue
-        m = _ASSIGN.match(line)
-        if not m:
-            continue
-        full = current + _dotted(m.group(1))
-        if section is None and full[0] == key:
-            return n
-        if section is not None and full[:2] == [section, key]:
-            return n
-        inline = section is not None and full == [section]  # an inline table: section = { key = ... }
-        if inline and any(_dotted(k)[0] == key for k in _INLINE_KEY.findall(line)):
-            return n
-    return None
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

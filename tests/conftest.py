@@ -5,8 +5,23 @@ not under pytest's long tmp_path.  Nothing here sleeps to hope: `wait_for`
 polls a condition against a deadline and says what it waited for.
 """
 
+# Where a test goes.  A test file is named after the module it tests, flat, the
+# package as a prefix: ipcd/logs/writer.py -> test_logs_writer.py,
+# ipcd/logs/forward/rfc5424.py -> test_logs_forward_rfc5424.py, ipcd/config.py ->
+# test_config.py.  A test that reaches its module through a real daemon goes
+# there too (`logs.query` over the socket: test_logs_methods.py; `ipcctl logs`:
+# test_ctl_logs.py).  A behaviour of the whole daemon, owned by no one module,
+# keeps a behaviour name: test_daemon_activation.py (the systemd contract without
+# systemd), test_faults.py, test_robustness.py, test_security.py, test_layers.py,
+# test_security_memory.py (every memory attack at once), test_systemd_manager.py
+# (under a real systemd), test_contrib.py,
+# test_manpages.py, test_sdbox.py (the box itself).  What several files share is
+# here (fixtures, `wait_for`, `Conn`, `Ipcd`) or in a helpers_*.py beside them;
+# a test file imports from no other test file.
+
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -23,7 +38,18 @@ from typing import Any, TypeVar
 import pytest
 from click.testing import CliRunner
 
-from ipcd.ctl.cli import cli
+from ipcd.ctl.cli import COMMANDS, cli
+
+# ipcctl and ipcd.client import their parts when first used; load them all now, so that a
+# child forked to run as another uid (`run_as`) never has to read the interpreter's files,
+# which may sit under a home directory that uid cannot enter.
+for _module in {f"ipcd.ctl.{where[0]}" for where in COMMANDS.values()} | {
+    "ipcd.client.connection",
+    "ipcd.client.handler",
+    "ipcd.client.resolve",
+    "ipcd.client.trust",
+}:
+    importlib.import_module(_module)
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""ipcd.config: the directory rules and the TOML file.
+"""`ipcd.config`: the directory rules and the TOML file, `[[forward]]` tables included.
 
 The rules are DESIGN.md "Processes and sockets" (first match wins) and
 "Config" (a bad file is an error naming the file, the line and the key).
@@ -10,12 +10,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import BIN
 
 from ipcd import config
 from ipcd.config import (
@@ -23,6 +25,7 @@ from ipcd.config import (
     Config,
     ControlConfig,
     DaemonConfig,
+    ForwardConfig,
     KvConfig,
     LogConfig,
     MetricsConfig,
@@ -873,3 +876,88 @@ def test_range_error_states_the_exact_bound(key: str, value: int, bound: str) ->
     err = parse_error(f"[{section}]\n{name} = {value}\n")
     assert_names(err, 2, key)
     assert bound in str(err)
+
+
+# -- [[forward]] tables ---------------------------------------------------------------------------
+
+
+GOOD = b"""\
+[[forward]]
+name = "central"
+type = "syslog"
+address = "tls://logs.example:6514"
+priority = "warning"
+ident = ["sshd", "myapp"]
+unit = ["myapp.service"]
+uid = [0, 1000]
+ca_file = "/etc/ssl/ca.pem"
+
+[[forward]]
+name = "journal"
+type = "journald"
+"""
+
+
+def test_forward_tables_parse() -> None:
+    cfg = parse(GOOD, "f.toml")
+    assert cfg.forward == [
+        ForwardConfig(
+            name="central",
+            type="syslog",
+            address="tls://logs.example:6514",
+            priority=4,
+            ident=["sshd", "myapp"],
+            unit=["myapp.service"],
+            uid=[0, 1000],
+            ca_file="/etc/ssl/ca.pem",
+        ),
+        ForwardConfig(name="journal", type="journald", address="unix:///run/systemd/journal/socket"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("second", "line", "key", "why"),
+    [
+        ('name = "b"\ntype = "syslog"\naddress = "http://x:1"', 8, "forward[2].address", "is not tcp://HOST:PORT"),
+        ('name = "b"\ntype = "syslog"\naddress = "tcp://x:70000"', 8, "forward[2].address", "port 70000"),
+        ('name = "b"\ntype = "syslog"', 5, "forward[2].address", "missing"),
+        ('name = "a"\ntype = "syslog"\naddress = "tcp://x:1"', 6, "forward[2].name", "a second target named 'a'"),
+        ('type = "syslog"\naddress = "tcp://x:1"', 5, "forward[2].name", "missing"),
+        ('name = "b"\naddress = "tcp://x:1"', 5, "forward[2].type", "missing"),
+        ('name = "b"\ntype = "kafka"', 7, "forward[2].type", "must be one of syslog, journald"),
+        ('name = "b c"\ntype = "syslog"', 6, "forward[2].name", "must be 1 to 64"),
+        ('name = "b"\ntype = "syslog"\naddress = "tcp://x:1"\nca_file = "/ca"', 9, "forward[2].ca_file", "tls://"),
+        ('name = "b"\ntype = "journald"\naddress = "tcp://x:1"', 8, "forward[2].address", "unix:///path"),
+        ('name = "b"\ntype = "syslog"\npriority = "loud"', 8, "forward[2].priority", "level name"),
+        ('name = "b"\ntype = "syslog"\nuid = ["root"]', 8, "forward[2].uid", "uids (numbers)"),
+        ('name = "b"\ntype = "syslog"\nmax_message_bytes = 100', 8, "forward[2].max_message_bytes", "at least 2048"),
+        ('name = "b"\ntype = "syslog"\nretries = 3', 8, "forward[2].retries", "unknown key"),
+    ],
+)
+def test_forward_errors_name_the_table_line_and_key(second: str, line: int, key: str, why: str) -> None:
+    text = f'[[forward]]\nname = "a"\ntype = "journald"\n\n[[forward]]\n{second}\n'
+    with pytest.raises(ConfigError) as err:
+        parse(text.encode(), "/etc/ipcd/ipcd.toml")
+    assert str(err.value).startswith(f"/etc/ipcd/ipcd.toml:{line}: {key}: "), str(err.value)
+    assert why in str(err.value)
+
+
+def test_forward_must_be_an_array_of_tables() -> None:
+    with pytest.raises(ConfigError, match=r"f.toml:2: forward: must be an array of tables: \[\[forward\]\]"):
+        parse(b'\n[forward]\nname = "a"\n', "f.toml")
+
+
+def test_check_config_shows_forward_errors(tmp_path: Path) -> None:
+    conf = tmp_path / "ipcd.toml"
+    conf.write_text('[[forward]]\nname = "a"\ntype = "syslog"\naddress = "tcp://[::1]:99999"\n')
+    res = subprocess.run(
+        [str(BIN / "ipcd"), "--config", str(conf), "--check-config"], capture_output=True, text=True, timeout=30
+    )
+    assert res.returncode == 78
+    assert f"{conf}:4: forward[1].address: port 99999 is not 1-65535" in res.stderr
+    conf.write_text(GOOD.decode())
+    res = subprocess.run(
+        [str(BIN / "ipcd"), "--config", str(conf), "--check-config"], capture_output=True, text=True, timeout=30
+    )
+    assert res.returncode == 0, res.stderr
+    assert [t["name"] for t in json.loads(res.stdout)["forward"]] == ["central", "journal"]

@@ -1,8 +1,12 @@
-"""`ipcd.wire` stays sans-IO: no module under ipcd/wire/ imports a socket, a thread, a database or a clock.
+"""The layers, as imports: `ipcd.wire` stays sans-IO, and the client side never loads the server side.
+
+No module under ipcd/wire/ imports a socket, a thread, a database or a
+clock; `import ipcd.client` and `import ipcd.ctl.cli` load nothing of
+`daemon`, `control`, `logs` or `state`.
 
 import-linter (`make lint`) checks the layers between ipcd's own packages;
 this checks what it cannot: the standard library modules that would bring I/O
-into the formats.  Every import counts, wherever it is (in a function, under
+into the formats, and what an import really loads.  Every import counts, wherever it is (in a function, under
 `if TYPE_CHECKING:`), and so do `__import__("x")` and
 `importlib.import_module("x")` with a literal name.
 """
@@ -10,6 +14,8 @@ into the formats.  Every import counts, wherever it is (in a function, under
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -142,3 +148,72 @@ def test_a_bad_module_in_a_subpackage_is_found(tmp_path: Path) -> None:
     assert violations == [
         f"{wire / 'codecs' / 'frame.py'}:1: imports ipcd.control.server (may import only {' and '.join(ALLOWED_IPCD)})"
     ]
+
+
+# -- the client side never loads the server side --------------------------------------------------
+
+
+CLIENT_SIDE = {
+    "ipcd",
+    "ipcd.client",
+    "ipcd.client.connection",
+    "ipcd.client.errors",
+    "ipcd.client.handler",
+    "ipcd.client.resolve",
+    "ipcd.client.trust",
+    "ipcd.config",
+    "ipcd.configfile",
+    "ipcd.errors",
+    "ipcd.wire",
+    "ipcd.wire.jsonrpc",
+    "ipcd.wire.priority",
+}
+
+
+def test_the_client_never_imports_the_server_side() -> None:
+    code = "import sys, ipcd.client; print(' '.join(sorted(m for m in sys.modules if m.startswith('ipcd'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert set(out) <= CLIENT_SIDE, out
+
+
+# What `ipcctl` may load: itself, the client, wire, config, errors (STYLE.md "Layout").
+CTL_SIDE = {
+    "ipcd",
+    "ipcd.client",
+    "ipcd.client.connection",
+    "ipcd.client.errors",
+    "ipcd.client.handler",
+    "ipcd.client.resolve",
+    "ipcd.client.trust",
+    "ipcd.config",
+    "ipcd.configfile",
+    "ipcd.ctl",
+    "ipcd.ctl.admin",
+    "ipcd.ctl.checks_service",
+    "ipcd.ctl.checks_sockets",
+    "ipcd.ctl.checkup",
+    "ipcd.ctl.cli",
+    "ipcd.ctl.common",
+    "ipcd.ctl.completion",
+    "ipcd.ctl.doctor",
+    "ipcd.ctl.errors",
+    "ipcd.ctl.escape",
+    "ipcd.ctl.forward",
+    "ipcd.ctl.ipc",
+    "ipcd.ctl.logfmt",
+    "ipcd.ctl.logparams",
+    "ipcd.ctl.logs",
+    "ipcd.ctl.streaming",
+    "ipcd.ctl.timespec",
+    "ipcd.ctl.metrics",
+    "ipcd.errors",
+    "ipcd.wire",
+    "ipcd.wire.jsonrpc",
+    "ipcd.wire.priority",
+}
+
+
+def test_doctor_imports_nothing_of_the_server_side() -> None:
+    code = "import sys, ipcd.ctl.cli; print(' '.join(sorted(m for m in sys.modules if m.startswith('ipcd'))))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30, check=True).stdout
+    assert set(out.split()) <= CTL_SIDE, sorted(set(out.split()) - CTL_SIDE)

@@ -82,8 +82,10 @@ def ipcctl_page() -> str:
     lines += [f".PP\n{p}" for p in paragraphs(ipcctl_cli.help or "")]
     lines += [".PP", _IPCCTL_TEXT, ".SH OPTIONS", *options(ctx, ipcctl_cli), ".SH COMMANDS"]
     assert isinstance(ipcctl_cli, click.Group)
-    for name in sorted(ipcctl_cli.commands):
-        lines += command_section(ctx, ipcctl_cli.commands[name], f"ipcctl {name}")
+    for name in ipcctl_cli.list_commands(ctx):  # loaded as they are asked for
+        command = ipcctl_cli.get_command(ctx, name)
+        assert command is not None
+        lines += command_section(ctx, command, f"ipcctl {name}")
     lines += [_IPCCTL_TAIL]
     return "\n".join(lines) + "\n"
 

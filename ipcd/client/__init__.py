@@ -39,29 +39,65 @@ of it but `ipcd.errors` and `ipcd.config`.
 
 from __future__ import annotations
 
-from ipcd.client.connection import Client, Stream, Subscription
-from ipcd.client.errors import (
-    AccessDenied,
-    ClientError,
-    Conflict,
-    InternalError,
-    InvalidParams,
-    InvalidRequest,
-    IpcdError,
-    LimitReached,
-    MethodNotFound,
-    NotFound,
-    ParseError,
-    PermissionDenied,
-    ReloadFailed,
-    RemoteError,
-    RpcError,
-    Unreachable,
-    Untrusted,
-)
-from ipcd.client.handler import LogHandler, send_datagram
-from ipcd.client.resolve import connect, resolve_log_socket, resolve_socket, user_socket
-from ipcd.client.trust import check_socket_path
+from typing import TYPE_CHECKING, Any
+
+# What each name comes from: imported when first used, so that a program that needs
+# only part of the client (ipcctl status) does not pay for the rest.
+_FROM = {
+    "AccessDenied": "ipcd.client.errors",
+    "Client": "ipcd.client.connection",
+    "ClientError": "ipcd.client.errors",
+    "Conflict": "ipcd.client.errors",
+    "InternalError": "ipcd.client.errors",
+    "InvalidParams": "ipcd.client.errors",
+    "InvalidRequest": "ipcd.client.errors",
+    "IpcdError": "ipcd.client.errors",
+    "LimitReached": "ipcd.client.errors",
+    "LogHandler": "ipcd.client.handler",
+    "MethodNotFound": "ipcd.client.errors",
+    "NotFound": "ipcd.client.errors",
+    "ParseError": "ipcd.client.errors",
+    "PermissionDenied": "ipcd.client.errors",
+    "ReloadFailed": "ipcd.client.errors",
+    "RemoteError": "ipcd.client.errors",
+    "RpcError": "ipcd.client.errors",
+    "Stream": "ipcd.client.connection",
+    "Subscription": "ipcd.client.connection",
+    "Unreachable": "ipcd.client.errors",
+    "Untrusted": "ipcd.client.errors",
+    "check_socket_path": "ipcd.client.trust",
+    "connect": "ipcd.client.resolve",
+    "resolve_log_socket": "ipcd.client.resolve",
+    "resolve_socket": "ipcd.client.resolve",
+    "send_datagram": "ipcd.client.handler",
+    "user_socket": "ipcd.client.resolve",
+}
+
+if TYPE_CHECKING:
+    from ipcd.client.connection import Client, Stream, Subscription
+    from ipcd.client.errors import (
+        AccessDenied,
+        ClientError,
+        Conflict,
+        InternalError,
+        InvalidParams,
+        InvalidRequest,
+        IpcdError,
+        LimitReached,
+        MethodNotFound,
+        NotFound,
+        ParseError,
+        PermissionDenied,
+        ReloadFailed,
+        RemoteError,
+        RpcError,
+        Unreachable,
+        Untrusted,
+    )
+    from ipcd.client.handler import LogHandler, send_datagram
+    from ipcd.client.resolve import connect, resolve_log_socket, resolve_socket, user_socket
+    from ipcd.client.trust import check_socket_path
+
 
 __all__ = [
     "AccessDenied",
@@ -92,3 +128,18 @@ __all__ = [
     "send_datagram",
     "user_socket",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _FROM.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ipcd.client' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

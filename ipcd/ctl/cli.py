@@ -7,26 +7,57 @@ socket file or the daemon's -32001).  Every expected failure is a
 `click.ClickException` carrying its exit code and a message that says what
 to do; no traceback reaches the user.
 
-This module is the root group and the list of commands; the commands live
-in `admin`, `logs`, `ipc` and `doctor`, and share `common` and `errors`.
+This module is the root group and the one list of commands (`COMMANDS`);
+the commands live in `admin`, `logs`, `ipc`, `doctor`, `completion` and
+`metrics`, and share `common` and `errors`.  A command's module is imported
+when the command runs, so `ipcctl status` does not load what `ipcctl logs`
+or `doctor` need.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 from typing import Any
 
 import click
 
 from ipcd import __version__
-from ipcd.client import AccessDenied, RemoteError, Unreachable
-from ipcd.ctl import admin, completion, doctor, ipc, logs, metrics
+from ipcd.client.errors import AccessDenied, RemoteError, Unreachable
 from ipcd.ctl.common import Opts
 from ipcd.ctl.errors import to_cli_error
 
+# Every command: its name, and the module and function that are it.
+COMMANDS = {
+    "status": ("admin", "status"),
+    "ping": ("admin", "ping"),
+    "call": ("admin", "call"),
+    "shutdown": ("admin", "shutdown"),
+    "reload": ("admin", "reload"),
+    "clients": ("admin", "clients"),
+    "logs": ("logs", "logs"),
+    "send": ("logs", "send"),
+    "kv": ("ipc", "kv"),
+    "publish": ("ipc", "publish"),
+    "subscribe": ("ipc", "subscribe"),
+    "doctor": ("doctor", "doctor"),
+    "completion": ("completion", "completion"),
+    "metrics": ("metrics", "metrics"),
+}
+
 
 class IpcctlGroup(click.Group):
-    """Turns the client's exceptions into exit codes, for every command."""
+    """The commands of `COMMANDS`, loaded when asked for; the client's exceptions as exit codes."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        where = COMMANDS.get(name)
+        if where is None:
+            return None
+        command: click.Command = getattr(importlib.import_module(f"ipcd.ctl.{where[0]}"), where[1])
+        return command
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -57,22 +88,6 @@ class IpcctlGroup(click.Group):
 def cli(ctx: click.Context, socket_path: str | None, user: bool, as_json: bool, timeout_s: float) -> None:
     """Talk to ipcd: status, logs, key/value state, channels."""
     ctx.obj = Opts(socket_path, user, as_json, timeout_s)
-
-
-cli.add_command(admin.status)
-cli.add_command(admin.ping)
-cli.add_command(admin.call)
-cli.add_command(admin.shutdown)
-cli.add_command(admin.reload)
-cli.add_command(admin.clients)
-cli.add_command(logs.logs)
-cli.add_command(logs.send)
-cli.add_command(ipc.kv)
-cli.add_command(ipc.publish)
-cli.add_command(ipc.subscribe)
-cli.add_command(doctor.doctor)
-cli.add_command(completion.completion)
-cli.add_command(metrics.metrics)
 
 
 def main() -> None:

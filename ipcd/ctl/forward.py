@@ -11,14 +11,14 @@ from a unit that has no network.
 from __future__ import annotations
 
 import os
-import socket
-import ssl
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ipcd.config import ForwardConfig, split_address
-from ipcd.ctl.checkup import Checkup
 from ipcd.ctl.escape import escape
+
+if TYPE_CHECKING:
+    from ipcd.config import ForwardConfig
+    from ipcd.ctl.checkup import Checkup
 
 NETWORK_FIX = (
     "ipcd.service has no network (PrivateNetwork=yes): install contrib/systemd/forward-network.conf "
@@ -47,6 +47,11 @@ def render_forward(targets: list[dict[str, Any]]) -> str:
 
 def probe(cfg: ForwardConfig, timeout_s: float) -> tuple[bool, str]:
     """Can this machine reach `cfg`'s receiver (TCP connect, TLS handshake)?  (ok, what happened)."""
+    import socket  # here: `ipcctl status` renders this module's lines and never probes
+    import ssl
+
+    from ipcd.config import split_address
+
     scheme, host, port = split_address(cfg.address)
     if scheme == "udp":
         return True, "UDP: nothing answers to check"

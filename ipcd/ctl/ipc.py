@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -22,7 +23,7 @@ from ipcd.client import NotFound, RemoteError
 from ipcd.ctl.common import Opts, emit_json, fmt_duration, parse_json_arg, pass_opts
 from ipcd.ctl.completion import complete_channels, complete_keys
 from ipcd.ctl.escape import escape, escape_lines, json_text, width
-from ipcd.ctl.streaming import run_stream, until_interrupted
+from ipcd.ctl.streaming import Handle, run_stream, until_interrupted
 
 
 def _value_arg(text: str, as_json: bool) -> Any:
@@ -191,6 +192,30 @@ class _Counter:
         return self.left <= 0
 
 
+def _printer(opts: Opts, count: int | None, what: str, show: Callable[[dict[str, Any]], str]) -> Handle:
+    """A stream's `handle`: a lagged marker to stderr, each item as JSON or `show`n; done after `count` items."""
+    counter = _Counter(count)
+
+    def handle(item: dict[str, Any]) -> bool:
+        if item.get("lagged"):
+            _lagged(item, what)
+            return True
+        if opts.json:
+            emit_json(item)
+        else:
+            click.echo(show(item))
+        return not counter.done()
+
+    return handle
+
+
+def _show_change(change: dict[str, Any]) -> str:
+    if change["op"] == "set":
+        head = f"set {escape(change['key'])} = "
+        return f"{head}{show_value(change['value'], ' ' * width(head))} (version {change['version']})"
+    return f"{change['op']} {escape(change['key'])} (version {change['version']})"
+
+
 @kv.command("watch")
 @click.argument("prefix", default="", shell_complete=complete_keys)
 @count_opt
@@ -201,21 +226,7 @@ def kv_watch(opts: Opts, prefix: str, count: int | None) -> None:
     Survives a daemon restart: it watches again, and says on stderr that
     changes made while it was away are not shown.
     """
-    counter = _Counter(count)
-
-    def handle(change: dict[str, Any]) -> bool:
-        if change.get("lagged"):
-            _lagged(change, "changes")
-            return True
-        if opts.json:
-            emit_json(change)
-        elif change["op"] == "set":
-            head = f"set {escape(change['key'])} = "
-            click.echo(f"{head}{show_value(change['value'], ' ' * width(head))} (version {change['version']})")
-        else:
-            click.echo(f"{change['op']} {escape(change['key'])} (version {change['version']})")
-        return not counter.done()
-
+    handle = _printer(opts, count, "changes", _show_change)
     gap = "; changes made while it was away are not shown (kv get shows what is there now)"
     until_interrupted(lambda: run_stream(opts, lambda c, _: c.kv_watch(prefix), handle, gap))
 
@@ -238,6 +249,11 @@ def publish(opts: Opts, channel: str, message: str, json_value: bool) -> None:
         click.echo(f"delivered to {n} subscriber{'' if n == 1 else 's'}")
 
 
+def _show_message(msg: dict[str, Any]) -> str:
+    head = f"{escape(msg['channel'])}: "
+    return head + show_value(msg["message"], " " * width(head))
+
+
 @click.command()
 @click.argument("channels", metavar="CHANNEL...", nargs=-1, required=True, shell_complete=complete_channels)
 @count_opt
@@ -248,18 +264,6 @@ def subscribe(opts: Opts, channels: tuple[str, ...], count: int | None) -> None:
     Survives a daemon restart: it subscribes again, and says on stderr that
     messages published while it was away are lost (channels keep nothing).
     """
-    counter = _Counter(count)
-
-    def handle(msg: dict[str, Any]) -> bool:
-        if msg.get("lagged"):
-            _lagged(msg, "messages")
-            return True
-        if opts.json:
-            emit_json(msg)
-        else:
-            head = f"{escape(msg['channel'])}: "
-            click.echo(head + show_value(msg["message"], " " * width(head)))
-        return not counter.done()
-
+    handle = _printer(opts, count, "messages", _show_message)
     gap = "; messages published while it was away are lost"
     until_interrupted(lambda: run_stream(opts, lambda c, _: c.subscribe(channels), handle, gap))

@@ -89,6 +89,8 @@ class Daemon:
         kv_rows = old_kv_rows(self.paths.db)  # before the log process drops them from ipcd.db
         self._start_logs(listeners["log"].sock, owned=listeners["log"].bound is not None)
         self.forward = forward.start(self.cfg, self.paths.state_dir, self.logs, self.app)
+        if self.forward is not None:
+            self.health.watch(self.forward.problem)
         self._start_state(kv_rows)
         self._start_control(listeners["control"].sock)
         self.metrics = metrics.start(self.app, self.logs, self.cfg)

@@ -87,15 +87,33 @@ def _insert_for(columns: tuple[str, ...]) -> str:
 INSERT = {cols: _insert_for(cols) for cols in (PLAIN, UNIT, COLUMNS)}  # in the order `split` returns
 
 
-def split(
-    first_id: int, rows: list[Received]
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """Rows as values for the PLAIN, UNIT and full (COLUMNS) statements, ids from `first_id`."""
+class Split(NamedTuple):
+    """A batch of rows as `add` inserts and counts them."""
+
+    plain: list[tuple[Any, ...]]  # values for the PLAIN statement
+    unit: list[tuple[Any, ...]]  # for UNIT
+    full: list[tuple[Any, ...]]  # for all COLUMNS
+    size: int  # about the memory they hold
+    by_uid: dict[int | None, int]  # rows per sender uid
+    sizes: dict[int | None, int]  # message bytes per sender uid
+
+
+def split(first_id: int, rows: list[Received]) -> Split:
+    """Rows as values for the PLAIN, UNIT and full (COLUMNS) statements, ids from `first_id`,
+    and what they weigh (one pass: this runs for every datagram)."""
     plain: list[tuple[Any, ...]] = []
     unit: list[tuple[Any, ...]] = []
     full: list[tuple[Any, ...]] = []
+    by_uid: dict[int | None, int] = {}
+    sizes: dict[int | None, int] = {}
+    size = ROW_OVERHEAD * len(rows)
     for entry_id, r in enumerate(rows, first_id):
         e = r.entry
+        n = len(e.message)
+        size += n
+        uid = r.sender_uid
+        by_uid[uid] = by_uid.get(uid, 0) + 1
+        sizes[uid] = sizes.get(uid, 0) + n
         if e.hostname is None and e.msgid is None and e.structured_data is None and e.fields is None:
             values = (
                 entry_id,
@@ -107,9 +125,9 @@ def split(
                 e.pid,
                 e.message,
                 e.format,
-                r.truncated,
+                1 if r.truncated else 0,  # an int: sqlite3 binds a bool through its adapters, slowly
                 r.sender_pid,
-                r.sender_uid,
+                uid,
                 r.sender_gid,
                 r.sender_comm,
             )
@@ -119,7 +137,7 @@ def split(
                 unit.append((*values, r.sender_unit))
         else:
             full.append(row_values(entry_id, r))
-    return plain, unit, full
+    return Split(plain, unit, full, size, by_uid, sizes)
 
 
 class Writer:
@@ -210,15 +228,8 @@ class Writer:
 
     def add(self, rows: list[Received]) -> None:
         """Take log rows: into the open transaction now, committed when due."""
-        by_uid: dict[int | None, int] = {}
-        sizes: dict[int | None, int] = {}
-        size = ROW_OVERHEAD * len(rows)
-        for r in rows:
-            n = len(r.entry.message)
-            size += n
-            uid = r.sender_uid
-            by_uid[uid] = by_uid.get(uid, 0) + 1
-            sizes[uid] = sizes.get(uid, 0) + n
+        s = split(self.next_id + self._count, rows)
+        size = s.size
         cfg = self.cfg
         if self.error is not None and (
             self._count + len(rows) > cfg.max_pending or self._bytes + size > cfg.max_pending_bytes
@@ -227,10 +238,10 @@ class Writer:
             return
         if not self._count:
             self._first_at = time.monotonic()
-        for sender, count in by_uid.items():
+        for sender, count in s.by_uid.items():
             self._by_uid[sender] = self._by_uid.get(sender, 0) + count
-            self._sizes[sender] = self._sizes.get(sender, 0) + sizes[sender]
-        for cols, values in zip(INSERT, split(self.next_id + self._count, rows), strict=True):
+            self._sizes[sender] = self._sizes.get(sender, 0) + s.sizes[sender]
+        for cols, values in zip(INSERT, (s.plain, s.unit, s.full), strict=True):
             if values:
                 self._pending[cols] += values
         self._count += len(rows)

@@ -28,7 +28,7 @@ from typing import Any
 from ipcd.config import KvConfig
 from ipcd.errors import Conflict, InternalError, InvalidParams, LimitReached, NotFound
 from ipcd.state.kvdb import DELETE, DELETE_VERSION, UPSERT, Batch, KvDb, Write
-from ipcd.wire.jsonrpc import MAX_DEPTH, Raw, notification_line, to_bytes, too_deep
+from ipcd.wire.jsonrpc import MAX_DEPTH, Raw, dumps, notification_line, to_bytes, too_deep
 
 MAX_KEY_CHARS = 256
 
@@ -299,7 +299,7 @@ def _encode(value: Any, max_bytes: int) -> tuple[str, int]:
     """The value as JSON text, and its size; over the limits, -32602 or -32002."""
     if too_deep(value, MAX_DEPTH):
         raise InvalidParams(f"invalid param 'value': nested more than {MAX_DEPTH} deep", "value")
-    encoded = json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
+    encoded = dumps(value)
     size = _size(encoded)
     if size > max_bytes:
         raise LimitReached(f"value is {size} bytes; kv.max_value_bytes = {max_bytes}", "max_value_bytes", max_bytes)

@@ -21,6 +21,7 @@ commit (README "Performance").
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sqlite3
@@ -49,6 +50,14 @@ UPSERT = f"INSERT OR REPLACE INTO kv ({', '.join(COLUMNS)}) VALUES ({', '.join('
 DELETE = "DELETE FROM kv WHERE key = ?"
 DELETE_VERSION = "DELETE FROM kv WHERE key = ? AND version = ?"
 SYNCHRONOUS = {"normal": "NORMAL", "fsync": "FULL"}
+MAX_ROWS = 512  # sets in one multi-row INSERT at most (8 values each: SQLite allows 32766)
+
+
+@functools.lru_cache(maxsize=64)
+def _upsert_rows(n: int) -> str:
+    """One INSERT OR REPLACE of `n` rows: rows for the same key are applied in order, the last wins."""
+    row = f"({', '.join('?' * len(COLUMNS))})"
+    return f"INSERT OR REPLACE INTO kv ({', '.join(COLUMNS)}) VALUES {', '.join([row] * n)}"
 
 
 class Batch:
@@ -175,18 +184,12 @@ class KvDb:
 
     def _commit(self, writes: list[Write], batch: Batch) -> None:
         try:
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                for w in writes:
-                    if w.many:
-                        self.conn.executemany(w.sql, w.params)
-                    else:
-                        self.conn.execute(w.sql, w.params)
-                self.conn.execute("COMMIT")
-            except BaseException:
-                if self.conn.in_transaction:
-                    self.conn.execute("ROLLBACK")
-                raise
+            if len(writes) <= MAX_ROWS and all(w.sql is UPSERT for w in writes):
+                # The common batch, sets only: ONE statement, its own transaction (autocommit), so
+                # one call into SQLite and one hand-back of the GIL, however many threads want it.
+                self.conn.execute(_upsert_rows(len(writes)), [v for w in writes for v in w.params])
+            else:
+                self._transaction(writes)
         except Exception as e:
             self.counters.failures += 1
             log.error("cannot write the key/value store %s: %s", self.path, e)
@@ -204,6 +207,20 @@ class KvDb:
                     except Exception:
                         log.exception("error while telling watchers of a change")
         batch.done.set()
+
+    def _transaction(self, writes: list[Write]) -> None:
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            for w in writes:
+                if w.many:
+                    self.conn.executemany(w.sql, w.params)
+                else:
+                    self.conn.execute(w.sql, w.params)
+            self.conn.execute("COMMIT")
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close the file."""

@@ -1,7 +1,7 @@
 """Capture real log datagrams from real clients into `datagrams.py` (a fixed table).
 
 Not part of the test suite: run it by hand (as root, on Linux) to regenerate
-the table that `tests/test_logparse.py` is driven by:
+the table that `tests/test_wire_logparse.py` is driven by:
 
     .venv/bin/python tests/data/capture_datagrams.py [--output PATH]
 

@@ -106,6 +106,12 @@ class Engine:
         if not self._applied.wait(CONFIGURE_TIMEOUT_S):
             log.error("forward: the forwarding thread did not take the new targets in %g s", CONFIGURE_TIMEOUT_S)
 
+    def problem(self, stale_s: float) -> str | None:
+        """For the watchdog: None while the forwarding thread runs (a down target is not ipcd's problem)."""
+        if self._thread is not None and not self._thread.is_alive() and not self._stopping:
+            return "the forwarding thread died (ipcd's log has why)"
+        return None
+
     def status(self) -> list[dict[str, Any]]:
         head = self.hub.head
         out = [t.status(head) for t in self.targets]

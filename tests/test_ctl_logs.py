@@ -1,22 +1,21 @@
-"""`ipcctl logs` as a journalctl user types it, against a live ipcd: flags, output modes, colours, pager, follow.
+"""`ipcd.ctl.logs`: `ipcctl logs` as a journalctl user types it, and `ipcctl send`, against a live ipcd.
 
-Colours and the pager are only for a terminal: those tests run ipcctl on a
-real pty.  `logs -f`, `subscribe` and `kv watch` are taken across a real
-restart of the daemon.  Tests that need the daemon's newer `logs.query`
-params (priority ranges, lists of idents, `before_id`, `after_id` on
-`logs.follow`) say so in their docstring.
+Flags, output modes, colours, pager, follow.  Colours and the pager are only
+for a terminal: those tests run ipcctl on a real pty.  Tests that need the
+daemon's newer `logs.query` params (priority ranges, lists of idents,
+`before_id`) say so in their docstring.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import errno
+import getpass
 import json
 import os
+import re
 import select
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
@@ -25,8 +24,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Ipcd, ipcctl, ipcctl_argv, needs_program, wait_for
-from test_logs import HOSTNAME, MY_COMM, MY_PID, NO_LIMIT, alive, query, send, wait_stored
+from conftest import Ipcd, ipcctl, ipcctl_argv, needs_program
+from helpers_ctl import streaming
+from helpers_logs import HOSTNAME, MY_COMM, MY_PID, NO_LIMIT, TS_3164, alive, query, send, status, wait_stored
 
 RED, YELLOW, BOLD, GREY = "\x1b[0;1;31m", "\x1b[0;1;33m", "\x1b[0;1;39m", "\x1b[0;38;5;245m"
 
@@ -278,7 +278,7 @@ def test_unreachable_exits_3(short_tmp: Path) -> None:
     assert str(short_tmp / "nothing.sock") in res.stderr
 
 
-# --- paging through the store ------------------------------------------------------------------------------
+# --- paging through the store ---------------------------------------------------------------------
 
 
 def test_all_and_large_n_page_through_the_store(make_ipcd: Callable[..., Ipcd]) -> None:
@@ -297,7 +297,7 @@ def test_all_and_large_n_page_through_the_store(make_ipcd: Callable[..., Ipcd]) 
     assert logs_cli(d, "-r", "-n", "all", "-o", "cat").stdout.split() == [str(i) for i in range(n - 1, -1, -1)]
 
 
-# --- on a terminal: colours and the pager -----------------------------------------------------------------
+# --- on a terminal: colours and the pager ---------------------------------------------------------
 
 
 def on_pty(argv: list[str], env: dict[str, str], timeout_s: float = 20.0) -> tuple[int, str]:
@@ -409,65 +409,7 @@ def test_hostile_entries_reach_a_terminal_escaped(make_ipcd: Callable[..., Ipcd]
     assert f"evil\\x1b[31m[{MY_PID}]: json \\x9b31m \\u2066x\\u2069" in short_out
 
 
-# --- follow, and surviving a restart ---------------------------------------------------------------------
-
-
-class Lines:
-    """Lines from a pipe of a subprocess, each waited for with a deadline."""
-
-    def __init__(self, proc: subprocess.Popen[bytes], fd: int) -> None:
-        self.proc = proc
-        self.fd = fd
-        self.buf = b""
-
-    def next(self, timeout_s: float = 10.0) -> str:
-        deadline = time.monotonic() + timeout_s
-        while b"\n" not in self.buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([self.fd], [], [], left)[0]:
-                raise AssertionError(f"no line from {self.proc.args} within {timeout_s:g} s")
-            chunk = os.read(self.fd, 65536)
-            if not chunk:
-                raise AssertionError(f"{self.proc.args} ended (exit {self.proc.wait(5)})")
-            self.buf += chunk
-        line, self.buf = self.buf.split(b"\n", 1)
-        return line.decode()
-
-    def until(self, pred: Callable[[str], bool], timeout_s: float = 20.0) -> list[str]:
-        """Lines up to and including the first that `pred` accepts."""
-        deadline = time.monotonic() + timeout_s
-        seen = []
-        while True:
-            seen.append(self.next(max(0.01, deadline - time.monotonic())))
-            if pred(seen[-1]):
-                return seen
-
-
-class Streaming:
-    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stdout is not None and proc.stderr is not None
-        self.proc = proc
-        self.out = Lines(proc, proc.stdout.fileno())
-        self.err = Lines(proc, proc.stderr.fileno())
-
-
-@contextlib.contextmanager
-def streaming(*args: str) -> Iterator[Streaming]:
-    """ipcctl ARGS running; at the end, Ctrl-C must stop it with exit 0 (as journalctl -f)."""
-    proc = subprocess.Popen(
-        ipcctl_argv(*args), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    try:
-        yield Streaming(proc)
-        proc.send_signal(signal.SIGINT)
-        assert proc.wait(10) == 0
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        assert proc.stdout is not None and proc.stderr is not None
-        proc.stdout.close()
-        proc.stderr.close()
+# --- follow ---------------------------------------------------------------------------------------
 
 
 def test_follow(make_ipcd: Callable[..., Ipcd]) -> None:
@@ -492,66 +434,73 @@ def test_follow(make_ipcd: Callable[..., Ipcd]) -> None:
         assert [json.loads(errors.out.next())["message"] for _ in range(2)] == ["live two", "live three"]
 
 
-def restart(d: Ipcd) -> None:
-    assert d.stop() == 0
-    d.start()
+# --- ipcctl send ----------------------------------------------------------------------------------
 
 
-def test_follow_resumes_across_a_restart_with_no_gap_and_no_duplicate(make_ipcd: Callable[..., Ipcd]) -> None:
-    """Needs `after_id` on logs.follow (the daemon's)."""
-    d = make_ipcd(config=NO_LIMIT).start()
-    send(d, b"<13>r: 0", b"<13>other: skip", b"<13>r: 1")
-    wait_stored(d, 3)
-    with streaming("--socket", d.sock, "logs", "-f", "-t", "r", "-o", "cat") as s:
-        assert [s.out.next(), s.out.next()] == ["0", "1"]
-        send(d, b"<13>r: 2")
-        assert s.out.next() == "2"
-        assert d.stop() == 0
-        assert "lost the connection to ipcd" in s.err.next()
-        d.start()
-        send(d, *[b"<13>r: %d" % i for i in range(3, 8)])  # maybe before it reconnects: none may be lost
-        lines = s.err.until(lambda line: "reconnected" in line)
-        assert "cannot resume" not in "".join(lines), lines
-        send(d, b"<13>other: skip", b"<13>r: 8")
-        assert [s.out.next() for _ in range(6)] == [str(i) for i in range(3, 9)]
-        restart(d)  # and once more, with nothing new in between
-        s.err.until(lambda line: "reconnected" in line)
-        send(d, b"<13>r: 9")
-        assert s.out.next() == "9"  # not 8 again
-
-
-def test_subscribe_and_kv_watch_survive_a_restart(make_ipcd: Callable[..., Ipcd]) -> None:
+def test_ipcctl_send(make_ipcd: Callable[..., Ipcd]) -> None:
     d = make_ipcd().start()
-    with (
-        streaming("--socket", d.sock, "subscribe", "news") as sub,
-        streaming("--socket", d.sock, "kv", "watch", "app/") as watch,
+    for args in (
+        ["-p", "local3.err", "-t", "mytag", "hello", "world"],
+        ["-p", "warning", "no tag"],
+        ["-p", "2", "-t", "num", "by number"],
+        ["--priority", "user.info", "--tag", "long", "opts"],
+        ["-t", "dflt", "default priority"],
     ):
-        wait_for(lambda: d.call("publish", {"channel": "news", "message": "one"})["delivered"] == 1, 10, "subscribed")
-        assert sub.out.next() == "news: one"
-        wait_for(lambda: d.call("status")["kv"]["watchers"] == 1, 10, "the watch")
-        d.call("kv.set", {"key": "app/a", "value": 1})
-        assert watch.out.next() == "set app/a = 1 (version 1)"
-        restart(d)
-        for s, gap in ((sub, "messages published while it was away are lost"), (watch, "changes made while")):
-            lines = s.err.until(lambda line: "reconnected" in line)
-            assert "lost the connection" in lines[0] and gap in lines[-1], lines
-        assert d.call("publish", {"channel": "news", "message": "two"})["delivered"] == 1
-        assert sub.out.next() == "news: two"
-        d.call("kv.set", {"key": "app/b", "value": "x"})
-        assert watch.out.next() == "set app/b = x (version 1)"
+        res = ipcctl("--socket", d.sock, "send", *args)
+        assert (res.returncode, res.stdout, res.stderr) == (0, "", ""), args
+    wait_stored(d, 5)
+    got = [(e["facility"], e["priority"], e["ident"], e["message"], e["format"]) for e in query(d)]
+    assert got == [
+        (19, 3, "mytag", "hello world", "rfc3164"),
+        (1, 4, getpass.getuser(), "no tag", "rfc3164"),
+        (1, 2, "num", "by number", "rfc3164"),
+        (1, 6, "long", "opts", "rfc3164"),
+        (1, 5, "dflt", "default priority", "rfc3164"),  # user.notice, as logger
+    ]
+    for e in query(d):
+        assert (e["pid"], e["hostname"]) == (None, None)
+        assert e["sender_comm"] in ("ipcctl", None)  # None if it exited before ipcd looked (see `alive`)
+        assert re.fullmatch(TS_3164, e["timestamp"])
 
 
-def test_first_connection_failing_is_exit_3_not_a_retry(short_tmp: Path) -> None:
-    for args in (["logs", "-f"], ["subscribe", "x"], ["kv", "watch"]):
-        res = ipcctl("--socket", str(short_tmp / "none.sock"), *args, timeout_s=10)
-        assert res.returncode == 3, (args, res.stderr)
+def test_ipcctl_send_reads_stdin_lines(make_ipcd: Callable[..., Ipcd]) -> None:
+    d = make_ipcd().start()
+    res = ipcctl("--socket", d.sock, "send", "-t", "lines", input=b"one\ntwo words\nthree\n")
+    assert res.returncode == 0, res.stderr
+    wait_stored(d, 3)
+    entries = query(d)
+    assert [(e["ident"], e["message"]) for e in entries] == [
+        ("lines", "one"),
+        ("lines", "two words"),
+        ("lines", "three"),
+    ]
+    assert len({e["sender_pid"] for e in entries}) == 1
 
 
-def test_ping_ctrl_c_prints_the_summary(ipcd: Ipcd) -> None:
-    with streaming("--socket", ipcd.sock, "ping", "-c", "100000", "-i", "0.05") as s:
-        assert s.out.next().startswith("PING ")
-        s.out.until(lambda line: "seq=2 " in line)
-        s.proc.send_signal(signal.SIGINT)
-        assert s.proc.wait(10) == 0
-        rest = s.proc.stdout.read().decode()  # type: ignore[union-attr]
-        assert "ping statistics ---" in rest and " replies, 0% loss" in rest and "rtt min/avg/max/mdev" in rest
+def test_ipcctl_send_log_socket_option(make_ipcd: Callable[..., Ipcd], short_tmp: Path) -> None:
+    d = make_ipcd().start()
+    res = ipcctl("--socket", str(short_tmp / "elsewhere.sock"), "send", "--log-socket", d.log_sock, "-t", "o", "hi")
+    assert res.returncode == 0, res.stderr
+    res = ipcctl("send", "-t", "e", "from env", env={"IPCD_LOG_SOCKET": d.log_sock})
+    assert res.returncode == 0, res.stderr
+    wait_stored(d, 2)
+    assert [e["message"] for e in query(d)] == ["hi", "from env"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["-p", "bogus", "x"], 2, "'bogus': use a level (err, 3) or facility.level (local3.err)"),
+        (["-p", "8", "x"], 2, "'8': level 0-7, facility 0-23"),
+        (["-p", "local8.err", "x"], 2, "'local8.err': use a level"),
+        (["-p", "24.err", "x"], 2, "'24.err': level 0-7, facility 0-23"),
+        (["-p", "kern.9", "x"], 2, "'kern.9': level 0-7, facility 0-23"),
+        (["--log-socket", "/nonexistent/log.sock", "x"], 3, "/nonexistent/log.sock"),
+    ],
+)
+def test_ipcctl_send_bad_input(make_ipcd: Callable[..., Ipcd], args: list[str], code: int, message: str) -> None:
+    d = make_ipcd().start()
+    res = ipcctl("--socket", d.sock, "send", *args)
+    assert res.returncode == code, (res.stdout, res.stderr)
+    assert message in res.stderr and "Traceback" not in res.stderr
+    assert status(d)["logs"]["received"] == 0

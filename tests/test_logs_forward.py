@@ -23,8 +23,8 @@ from typing import Any
 
 import pytest
 from conftest import IS_ROOT, Ipcd, ipcctl, wait_for
+from helpers_forward import parse_native
 from receivers import GTLS_MODULE, HAVE_OPENSSL, HAVE_RSYSLOGD, Rsyslogd, UdpReceiver, free_port, make_certs
-from test_forward_format import parse_native
 
 needs_rsyslogd = pytest.mark.skipif(not HAVE_RSYSLOGD, reason="needs rsyslogd (Debian package rsyslog)")
 FAST = "ack_window_s = 0.3\nbackoff_max_s = 0.5\ntimeout_s = 5\n"

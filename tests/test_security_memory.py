@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from conftest import Conn, Ipcd, needs_program, needs_root, run_as, wait_for
-from test_faults import fill, start_on_tmpfs
+from helpers_fs import fill, start_on_tmpfs
 
 ATTACKER, WRITER, BYSTANDER = 3201, 3202, 3203
 MiB = 1 << 20

@@ -1,4 +1,6 @@
-"""Reading the log from a real ipcd: hostile patterns, bad values, big results, many followers, the params.
+"""`ipcd.logs.methods` against a real ipcd: `logs.query` and `logs.follow`, their params and their bounds.
+
+Paging, filters and followers; hostile patterns, bad values, big results.
 
 Large stores are written before the daemon starts, by the real `Writer`
 (as a store from an earlier run would be), so that a test needs no minute of
@@ -21,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Conn, Ipcd, needs_root, run_as, wait_for
+from conftest import Conn, Ipcd, ipcctl_in_process, needs_root, run_as, wait_for
+from helpers_logs import NO_LIMIT, entry_ids, notes, query, send, status, wait_stored
 
 from ipcd.config import StoreConfig
 from ipcd.logs.writer import Received, Writer
 from ipcd.wire.logparse import LogEntry
 
-NO_LIMIT = "[log]\nrate_limit_burst = 0\n"
 MY_UID = os.getuid()
 T0 = time.time() - 3600
 
@@ -55,34 +57,8 @@ def prepare_store(d: Ipcd, batches: Iterator[list[tuple[str, str]]]) -> int:
     return n
 
 
-def send(d: Ipcd, *datagrams: bytes) -> None:
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        for data in datagrams:
-            s.sendto(data, d.log_sock)
-
-
 def stored(d: Ipcd) -> int:
     return int(d.call("status")["logs"]["stored"])
-
-
-def query(d: Ipcd, **params: Any) -> list[dict[str, Any]]:
-    res = d.call("logs.query", params)
-    assert "entries" in res, res
-    return res["entries"]  # type: ignore[no-any-return]
-
-
-def notes(c: Conn, n: int) -> list[dict[str, Any]]:
-    out = []
-    for _ in range(n):
-        msg = c.recv_json()
-        assert "id" not in msg, msg
-        out.append(msg)
-    return out
-
-
-def entry_ids(msgs: list[dict[str, Any]]) -> list[int]:
-    assert all(m["method"] == "logs.entry" for m in msgs), msgs
-    return [m["params"]["id"] for m in msgs]
 
 
 def vm_kib(pid: int, key: str) -> int:
@@ -98,7 +74,168 @@ def assert_clean_log(d: Ipcd) -> None:
     assert "Traceback" not in err and "ERROR" not in err, err[-3000:]
 
 
-# --- no pattern holds the daemon --------------------------------------------------------------------------
+# --- logs.query -----------------------------------------------------------------------------------
+
+
+def test_logs_query_pages_forward_in_id_order(make_ipcd: Callable[..., Ipcd]) -> None:
+    d = make_ipcd().start()
+    send(d, *[b"<13>%s: m%d" % (b"odd" if i % 2 else b"even", i) for i in range(1, 26)])
+    wait_stored(d, 25)
+
+    def ids(**params: Any) -> list[int]:
+        return [e["id"] for e in query(d, **params)]
+
+    assert ids() == list(range(1, 26))  # default limit 100
+    assert ids(limit=10) == list(range(16, 26))  # the newest, in id order
+    pages, after = [], 0
+    while page := ids(limit=10, after_id=after):
+        pages.append(page)
+        after = page[-1]
+    assert pages == [list(range(1, 11)), list(range(11, 21)), list(range(21, 26))]
+    assert ids(limit=5, after_id=10, ident="odd") == [11, 13, 15, 17, 19]
+    assert ids(limit=3, ident="odd") == [21, 23, 25]
+    for bad in (
+        {"limit": 0},
+        {"limit": 10001},
+        {"after_id": -1},
+        {"priority": "loud"},
+        {"since": "soonish"},
+        {"grep": "(unclosed"},
+        {"pid": "one"},
+        {"colour": "red"},
+    ):
+        err = d.call("logs.query", bad)
+        assert err["code"] == -32602, (bad, err)
+    assert len(query(d, limit=10000)) == 25
+
+
+@needs_root
+def test_non_admin_sees_only_its_own_entries(make_ipcd: Callable[..., Ipcd]) -> None:
+    d = make_ipcd(config='[control]\nsocket_mode = "0666"\n').start()
+    send(d, b"<13>root: secret")
+
+    def child() -> tuple[int, str]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(b"<13>mine: from nobody", d.log_sock)
+        with Conn(d.sock) as c:
+            wait_for(lambda: c.call("logs.query")["entries"], 10, "nobody's entry")
+            own = c.call("logs.query", {})
+            other = c.call("logs.query", {"uid": 0})
+        return 0, json.dumps([own, other])
+
+    code, out = run_as(65534, 65534, child)
+    assert code == 0, out
+    own, other = json.loads(out)
+    assert [e["message"] for e in own["entries"]] == ["from nobody"]
+    assert (other["code"], other["data"]["required_role"]) == (-32001, "admin")
+    code, out = run_as(65534, 65534, lambda: ipcctl_in_process("--socket", d.sock, "logs"))
+    assert code == 0 and "from nobody" in out and "secret" not in out
+    assert [e["message"] for e in query(d)] == ["secret", "from nobody"]  # root sees both
+
+
+# --- logs.follow ----------------------------------------------------------------------------------
+
+
+def test_follow_backlog_then_live_with_filters(make_ipcd: Callable[..., Ipcd]) -> None:
+    d = make_ipcd().start()
+    send(d, b"<14>app: one", b"<11>app: two", b"<11>other: three", b"<10>app: four", b"<15>app: five")
+    wait_stored(d, 5)
+    with d.conn() as everything, d.conn() as errors, d.conn() as fresh:
+        assert everything.call("logs.follow", {"backlog": 3}) == {"following": True, "backlog": 3}
+        res = errors.call("logs.follow", {"backlog": 10, "ident": "app", "priority": "err"})
+        assert res == {"following": True, "backlog": 2}
+        assert fresh.call("logs.follow", {"grep": "six|seven"}) == {"following": True, "backlog": 0}
+        send(d, b"<11>app: six", b"<14>app: seven", b"<11>other: eight")
+        assert entry_ids(notes(everything, 6)) == [3, 4, 5, 6, 7, 8]
+        assert [m["params"]["message"] for m in notes(errors, 3)] == ["two", "four", "six"]
+        got = notes(fresh, 2)
+        assert [m["params"]["message"] for m in got] == ["six", "seven"]
+        assert got[0]["params"] == query(d, grep="six")[0]  # the same entry shape as logs.query
+        # Nothing else was queued for the filtered followers.
+        send(d, b"<11>app: nine")
+        assert [m["params"]["message"] for m in notes(errors, 1)] == ["nine"]
+        assert notes(everything, 1)[0]["params"]["message"] == "nine"
+
+
+def test_follow_has_no_gap_or_repeat_across_the_backlog(make_ipcd: Callable[..., Ipcd]) -> None:
+    # A queue that never overflows: this test is about the boundary, not lag.
+    d = make_ipcd(config=f"{NO_LIMIT}[control]\nstream_queue = 1000000\n").start()
+    stop = threading.Event()
+    sent = [0]
+
+    def stream() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            while not stop.is_set():
+                s.sendto(b"<13>flow: %d" % sent[0], d.log_sock)
+                sent[0] += 1
+
+    t = threading.Thread(target=stream)
+    t.start()
+    try:
+        wait_for(lambda: status(d)["logs"]["stored"] >= 500, 20, "the flow to start")
+        with d.conn() as c:
+            # Opened mid-stream: the backlog is read while new commits keep coming.
+            assert c.call("logs.follow", {"backlog": 100}) == {"following": True, "backlog": 100}
+            at_open = status(d)["logs"]["stored"]
+            wait_for(lambda: status(d)["logs"]["stored"] >= at_open + 1000, 20, "1000 more entries")
+            stop.set()
+            t.join(30)
+            wait_stored(d, sent[0])
+            ids = []
+            while not ids or ids[-1] < sent[0]:
+                ids.extend(entry_ids(notes(c, 1)))
+    finally:
+        stop.set()
+        t.join(30)
+    assert ids == list(range(ids[0], sent[0] + 1))
+    assert ids[0] <= at_open - 99  # the backlog reached back before the follow began
+
+
+def test_stalled_follower_lags_without_slowing_anyone(make_ipcd: Callable[..., Ipcd]) -> None:
+    max_lag = 200
+    d = make_ipcd(config=f"{NO_LIMIT}follow_max_lag = {max_lag}\n[control]\nstream_queue = 64\n").start()
+    n, chunk = 600, 50
+    payload = b"p" * 2000  # the stalled reader's socket buffer fills after some 100 entries
+    with d.conn() as stalled, d.conn() as reader:
+        assert stalled.call("logs.follow") == {"following": True, "backlog": 0}  # and then it reads nothing
+        assert reader.call("logs.follow") == {"following": True, "backlog": 0}
+        got: list[int] = []
+        for i in range(0, n, chunk):
+            send(d, *[b"<13>stall: %d " % j + payload for j in range(i, i + chunk)])
+            wait_stored(d, i + chunk)  # intake keeps going
+            got.extend(entry_ids(notes(reader, chunk)))  # and the other follower gets each entry
+        assert got == list(range(1, n + 1))
+        assert [e["id"] for e in query(d, limit=n)] == got  # queries are answered too
+        # Now the stalled one reads: what it was sent, then how much it missed, then the
+        # newest max_lag entries, read on from the store: it never holds more than that.
+        msgs = notes(stalled, 1)
+        while msgs[-1]["method"] != "lagged":
+            msgs.extend(notes(stalled, 1))
+        kept = entry_ids(msgs[:-1])
+        assert kept == list(range(1, len(kept) + 1)) and len(kept) < n - max_lag
+        missed = msgs[-1]["params"]["missed"]
+        assert msgs[-1]["params"] == {"stream": "logs.follow", "missed": missed}
+        rest = entry_ids(notes(stalled, n - len(kept) - missed))
+        assert rest == list(range(len(kept) + missed + 1, n + 1))
+        assert len(kept) + missed + len(rest) == n
+        send(d, b"<13>stall: back")  # and it is live again
+        assert notes(stalled, 1)[0]["params"]["id"] == n + 1
+        assert notes(reader, 1)[0]["params"]["id"] == n + 1
+
+
+def test_follower_that_keeps_reading_misses_nothing_in_a_burst(make_ipcd: Callable[..., Ipcd]) -> None:
+    d = make_ipcd(config=NO_LIMIT).start()
+    n = 5000
+    with d.conn() as c:
+        assert c.call("logs.follow")["following"] is True
+        send(d, *[b"<13>burst: %d" % i for i in range(n)])
+        msgs = notes(c, 1)
+        while msgs[-1]["method"] == "logs.entry" and msgs[-1]["params"]["id"] < n:
+            msgs.extend(notes(c, 1))
+    assert entry_ids(msgs) == list(range(1, n + 1))
+
+
+# --- no pattern holds the daemon ------------------------------------------------------------------
 
 
 def test_a_catastrophic_pattern_never_holds_the_daemon(make_ipcd: Callable[..., Ipcd]) -> None:
@@ -156,7 +293,7 @@ def test_a_query_past_query_timeout_s_is_stopped(make_ipcd: Callable[..., Ipcd])
     assert_clean_log(d)
 
 
-# --- bad values: -32602, and nothing in the log -------------------------------------------------------
+# --- bad values: -32602, and nothing in the log ---------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +313,7 @@ def est() -> Iterator[Ipcd]:
 
 
 NESTED_2047 = "(" * 2047 + "a" + ")" * 2047
+
 EDGES = [
     ("logs.query", {"after_id": 2**63 - 1}, []),
     ("logs.query", {"after_id": 2**63}, -32602),
@@ -236,7 +374,7 @@ def test_bad_values_at_their_edges(est: Ipcd, method: str, params: dict[str, Any
     assert est.stderr() == log_before  # not one line in ipcd's log for a bad request
 
 
-# --- big results ------------------------------------------------------------------------------------------
+# --- big results ----------------------------------------------------------------------------------
 
 
 def test_a_large_result_is_refused_without_being_built(make_ipcd: Callable[..., Ipcd]) -> None:
@@ -278,7 +416,7 @@ def test_stored_json_too_deep_to_decode_goes_out_as_text(make_ipcd: Callable[...
     assert_clean_log(d)
 
 
-# --- followers ----------------------------------------------------------------------------------------------
+# --- logs.follow: many followers, after_id --------------------------------------------------------
 
 
 def tasks(pid: int) -> int:
@@ -333,7 +471,7 @@ def test_follow_after_id_too_far_back_skips_ahead_and_says_so(make_ipcd: Callabl
         assert entry_ids(rest) == [16, 17, 18, 19, 20]
 
 
-# --- the params, against a live daemon -------------------------------------------------------------------
+# --- the params, against a live daemon ------------------------------------------------------------
 
 
 def test_query_params(make_ipcd: Callable[..., Ipcd]) -> None:
