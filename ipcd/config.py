@@ -63,6 +63,7 @@ class DaemonConfig:
     control_nice: int = _opt(
         10, "int", 0, 19, "the control process's nice over the log process's, while intake is busy"
     )
+    malloc_arenas: int = _opt(2, "int", 0, 1024, "glibc malloc arenas, for all threads together; 0: glibc's default")
 
 
 @dataclass

@@ -272,6 +272,7 @@ FULL = b"""\
 log_level = "debug"
 status_interval_s = 2.5
 control_nice = 3
+malloc_arenas = 4
 
 [control]
 max_connections = 10
@@ -331,7 +332,7 @@ ALL_KEYS = frozenset(f"{name}.{f.name}" for name, cls in config.SECTIONS.items()
 def test_parse_every_key() -> None:
     cfg = parse(FULL, "/etc/ipcd/ipcd.toml")
     assert cfg.path == "/etc/ipcd/ipcd.toml"
-    assert cfg.daemon == DaemonConfig(log_level="debug", status_interval_s=2.5, control_nice=3)
+    assert cfg.daemon == DaemonConfig(log_level="debug", status_interval_s=2.5, control_nice=3, malloc_arenas=4)
     assert cfg.control == ControlConfig(
         max_connections=10,
         max_connections_per_uid=3,
@@ -373,7 +374,7 @@ def test_parse_every_key() -> None:
     )
     assert cfg.metrics == MetricsConfig(textfile="/var/lib/node_exporter/ipcd.prom", interval_s=30.0)
     assert cfg.explicit == ALL_KEYS
-    assert len(ALL_KEYS) == 42  # a new key needs a line in FULL
+    assert len(ALL_KEYS) == 43  # a new key needs a line in FULL
 
 
 def test_parse_turns_integers_into_floats_for_number_keys() -> None:
@@ -757,7 +758,7 @@ def test_to_dict_shape_of_the_defaults() -> None:
     for name, cls in config.SECTIONS.items():
         assert list(d[name]) == [f.name for f in dataclasses.fields(cls)]
     assert d["metrics"] == {"textfile": "", "interval_s": 15.0}
-    assert d["daemon"] == {"log_level": "info", "status_interval_s": 5.0, "control_nice": 10}
+    assert d["daemon"] == {"log_level": "info", "status_interval_s": 5.0, "control_nice": 10, "malloc_arenas": 2}
     assert d["control"]["socket_mode"] == "0660"
     assert d["log"]["socket_mode"] == "0666"
     assert d["control"]["max_request_bytes"] == MiB

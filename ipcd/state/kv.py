@@ -297,9 +297,9 @@ def _size(text: str) -> int:
 
 def _encode(value: Any, max_bytes: int) -> tuple[str, int]:
     """The value as JSON text, and its size; over the limits, -32602 or -32002."""
-    if too_deep(value, MAX_DEPTH):
-        raise InvalidParams(f"invalid param 'value': nested more than {MAX_DEPTH} deep", "value")
     encoded = dumps(value)
+    if too_deep(encoded, MAX_DEPTH):
+        raise InvalidParams(f"invalid param 'value': nested more than {MAX_DEPTH} deep", "value")
     size = _size(encoded)
     if size > max_bytes:
         raise LimitReached(f"value is {size} bytes; kv.max_value_bytes = {max_bytes}", "max_value_bytes", max_bytes)
@@ -309,9 +309,9 @@ def _encode(value: Any, max_bytes: int) -> tuple[str, int]:
 def _checked_json(text: str) -> str:
     """A stored value, if it is JSON this ipcd would accept (nesting included)."""
     try:
-        value = json.loads(text)
+        json.loads(text)
     except RecursionError:
         raise ValueError("nested too deep") from None
-    if too_deep(value, MAX_DEPTH):
+    if too_deep(text, MAX_DEPTH):
         raise ValueError(f"nested more than {MAX_DEPTH} deep")
     return text
