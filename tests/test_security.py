@@ -13,58 +13,31 @@ import socket
 import sqlite3
 import stat
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 from conftest import ROOT, Conn, Ipcd, needs_root, run_as, wait_for
+from helpers_attack import held_as, vm_kib
 
 OPEN = '[control]\nsocket_mode = "0666"\n'
 
 
-@contextlib.contextmanager
-def held_connections(sock: str, uid: int, n: int) -> Iterator[int]:
+def held_connections(sock: str, uid: int, n: int) -> contextlib.AbstractContextManager[object]:
     """`n` connections to `sock` opened and held by a child running as `uid`; yields how many got in."""
-    r, w = os.pipe()
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the attacker
-        try:
-            os.close(r)
-            os.close(go_w)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            held = []
-            for _ in range(n):
-                c = Conn(sock, 5.0)
-                try:
-                    ok = "pong" in str(c.call("ping"))
-                except OSError:  # refused and closed before the ping went out
-                    ok = False
-                if ok:
-                    held.append(c)
-                else:
-                    c.close()
-            os.write(w, str(len(held)).encode())
-            os.read(go_r, 1)  # hold them until told
-        except BaseException as e:
-            os.write(w, f"error {e!r}".encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    os.close(go_r)
-    try:
-        said = os.read(r, 4096).decode()
-        assert said.isdigit(), said
-        got = int(said)
-        yield got
-    finally:
-        os.close(go_w)
-        os.close(r)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+
+    def setup() -> list[Conn]:
+        held = []
+        for _ in range(n):
+            c = Conn(sock, 5.0)
+            try:
+                ok = "pong" in str(c.call("ping"))
+            except OSError:  # refused and closed before the ping went out
+                ok = False
+            if ok:
+                held.append(c)
+            else:
+                c.close()
+        return held
+
+    return held_as(uid, setup)
 
 
 @needs_root
@@ -223,13 +196,6 @@ def test_the_system_unit_keeps_the_store_from_the_socket_group() -> None:
 
 
 # -- kv (#10 items 4 and 11) ---------------------------------------------------------------------
-
-
-def vm_kib(pid: int, key: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise AssertionError(f"no {key}")
 
 
 def nested(depth: int) -> str:

@@ -15,18 +15,18 @@ answered within a second throughout, and ipcd must stop cleanly.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import Conn, Ipcd, needs_program, needs_root, run_as, wait_for
+from helpers_attack import held_as, vm_kib
 from helpers_fs import fill, start_on_tmpfs
 
 ATTACKER, WRITER, BYSTANDER = 3201, 3202, 3203
@@ -42,45 +42,6 @@ def line(method: str, params: Any = None, req_id: int = 1) -> bytes:
     if params is not None:
         req["params"] = params
     return json.dumps(req).encode() + b"\n"
-
-
-def vm_kib(pid: int, key: str) -> int:
-    for text in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if text.startswith(key + ":"):
-            return int(text.split()[1])
-    raise AssertionError(f"no {key} for {pid}")
-
-
-@contextlib.contextmanager
-def held_as(uid: int, setup: Callable[[], object]) -> Iterator[str]:
-    """`setup()` run in a child as `uid`, what it made kept open until the block ends; yields what it said."""
-    r, w = os.pipe()
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the attacker
-        try:
-            os.close(r)
-            os.close(go_w)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            kept = setup()
-            os.write(w, f"ok {kept!r:.40}".encode())
-            os.read(go_r, 1)
-        except BaseException as e:
-            os.write(w, f"error {e!r}".encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    os.close(go_r)
-    try:
-        said = os.read(r, 4096).decode()
-        assert said.startswith("ok"), said
-        yield said
-    finally:
-        os.close(go_w)
-        os.close(r)
-        os.waitpid(pid, 0)
 
 
 def attacker_connections(sock: str) -> Callable[[], object]:
