@@ -63,6 +63,7 @@ class DaemonConfig:
     control_nice: int = _opt(
         10, "int", 0, 19, "the control process's nice over the log process's, while intake is busy"
     )
+    malloc_arenas: int = _opt(2, "int", 0, 1024, "glibc malloc arenas, for all threads together; 0: glibc's default")
 
 
 @dataclass
@@ -75,7 +76,13 @@ class ControlConfig:
     idle_timeout_s: float = _opt(300.0, "float", 0.05, 86400)
     stream_queue: int = _opt(1024, "int", 1, 1_000_000, "notifications held for a slow reader")
     max_queued_bytes_per_connection: int = _opt(8 * MiB, "int", 64 * 1024, 1024 * MiB, "replies and notifications")
-    max_streams_per_connection: int = _opt(256, "int", 1, 65536, "logs.follow, kv.watch, subscribe")
+    max_queued_bytes: int = _opt(
+        128 * MiB, "int", MiB, 64 * 1024 * MiB, "the same, all connections together; a non-admin uid may hold half"
+    )
+    max_inflight_request_bytes: int = _opt(
+        4 * MiB, "int", 64 * 1024, 1024 * MiB, "requests over 4 KiB handled at once, in bytes; a non-admin uid: half"
+    )
+    max_streams_per_connection: int = _opt(256, "int", 1, 65536, "logs.follow, kv.watch, and each channel subscribed")
     query_timeout_s: float = _opt(5.0, "float", 0.01, 3600, "a logs.query that runs longer is stopped")
     socket_mode: int = _opt(0o660, "mode")
     socket_group: str = _opt("ipcd", "str")
@@ -89,6 +96,7 @@ class LogConfig:
     receive_buffer_bytes: int = _opt(8 * MiB, "int", 4096, 1024 * MiB)
     socket_mode: int = _opt(0o666, "mode")
     follow_max_lag: int = _opt(100_000, "int", 1, 10**9, "entries a log follower may fall behind")
+    max_senders: int = _opt(16384, "int", 16, 10**7, "rate-limit windows kept; past it a uid's new senders share one")
 
 
 @dataclass

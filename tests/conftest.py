@@ -13,7 +13,8 @@ polls a condition against a deadline and says what it waited for.
 # test_ctl_logs.py).  A behaviour of the whole daemon, owned by no one module,
 # keeps a behaviour name: test_daemon_activation.py (the systemd contract without
 # systemd), test_faults.py, test_robustness.py, test_security.py, test_layers.py,
-# test_systemd_manager.py (under a real systemd), test_contrib.py,
+# test_security_memory.py (every memory attack at once), test_systemd_manager.py
+# (under a real systemd), test_contrib.py,
 # test_manpages.py, test_sdbox.py (the box itself).  What several files share is
 # here (fixtures, `wait_for`, `Conn`, `Ipcd`) or in a helpers_*.py beside them;
 # a test file imports from no other test file.

@@ -272,6 +272,7 @@ FULL = b"""\
 log_level = "debug"
 status_interval_s = 2.5
 control_nice = 3
+malloc_arenas = 4
 
 [control]
 max_connections = 10
@@ -282,6 +283,8 @@ max_batch = 20
 idle_timeout_s = 60          # an integer where a number goes
 stream_queue = 16
 max_queued_bytes_per_connection = 131072
+max_queued_bytes = 2097152
+max_inflight_request_bytes = 65536
 max_streams_per_connection = 5
 query_timeout_s = 0.5
 socket_mode = "0600"
@@ -294,6 +297,7 @@ rate_limit_interval_s = 0.5
 receive_buffer_bytes = 65536
 socket_mode = 0o640
 follow_max_lag = 500
+max_senders = 100
 
 [store]
 max_entries = 5000
@@ -328,7 +332,7 @@ ALL_KEYS = frozenset(f"{name}.{f.name}" for name, cls in config.SECTIONS.items()
 def test_parse_every_key() -> None:
     cfg = parse(FULL, "/etc/ipcd/ipcd.toml")
     assert cfg.path == "/etc/ipcd/ipcd.toml"
-    assert cfg.daemon == DaemonConfig(log_level="debug", status_interval_s=2.5, control_nice=3)
+    assert cfg.daemon == DaemonConfig(log_level="debug", status_interval_s=2.5, control_nice=3, malloc_arenas=4)
     assert cfg.control == ControlConfig(
         max_connections=10,
         max_connections_per_uid=3,
@@ -338,6 +342,8 @@ def test_parse_every_key() -> None:
         idle_timeout_s=60.0,
         stream_queue=16,
         max_queued_bytes_per_connection=131072,
+        max_queued_bytes=2097152,
+        max_inflight_request_bytes=65536,
         max_streams_per_connection=5,
         query_timeout_s=0.5,
         socket_mode=0o600,
@@ -350,6 +356,7 @@ def test_parse_every_key() -> None:
         receive_buffer_bytes=65536,
         socket_mode=0o640,
         follow_max_lag=500,
+        max_senders=100,
     )
     assert cfg.store == StoreConfig(
         max_entries=5000,
@@ -367,7 +374,7 @@ def test_parse_every_key() -> None:
     )
     assert cfg.metrics == MetricsConfig(textfile="/var/lib/node_exporter/ipcd.prom", interval_s=30.0)
     assert cfg.explicit == ALL_KEYS
-    assert len(ALL_KEYS) == 39  # a new key needs a line in FULL
+    assert len(ALL_KEYS) == 43  # a new key needs a line in FULL
 
 
 def test_parse_turns_integers_into_floats_for_number_keys() -> None:
@@ -751,7 +758,7 @@ def test_to_dict_shape_of_the_defaults() -> None:
     for name, cls in config.SECTIONS.items():
         assert list(d[name]) == [f.name for f in dataclasses.fields(cls)]
     assert d["metrics"] == {"textfile": "", "interval_s": 15.0}
-    assert d["daemon"] == {"log_level": "info", "status_interval_s": 5.0, "control_nice": 10}
+    assert d["daemon"] == {"log_level": "info", "status_interval_s": 5.0, "control_nice": 10, "malloc_arenas": 2}
     assert d["control"]["socket_mode"] == "0660"
     assert d["log"]["socket_mode"] == "0666"
     assert d["control"]["max_request_bytes"] == MiB

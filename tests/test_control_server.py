@@ -29,8 +29,11 @@ from conftest import Conn, Ipcd, needs_program, wait_for, wait_only_connection
 from ipcd.config import Config, parse
 from ipcd.control.access import Policy, make_policy
 from ipcd.control.app import App, Call
+from ipcd.control.budget import QueueBudget
+from ipcd.control.handler import FLUSH_BYTES
 from ipcd.control.registry import Param, Registry
 from ipcd.control.server import ControlServer
+from ipcd.control.streams import Outbox
 
 TEST = Registry()
 
@@ -48,6 +51,19 @@ def boom(call: Call) -> Any:
 @TEST.method("admin.only", role="admin", doc="Needs admin.")
 def admin_only(call: Call) -> Any:
     return "yes"
+
+
+@TEST.method("big", role="read", doc="A string of n x's.", params=(Param("n", "integer", required=True),))
+def big(call: Call, n: int) -> Any:
+    return "x" * n
+
+
+RELEASE = threading.Event()
+
+
+@TEST.method("hold", role="read", doc="Waits for RELEASE.", params=(Param("pad", "string"),))
+def hold(call: Call, pad: str | None) -> Any:
+    return RELEASE.wait(10)
 
 
 @TEST.method("ticks", role="read", stream=True, doc="A stream of n ticks.", params=(Param("n", "integer"),))
@@ -267,6 +283,194 @@ def test_the_connection_cap_refuses_with_32002(serve: Callable[..., Served]) -> 
     finally:
         a.close()
         b.close()
+
+
+# -- memory: what waits for readers that do not read (issue #10 items 5 and 11) ------------------
+
+
+def big_call(n: int, i: int = 1) -> bytes:
+    return b'{"jsonrpc":"2.0","id":%d,"method":"big","params":{"n":%d}}\n' % (i, n)
+
+
+def test_replies_are_written_as_they_come_not_built_for_a_whole_read_first(serve: Callable[..., Served]) -> None:
+    # The issue: one 64 KiB write of "methods\n" lines made ipcd build 8192 replies (106 MB) before
+    # sending any; with a peer that never reads, it kept them. Here 1000 requests for 100 kB each
+    # arrive in one read: the handler must stop at the first reply the socket cannot take (had it
+    # built them all, its uid's half of max_queued_bytes would have turned most into errors).
+    s = serve(readers_only=True)
+    with s.conn() as stalled:
+        stalled.send(b"".join(big_call(100_000, i) for i in range(1000)))
+        wait_for(lambda: s.server.budget.held >= 100_000, 5, "a big reply to be waiting for the reader")
+        (conn,) = s.server.live()
+        assert conn.requests < 10, f"{conn.requests} replies made for a peer that reads none"
+        with s.conn() as other:  # others are served meanwhile
+            assert other.call("echo", {"value": 1}) == 1
+        first = stalled.recv_json()  # reading again lets it go on, in order
+        assert first == {"jsonrpc": "2.0", "id": 0, "result": "x" * 100_000}
+        rest = [stalled.recv_json() for _ in range(999)]
+        assert [r["id"] for r in rest] == list(range(1, 1000)) and all("result" in r for r in rest)
+    wait_for(lambda: s.server.budget.held == 0, 5, "the budget to be given back")
+
+
+def test_small_replies_go_out_in_one_write_per_read(serve: Callable[..., Served]) -> None:
+    s = serve()
+    with s.conn() as c:
+        c.send(
+            b"".join(b'{"jsonrpc":"2.0","id":%d,"method":"echo","params":{"value":%d}}\n' % (i, i) for i in range(50))
+        )
+        assert [c.recv_json()["result"] for _ in range(50)] == list(range(50))
+    assert FLUSH_BYTES == 65536
+
+
+def test_a_uid_holds_at_most_half_of_max_queued_bytes(serve: Callable[..., Served]) -> None:
+    # 4 MiB for all connections, 2 MiB for one (non-admin) uid: two readers that never read hold
+    # a 700 kB reply each; a big reply that would pass the uid's half is -32002 until one reads.
+    s = serve("[control]\nmax_queued_bytes = 4194304\n", readers_only=True)
+    envelope = len(b'{"jsonrpc":"2.0","id":1,"result":""}\n')
+    held = 700_000 + envelope
+    stalled = [s.conn(), s.conn()]
+    try:
+        for i, c in enumerate(stalled):
+            c.send(big_call(700_000))
+            wait_for(lambda i=i: s.server.budget.held == held * (i + 1), 5, "the reply to wait for its reader")
+        room = 2 * 1024 * 1024 - 2 * held
+        with s.conn() as c:
+            err = c.call("big", {"n": room - envelope + 1})  # one byte over
+            assert err["code"] == -32002 and err["data"] == {"limit": "max_queued_bytes", "value": 4194304}
+            assert "max_queued_bytes = 4194304" in err["message"]
+            assert c.call("big", {"n": room - envelope}) == "x" * (room - envelope)  # at the edge: it fits
+            assert c.call("echo", {"value": "small"}) == "small"  # small replies always go
+            assert stalled[0].recv_json()["result"] == "x" * 700_000  # one reads: room again
+            wait_for(lambda: s.server.budget.held == held, 5, "its bytes to be given back")
+            assert c.call("big", {"n": 700_000}) == "x" * 700_000
+    finally:
+        for c in stalled:
+            c.close()
+    wait_for(lambda: s.server.budget.held == 0, 5, "the budget to be given back")
+
+
+def test_unfinished_request_lines_count_in_the_budget_too(serve: Callable[..., Served]) -> None:
+    # The issue: 4 x 64 connections could each hold a 1 MiB half-line (264 MiB with the admins' slots).
+    s = serve("[control]\nmax_queued_bytes = 4194304\n", readers_only=True)
+    half = b'{"jsonrpc":"2.0","id":1,"method":"echo","params":{"value":"' + b"h" * 700_000
+    held = [s.conn(), s.conn()]
+    try:
+        for i, c in enumerate(held):
+            c.send(half)
+            wait_for(lambda i=i: s.server.budget.held == len(half) * (i + 1), 5, "the half line to be counted")
+        with s.conn() as c:
+            c.send(half)  # 2.1 MB for the uid: past its half of 4 MiB
+            err = c.recv_json()["error"]
+            assert err["code"] == -32002 and err["data"]["limit"] == "max_queued_bytes"
+            assert "unfinished request line" in err["message"]
+            assert c.at_eof()
+        held[0].send(b'"}}\n')  # finished: answered, and no longer held
+        assert held[0].recv_json()["result"] == "h" * 700_000
+        wait_for(lambda: s.server.budget.held == len(half), 5, "the finished line to be given back")
+    finally:
+        for c in held:
+            c.close()
+    wait_for(lambda: s.server.budget.held == 0, 5, "the budget to be given back")
+
+
+def test_large_requests_are_handled_a_few_bytes_at_a_time(serve: Callable[..., Served]) -> None:
+    # The issue: 1 MiB lines of `[{},{},...]` become 25 times their size as Python objects, one
+    # per connection at once. Here 200 kB of large requests at a time, 100 kB for one uid: the
+    # second 70 kB request of the same uid waits for the first, small ones go on.
+    s = serve("[control]\nmax_inflight_request_bytes = 200000\n", readers_only=True)
+    pad = "p" * 70_000
+    RELEASE.clear()
+    try:
+        with s.conn() as a, s.conn() as b, s.conn() as c:
+            a.send_json({"jsonrpc": "2.0", "id": 1, "method": "hold", "params": {"pad": pad}})
+            wait_for(lambda: s.server.gate.busy > 70_000, 5, "the first large request to be handled")
+            b.send_json({"jsonrpc": "2.0", "id": 2, "method": "echo", "params": {"value": pad}})
+            wait_for(lambda: s.server.gate.waited == 1, 5, "the second one to wait")
+            assert c.call("echo", {"value": "p" * 4000}) == "p" * 4000  # not a large request: never waits
+            RELEASE.set()
+            assert a.recv_json()["result"] is True
+            assert b.recv_json()["result"] == pad
+    finally:
+        RELEASE.set()
+    assert s.server.gate.busy == 0
+
+
+class Stalled:
+    """One end of a socketpair that nobody reads: an outbox's connection."""
+
+    def __init__(self) -> None:
+        self.ours, self.theirs = socket.socketpair()
+        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        self.outbox: Outbox | None = None
+
+    def send(self, data: bytes) -> None:
+        self.ours.sendall(data)
+
+    def abort(self) -> None:
+        try:
+            self.ours.shutdown(socket.SHUT_RDWR)  # wakes a pump blocked in send
+        except OSError:
+            pass
+
+    def stream_closed(self, stream: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        self.abort()
+        if self.outbox is not None:
+            self.outbox.join(5)
+        self.ours.close()
+        self.theirs.close()
+
+
+def test_an_outbox_counts_what_it_is_writing_and_its_uids_share_of_the_budget() -> None:
+    # The issue: a subscriber that never read held 620 MB of 1 MiB publishes. The queue's bound
+    # counts the lines the pump is writing too, and the budget bounds all of one uid's outboxes.
+    budget = QueueBudget(lambda: 2 << 20)  # 1 MiB for one uid
+    line = b"y" * 99_999 + b"\n"
+    peers = [Stalled() for _ in range(4)]
+    try:
+        boxes = [Outbox(p, 1024, 400_000, budget, uid=1000) for p in peers[:3]]
+        for p, box in zip(peers, boxes, strict=False):
+            p.outbox = box
+        for box in boxes:
+            assert box.push("s", line)  # an empty queue always takes a line
+        wait_for(lambda: all(box.queued == 0 for box in boxes), 5, "the pumps to be writing")
+        assert [box.queued_bytes for box in boxes] == [100_000] * 3  # still counted while being written
+        taken = [sum(box.push("s", line) for _ in range(10)) for box in boxes]
+        assert taken == [3, 3, 1]  # 400 kB per queue; then 1 MiB (1,048,576 bytes) for the uid
+        assert budget.held == sum(box.queued_bytes for box in boxes) == budget.held_by(1000) == 1_000_000
+        assert not boxes[2].push("s", line) and boxes[2].dropped == 10
+        admin = peers[3].outbox = Outbox(peers[3], 1024, 400_000, budget, uid=None)
+        assert sum(admin.push("s", line) for _ in range(10)) == 4  # an admin is counted, not refused
+        assert budget.held == 1_400_000
+        admin.close()
+        for box in boxes:
+            box.close()
+        assert budget.held == 0
+    finally:
+        for p in peers:
+            p.close()
+
+
+def test_a_follower_refused_by_the_budget_is_called_back_when_someone_reads() -> None:
+    budget = QueueBudget(lambda: 2 << 20)
+    line = b"y" * 99_999 + b"\n"
+    hog, follower = Stalled(), Stalled()
+    try:
+        hog.outbox = Outbox(hog, 1024, 8 << 20, budget, uid=1000)
+        while hog.outbox.push("s", line):  # the uid's half: 1 MiB
+            pass
+        follower.outbox = Outbox(follower, 1024, 8 << 20, budget, uid=1000)
+        room = threading.Event()
+        assert not follower.outbox.offer("logs.follow", line, room.set)  # its queue is empty, the budget is not
+        assert not room.is_set()
+        hog.outbox.close()  # its reader went away: its bytes are given back
+        assert room.is_set()
+        assert follower.outbox.offer("logs.follow", line, room.set)
+    finally:
+        hog.close()
+        follower.close()
 
 
 # -- against a real ipcd over its real socket -----------------------------------------------------

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Ipcd, needs_program, needs_root, wait_for
+from helpers_fs import fill, start_on_tmpfs
 
 from ipcd import config
 from ipcd.daemon.daemon import Daemon
@@ -70,39 +71,9 @@ def test_kill_9_under_load_then_start_again(make_ipcd) -> None:
 # -- a full or read-only state dir (a tiny tmpfs in a private mount namespace) --------
 
 
-def start_on_tmpfs(d: Ipcd, size: str) -> None:
-    """ipcd with its state dir on a tmpfs of `size`, mounted in its own mount namespace."""
-    d.state_dir.mkdir(parents=True, exist_ok=True)
-    argv = d.argv()
-    script = f'mount -t tmpfs -o size={size},mode=0755 ipcd-test "{d.state_dir}" && exec "$@"'
-    with open(d.stderr_path, "ab") as err:
-        d.proc = subprocess.Popen(
-            ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sh", *argv],
-            stdin=subprocess.DEVNULL,
-            stdout=err,
-            stderr=err,
-            env=d.env,
-        )
-    d.wait_ready()
-
-
 def in_ns(d: Ipcd, *argv: str) -> None:
     assert d.proc is not None
     subprocess.run(["nsenter", "-t", str(d.proc.pid), "-m", "--", *argv], check=True, capture_output=True, timeout=30)
-
-
-def fill(path: Path) -> None:
-    """Write zeros into `path` until the filesystem is full."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        for size in (1 << 16, 512, 1):
-            try:
-                while True:
-                    os.write(fd, b"\0" * size)
-            except OSError:
-                pass
-    finally:
-        os.close(fd)
 
 
 @needs_root

@@ -68,6 +68,24 @@ def test_rate_limit_is_per_key() -> None:
     assert len(rl) == 4
 
 
+def test_rate_limit_windows_are_bounded_and_new_senders_fall_back_to_their_uids() -> None:
+    # A user who makes up a new command name (or unit) per process made a window each, without end.
+    rl = RateLimiter(burst=1, interval_s=10.0, max_windows=3)
+    for comm in ("a", "b", "c"):
+        key = rl.key_for((1000, comm), "uid 1000")
+        assert key == (1000, comm) and rl.check(key, 5, 0.0) == (True, 0)
+    assert rl.key_for((1000, "a"), "uid 1000") == (1000, "a")  # a sender with a window keeps it
+    assert rl.key_for((1000, "d"), "uid 1000") == "uid 1000"  # the table is full: the uid's window
+    assert [rl.check(rl.key_for((1000, f"n{i}"), "uid 1000"), 5, 1.0) for i in range(3)] == [
+        (True, 0),
+        (False, 0),
+        (False, 0),
+    ]
+    assert len(rl) == 4  # the bound, and the one fallback window past it
+    rl.sweep(20.0)
+    assert len(rl) == 0 and rl.key_for((1000, "d"), "uid 1000") == (1000, "d")
+
+
 def test_rate_limit_sweep_reports_ended_windows_once() -> None:
     rl = RateLimiter(burst=1, interval_s=10.0)
     run_limiter(rl, "quiet", [5], 0.0)

@@ -16,7 +16,7 @@ from helpers_writer import NEVER_MS, db, ids_on_disk, make_cfg, open_writer, pat
 
 from ipcd.logs.filters import Filters
 from ipcd.logs.query import Reader
-from ipcd.logs.writer import Received, Writer
+from ipcd.logs.writer import ROW_OVERHEAD, Received, Writer
 from ipcd.wire.logparse import LogEntry
 
 __all__ = ["open_writer", "path", "reader"]  # the helpers' fixtures (the tests here use them, or their fixtures do)
@@ -175,6 +175,32 @@ def test_rows_wait_in_memory_while_the_store_cannot_be_written(path: Path, open_
     with db(path) as c:
         assert [r[0] for r in c.execute("SELECT message FROM entries ORDER BY id")] == ["a", "b", "c", "d"]
     assert (w.pending, w.stored, w.dropped, w.next_id) == (0, 4, 2, 5)
+
+
+def test_rows_waiting_for_a_failing_store_are_bounded_in_bytes_at_the_edge(open_writer: Any) -> None:
+    # #10 item 11: on a full disk, up to 100,000 pending 64 KiB entries (6.4 GB) could wait in memory.
+    w = open_writer(commit_batch=1, max_pending=100_000, max_pending_bytes=1 << 20)
+    w.conn.execute("PRAGMA query_only = ON")
+    message = "x" * (4096 - ROW_OVERHEAD)  # 4 KiB a row, by the estimate (a row costs about that: see writer)
+    for _ in range(300):
+        w.add([row(message)])
+    assert w.error is not None
+    assert (w.pending, w.pending_bytes, w.dropped) == (256, 1 << 20, 44)
+
+
+def test_rows_in_the_open_transaction_are_committed_at_max_pending_bytes(path: Path, open_writer: Any) -> None:
+    # Not only at commit_batch rows: 10000 rows of 64 KiB would be 640 MB waiting for the commit.
+    w = open_writer(commit_batch=10_000, max_pending_bytes=1 << 20)
+    message = "x" * (4096 - ROW_OVERHEAD)
+    for _ in range(255):
+        w.add([row(message)])
+    assert (w.pending, w.stored) == (255, 0)
+    w.add([row(message)])  # 1 MiB by the estimate: committed at once
+    assert (w.pending, w.stored) == (0, 256)
+    assert len(ids_on_disk(path)) == 256
+
+
+# --- retention -------------------------------------------------------------------------
 
 
 def test_a_row_that_cannot_be_bound_is_skipped_and_counted(path: Path, open_writer: Any) -> None:

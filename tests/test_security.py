@@ -10,59 +10,34 @@ import json
 import os
 import signal
 import socket
+import sqlite3
 import stat
 import time
-from collections.abc import Iterator
 
-from conftest import Conn, Ipcd, needs_root, run_as, wait_for
+from conftest import ROOT, Conn, Ipcd, needs_root, run_as, wait_for
+from helpers_attack import held_as, vm_kib
 
 OPEN = '[control]\nsocket_mode = "0666"\n'
 
 
-@contextlib.contextmanager
-def held_connections(sock: str, uid: int, n: int) -> Iterator[int]:
+def held_connections(sock: str, uid: int, n: int) -> contextlib.AbstractContextManager[object]:
     """`n` connections to `sock` opened and held by a child running as `uid`; yields how many got in."""
-    r, w = os.pipe()
-    go_r, go_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the attacker
-        try:
-            os.close(r)
-            os.close(go_w)
-            os.setgroups([])
-            os.setgid(uid)
-            os.setuid(uid)
-            held = []
-            for _ in range(n):
-                c = Conn(sock, 5.0)
-                try:
-                    ok = "pong" in str(c.call("ping"))
-                except OSError:  # refused and closed before the ping went out
-                    ok = False
-                if ok:
-                    held.append(c)
-                else:
-                    c.close()
-            os.write(w, str(len(held)).encode())
-            os.read(go_r, 1)  # hold them until told
-        except BaseException as e:
-            os.write(w, f"error {e!r}".encode())
-        finally:
-            os._exit(0)
-    os.close(w)
-    os.close(go_r)
-    try:
-        said = os.read(r, 4096).decode()
-        assert said.isdigit(), said
-        got = int(said)
-        yield got
-    finally:
-        os.close(go_w)
-        os.close(r)
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
+
+    def setup() -> list[Conn]:
+        held = []
+        for _ in range(n):
+            c = Conn(sock, 5.0)
+            try:
+                ok = "pong" in str(c.call("ping"))
+            except OSError:  # refused and closed before the ping went out
+                ok = False
+            if ok:
+                held.append(c)
+            else:
+                c.close()
+        return held
+
+    return held_as(uid, setup)
 
 
 @needs_root
@@ -211,3 +186,108 @@ def test_sigterm_while_a_kv_set_is_in_flight_answers_it_and_stops_at_once(make_i
     d.start()
     for i in acked:  # what was acknowledged was committed
         assert d.call("kv.get", {"key": f"k{i}"})["version"] == 1
+
+
+def test_the_system_unit_keeps_the_store_from_the_socket_group() -> None:
+    """#10 item 2: the unit had StateDirectoryMode=0750 UMask=0027, and group ipcd could copy ipcd.db."""
+    for unit in (ROOT / "systemd/ipcd.service", ROOT / "ipcd/unitfiles/ipcd.service"):
+        lines = unit.read_text().splitlines()
+        assert "StateDirectoryMode=0700" in lines and "UMask=0077" in lines, unit
+
+
+# -- kv (#10 items 4 and 11) ---------------------------------------------------------------------
+
+
+def nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+def test_one_kv_value_never_stops_a_restart(make_ipcd) -> None:
+    """#10 item 4: a list nested 983 deep was taken by kv.set, and json.loads at start made ipcd exit 1 forever."""
+    d: Ipcd = make_ipcd().start()
+    # 64 levels in all: the request object, its params, and the value's 62.
+    assert d.call("kv.set", {"key": "ok", "value": json.loads(nested(62))})["version"] == 1
+    with d.conn() as c:
+        for depth in (63, 983):  # sent as text: the test's own json would recurse as deep
+            c.send(
+                b'{"jsonrpc":"2.0","id":1,"method":"kv.set","params":{"key":"deep","value":%s}}\n'
+                % nested(depth).encode()
+            )
+            err = c.recv_json()["error"]
+            assert err["code"] == -32700 and "nested more than 64 deep" in err["message"], err
+    assert d.stop() == 0
+    # A kv.db written before the cap (or by hand) may hold such a row: it is skipped and reported.
+    with contextlib.closing(sqlite3.connect(d.state_dir / "kv.db")) as db, db:
+        db.execute("UPDATE kv SET value = ? WHERE key = 'ok'", (nested(983),))
+        db.execute(
+            "INSERT INTO kv (key, value, version, set_at) VALUES ('fine', '{\"a\": 1}', 1, 0), ('torn', '[1, ', 1, 0)"
+        )
+    d.start()
+    assert d.call("kv.get", {"key": "fine"})["value"] == {"a": 1}
+    assert d.call("kv.get", {"key": "ok"})["code"] == -32003
+    assert d.call("kv.get", {"key": "torn"})["code"] == -32003
+    err = d.stderr()
+    assert "'ok'" in err and "nested" in err and "'torn'" in err
+    assert d.stop() == 0
+
+
+def test_kv_max_bytes_at_its_edge_and_values_cost_their_size(make_ipcd) -> None:
+    """#10 item 11: values were kept as Python objects, ~24 times their size (540 MB again after a restart)."""
+    value = [{}] * 666_666  # "[{},{},...]": 2 MB of JSON, about 48 MB as Python dicts
+    size = len(json.dumps(value, separators=(",", ":")))
+    cfg = f"[control]\nmax_request_bytes = 4194304\n[kv]\nmax_value_bytes = {size}\nmax_bytes = {20 * size}\n"
+    d: Ipcd = make_ipcd(cfg).start()
+    with d.conn(30) as c:
+        for i in range(20):
+            assert c.call("kv.set", {"key": f"v{i}", "value": value})["version"] == 1
+        err = c.call("kv.set", {"key": "one-more", "value": 1})
+        assert err["code"] == -32002 and err["data"] == {"limit": "max_bytes", "value": 20 * size}
+        assert c.call("kv.set", {"key": "v0", "value": 1})["version"] == 2  # room for size - 1 bytes
+        err = c.call("kv.set", {"key": "one-more", "value": "x" * (size - 2)})  # size bytes: one too many
+        assert err["code"] == -32002 and err["data"]["limit"] == "max_bytes"
+        assert c.call("kv.set", {"key": "one-more", "value": "x" * (size - 3)})["version"] == 1  # the edge
+        assert c.call("status")["kv"]["bytes"] == 20 * size
+    assert d.stop() == 0
+    d.start()
+    assert d.proc is not None
+    rss_kib = vm_kib(d.proc.pid)
+    assert rss_kib < 3 * 20 * size // 1024 + 64 * 1024, f"{rss_kib} KiB after loading {20 * size} bytes of values"
+    assert d.call("status")["kv"]["bytes"] == 20 * size
+
+
+# -- what one connection can make ipcd hold (#10 items 5, 10, 11) ------------------------------------
+
+
+def test_pipelined_requests_from_a_peer_that_never_reads_cost_little(make_ipcd) -> None:
+    """#10 item 5: 64 KiB of "methods\\n" (8192 calls) made ipcd build 106 MB of replies first."""
+    d: Ipcd = make_ipcd().start()
+    assert d.proc is not None
+    with d.conn() as me:
+        me.call("ping")
+        before = vm_kib(d.proc.pid, "VmHWM")
+        for _ in range(4):
+            with Conn(d.sock) as attacker:
+                attacker.send(b"methods\n" * 8192)  # and closes without reading a byte
+        wait_for(lambda: me.call("status")["connections"]["active"] == 1, 20, "the four to be gone")
+        grown = vm_kib(d.proc.pid, "VmHWM") - before
+        assert grown < 32 * 1024, f"the peak grew by {grown} KiB"
+        assert me.call("ping")["pong"]
+
+
+def test_a_connections_channels_count_as_streams(make_ipcd) -> None:
+    """#10 item 10: 300k channels on one connection added 160 MB; kv.watch and follows were capped, channels not."""
+    d: Ipcd = make_ipcd("[control]\nmax_streams_per_connection = 5\n").start()
+    with d.conn() as c:
+        assert c.call("subscribe", {"channels": ["a", "b", "c"]}) == {"channels": ["a", "b", "c"]}
+        assert c.call("kv.watch", {"prefix": "x"}) == {"watching": "x"}
+        err = c.call("subscribe", {"channels": ["d", "e"]})  # 3 + 1 + 2 > 5
+        assert err["code"] == -32002 and err["data"] == {"limit": "max_streams_per_connection", "value": 5}
+        assert c.call("subscribe", {"channels": ["a", "d"]}) == {"channels": ["a", "b", "c", "d"]}  # 5: the edge
+        err = c.call("logs.follow")
+        assert err["code"] == -32002 and err["data"]["limit"] == "max_streams_per_connection"
+        assert c.call("unsubscribe", {"channels": ["a", "b"]}) == {"channels": ["a", "b"]}
+        assert c.call("logs.follow")["following"]  # 2 channels + kv.watch + the follow
+        assert c.call("subscribe", {"channels": ["z" * 256]})["channels"][-1] == "z" * 256
+        err = c.call("subscribe", {"channels": [f"n{i}" for i in range(100_000)]})
+        assert err["code"] == -32002
+        assert d.call("status")["channels"]["channels"] == 3

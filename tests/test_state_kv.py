@@ -13,6 +13,10 @@ from typing import Any
 
 from conftest import Conn, Ipcd, needs_root, reap, run_as, wait_for
 
+from ipcd.config import KvConfig
+from ipcd.state.kv import KvStore
+from ipcd.state.kvdb import KvDb
+
 
 def set_(c: Conn, key: str, value: Any, **extra: Any) -> Any:
     return c.call("kv.set", {"key": key, "value": value, **extra})
@@ -326,3 +330,33 @@ def test_roles_read_and_write(make_ipcd) -> None:
     # It is its own subscriber on "ch", so its publish reaches 1.
     assert json.loads(out) == {**reads, "kv.set": ["ok", 1], "publish": ["ok", 1], "kv.delete": ["ok", None]}
     assert w.call("kv.get", {"key": "shared"})["set_by"]["uid"] == 0
+
+
+def test_a_change_is_encoded_once_for_all_its_watchers(short_tmp) -> None:
+    """#10 item 10: each watcher encoded the change itself: with 1024 watchers, a 1 MB set cost 1024 encodings."""
+    db = KvDb(str(short_tmp / "kv.db"))
+    db.start()
+    try:
+        kv = KvStore(db, KvConfig())
+        got: list[bytes] = []
+        for prefix in ("", "a", "a/", "a/b", "b"):
+            for _ in range(100):
+                kv.watch(prefix, got.append)
+        kv.set("a/b", "x" * 100_000, None, None, 0, 1, "test")
+        wait_for(lambda: len(got) == 400, 5, "every watcher under a/b")
+        assert len({id(line) for line in got}) == 1  # one encoding, shared
+        note = json.loads(got[0])
+        assert note["method"] == "kv.change" and note["params"]["key"] == "a/b" and note["params"]["version"] == 1
+    finally:
+        db.close()
+
+
+def test_a_kv_list_too_big_to_send_is_refused_before_it_is_built(make_ipcd) -> None:
+    d: Ipcd = make_ipcd("[control]\nmax_queued_bytes_per_connection = 65536\n").start()
+    with d.conn() as c:
+        c.send(b"".join(b"kv.set %s 1\n" % (b"a/%03d/" % i + b"k" * 243) for i in range(300)))
+        assert all("result" in c.recv_json() for _ in range(300))
+        err = c.call("kv.list", {"prefix": "a/"})  # 300 keys of 250 characters: 75 kB
+        assert err["code"] == -32002 and err["data"] == {"limit": "max_queued_bytes_per_connection", "value": 65536}
+        assert "list a longer prefix" in err["message"]
+        assert len(c.call("kv.list", {"prefix": "a/1"})["keys"]) == 100

@@ -607,6 +607,44 @@ def test_plain_arg_nested_too_deep_stays_a_string() -> None:
     assert msg.raw_args == ("k", word)
 
 
+def depth(value: Any) -> int:
+    """The reference: how deep arrays and objects nest in a decoded value."""
+    if isinstance(value, dict):
+        return 1 + max(map(depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(depth, value), default=0)
+    return 0
+
+
+def chain(n: int, leaf: Any = None) -> Any:
+    for i in range(n):
+        leaf = [leaf] if i % 2 else {"k": leaf}
+    return leaf
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 63, 64, 65, 200])
+def test_too_deep_at_its_edge_read_from_the_text(n: int) -> None:
+    # Brackets inside strings and escaped quotes around a chain n deep: only the chain counts.
+    text = json.dumps([chain(n - 1, '"[{\\"]]]}'), *range(100), '[[[[ "{{']) if n else '"[[[["'
+    assert depth(json.loads(text)) == n
+    assert jsonrpc.too_deep(text) is (n > jsonrpc.MAX_DEPTH)
+    assert jsonrpc.too_deep(text.encode(), n) is False and (n == 0 or jsonrpc.too_deep(text, n - 1))
+
+
+def test_too_deep_on_wide_values() -> None:
+    assert jsonrpc.too_deep(json.dumps([{}] * 100_000), 1) and not jsonrpc.too_deep(json.dumps([{}] * 100_000), 2)
+    assert not jsonrpc.too_deep(json.dumps([[chain(62)] * 3] * 3))
+    assert jsonrpc.too_deep(json.dumps([[chain(62)] * 3, [chain(63)]]))
+
+
+def test_a_request_64_deep_is_parsed_and_65_is_a_parse_error() -> None:
+    line = b'{"jsonrpc":"2.0","id":1,"method":"m","params":%s}' % json.dumps(chain(63)).encode()
+    assert isinstance(parse_line(line), Request)
+    line = b'{"jsonrpc":"2.0","id":1,"method":"m","params":%s}' % json.dumps(chain(64)).encode()
+    parsed = parse_line(line)
+    assert isinstance(parsed, Invalid) and "nested more than 64 deep" in parsed.error.message
+
+
 def test_plain_arg_beyond_the_int_string_limit_stays_a_string(int_digit_limit: int) -> None:
     word = "9" * (int_digit_limit + 1)
     msg = parse_line(b"kv.set k " + word.encode())
@@ -884,6 +922,14 @@ def test_parse_line_on_json_documents(doc: Any) -> None:
     parsed = parse_line(json.dumps(doc).encode())
     if parsed is not None:
         check_parsed(parsed)
+
+
+@FUZZ
+@given(JSON)
+def test_too_deep_agrees_with_the_depth_of_the_value(doc: Any) -> None:
+    text = json.dumps(doc, ensure_ascii=False)
+    for limit in (0, 1, 2, 3):
+        assert jsonrpc.too_deep(text, limit) is (depth(doc) > limit)
 
 
 @FUZZ

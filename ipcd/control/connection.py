@@ -1,6 +1,6 @@
 """One accepted control connection: its socket, peer, streams and counters.
 
-The handler thread that reads it (`server.ControlHandler`) is the only one
+The handler thread that reads it (`handler.ControlHandler`) is the only one
 that counts its requests, so the counters need no lock; the server adds
 them up for `status` and keeps what closed connections counted.  Writes
 come from the handler (replies) and the outbox's pump (notifications), so
@@ -42,6 +42,7 @@ class ClientConnection:
         self.by_method: dict[str, list[int]] = {}  # name -> [calls, errors]
         self.outbox: Outbox | None = None
         self.streams: set[Stream] = set()
+        self._weight = 0  # the streams, a subscription counting one per channel
         self._attached: dict[type, Any] = {}
         self._closers: list[Callable[[], None]] = []
         self._wlock = threading.Lock()
@@ -58,19 +59,36 @@ class ClientConnection:
     def open_stream(self, name: str) -> Stream:
         c = self.server.app.config.control
         with self._lock:
-            if len(self.streams) >= c.max_streams_per_connection:
-                raise LimitReached(
-                    f"{len(self.streams)} streams open on this connection; "
-                    f"max_streams_per_connection = {c.max_streams_per_connection}",
-                    "max_streams_per_connection",
-                    c.max_streams_per_connection,
-                )
+            self._check_streams(1)
             if self.outbox is None:
-                self.outbox = Outbox(self, c.stream_queue, c.max_queued_bytes_per_connection)
+                uid = None if self.peer.role == "admin" else self.peer.uid  # admins' bytes are never refused
+                budget = self.server.budget
+                self.outbox = Outbox(self, c.stream_queue, c.max_queued_bytes_per_connection, budget, uid)
                 self.outbox.hold()  # released once the subscribing reply is out
             stream = Stream(self, name)
             self.streams.add(stream)
+            self._weight += 1
             return stream
+
+    def weigh(self, stream: Stream, weight: int) -> None:
+        """Count `stream` as `weight` streams (a subscription: one per channel), or raise -32002."""
+        with self._lock:
+            if stream not in self.streams:
+                return
+            if weight > stream.weight:
+                self._check_streams(weight - stream.weight)
+            self._weight += weight - stream.weight
+            stream.weight = weight
+
+    def _check_streams(self, more: int) -> None:
+        cap = self.server.app.config.control.max_streams_per_connection
+        if self._weight + more > cap:
+            raise LimitReached(
+                f"{self._weight} streams open on this connection (a subscription's channels count one each), "
+                f"{more} more asked; max_streams_per_connection = {cap}",
+                "max_streams_per_connection",
+                cap,
+            )
 
     def attach(self, kind: type[T], make: Callable[[], T]) -> T:
         """The connection's one `kind` of state (a subscription...), made on first use."""
@@ -92,7 +110,9 @@ class ClientConnection:
 
     def stream_closed(self, stream: Stream) -> None:
         with self._lock:
-            self.streams.discard(stream)
+            if stream in self.streams:
+                self.streams.discard(stream)
+                self._weight -= stream.weight
 
     def on_close(self, fn: Callable[[], None]) -> None:
         with self._lock:

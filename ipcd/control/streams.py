@@ -4,6 +4,7 @@ A connection that opens a stream (logs.follow, subscribe, kv.watch) gets
 one `Outbox`: a bounded queue and a pump thread that writes it out, so that
 a slow reader costs only itself.  `Stream` is what a method handler holds.
 The connection itself (`server.ClientConnection`) owns the socket.
+What all connections together may hold is `budget`'s.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ipcd.control.budget import QueueBudget
 from ipcd.wire import jsonrpc
 
 
@@ -33,8 +35,10 @@ class Outbox:
     """Notifications waiting for one connection's reader.
 
     Notifications are queued encoded (one line of bytes each), so the queue
-    is bounded both in count (`maxlen`) and in bytes (`max_bytes`).  `push`
-    never blocks: past either bound it drops and counts per stream, and the
+    is bounded both in count (`maxlen`) and in bytes (`max_bytes`, the lines
+    being written included), and its bytes count in the daemon's `budget`
+    (for `uid`; None: an admin's).  An empty queue takes one line however
+    long, if the budget has room.  `push` never blocks: past either bound it drops and counts per stream, and the
     reader later gets one `lagged` notification (`stream`, `missed`) in the
     place of what it missed.  The pump thread writes while no reply is being
     prepared (`hold`), so that a subscribing call's result always comes
@@ -43,11 +47,15 @@ class Outbox:
     line, and `on_room` is called once the pump has made room.
     """
 
-    def __init__(self, conn: Conn, maxlen: int, max_bytes: int) -> None:
+    def __init__(
+        self, conn: Conn, maxlen: int, max_bytes: int, budget: QueueBudget | None = None, uid: int | None = None
+    ) -> None:
         self.conn = conn
         self.maxlen = maxlen
         self.max_bytes = max_bytes
-        self.queued_bytes = 0
+        self.budget = budget
+        self.uid = uid
+        self.queued_bytes = 0  # queued and being written
         self._q: deque[bytes] = deque()
         self._missed: dict[str, int] = {}
         self._cv = threading.Condition()
@@ -65,7 +73,25 @@ class Outbox:
         return len(self._q)
 
     def _full(self, size: int) -> bool:
-        return len(self._q) >= self.maxlen or (self.queued_bytes + size > self.max_bytes and bool(self._q))
+        """No room for `size` more bytes in this queue (its own bounds; the budget is `_admit`'s)."""
+        if not self.queued_bytes:
+            return False  # an empty queue takes one line however long (if the budget lets it)
+        return len(self._q) >= self.maxlen or self.queued_bytes + size > self.max_bytes
+
+    def _admit(self, size: int, on_room: Callable[[], None] | None = None) -> bool:
+        """Room for `size` more bytes, here and in the budget (taken if so); under the lock.
+
+        If not, `on_room` is called once there may be: by the pump, or by the budget.
+        """
+        if self._full(size):
+            if on_room is not None:
+                self._on_room.append(on_room)
+            return False
+        return self.budget is None or self.budget.take(self.uid, size, on_room=on_room)
+
+    def _append(self, line: bytes) -> None:
+        self._q.append(line)
+        self.queued_bytes += len(line)
 
     def push(self, stream: str, line: bytes, block: bool = False) -> bool:
         """Queue one encoded line; if full, drop and count it, or with `block` wait for room."""
@@ -75,13 +101,12 @@ class Outbox:
                 self._cv.wait()
             if self._closed:
                 return False
-            if self._full(size):
+            if not self._admit(size):
                 self._missed[stream] = self._missed.get(stream, 0) + 1
                 self.dropped += 1
                 return False
-            self._flush_missed(stream)
-            self._q.append(line)
-            self.queued_bytes += size
+            self._flush_missed(stream)  # the lagged notice goes in the place of what was missed
+            self._append(line)
             self._cv.notify_all()
             return True
 
@@ -90,12 +115,10 @@ class Outbox:
         with self._cv:
             if self._closed:
                 return False
-            if self._full(len(line)):
-                self._on_room.append(on_room)
+            if not self._admit(len(line), on_room):
                 return False
-            self._flush_missed(stream)
-            self._q.append(line)
-            self.queued_bytes += len(line)
+            self._flush_missed(stream)  # the lagged notice goes in the place of what was missed
+            self._append(line)
             self._cv.notify_all()
             return True
 
@@ -103,8 +126,9 @@ class Outbox:
         n = self._missed.pop(stream, 0)
         if n:
             line = jsonrpc.to_bytes(jsonrpc.notification_line("lagged", {"stream": stream, "missed": n}))
-            self._q.append(line)
-            self.queued_bytes += len(line)
+            if self.budget is not None:
+                self.budget.take(self.uid, len(line), force=True)
+            self._append(line)
 
     def hold(self) -> None:
         with self._cv:
@@ -117,8 +141,14 @@ class Outbox:
 
     def close(self) -> None:
         with self._cv:
+            if self._closed:
+                return
             self._closed = True
+            held, self.queued_bytes = self.queued_bytes, 0  # what is queued and what is being written
+            self._q.clear()
             self._cv.notify_all()
+        if self.budget is not None:
+            self.budget.give(self.uid, held)  # outside the lock: it may call others' `on_room`
 
     def join(self, timeout_s: float) -> None:
         self._thread.join(timeout_s)
@@ -133,20 +163,25 @@ class Outbox:
                 if not self._q:
                     for stream in list(self._missed):
                         self._flush_missed(stream)
-                batch = [self._q.popleft() for _ in range(min(len(self._q), 256))]
-                data = b"".join(batch)
-                self.queued_bytes -= len(data)
-                self._cv.notify_all()  # room for a producer that waits (block=True)
-                on_room, self._on_room = self._on_room, []
-            for fn in on_room:
-                fn()
+                n = min(len(self._q), 256)
+                data = b"".join([self._q.popleft() for _ in range(n)])  # counted in queued_bytes until sent
             try:
                 self.conn.send(data)
-                self.sent += len(batch)
             except (OSError, ValueError):
                 # The reader is gone or stalled past the send timeout: cut it off.
                 self.conn.abort()
                 return
+            with self._cv:
+                if self._closed:  # close() gave back what was queued, these bytes included
+                    return
+                self.sent += n
+                self.queued_bytes -= len(data)
+                self._cv.notify_all()  # room for a producer that waits (block=True)
+                on_room, self._on_room = self._on_room, []
+            if self.budget is not None:
+                self.budget.give(self.uid, len(data))  # outside the lock: it may call others' `on_room`
+            for fn in on_room:
+                fn()
 
 
 class Stream:
@@ -156,6 +191,7 @@ class Stream:
         self.conn = conn
         self.name = name
         self.closed = False
+        self.weight = 1  # how many streams it counts as (a subscription: its channels)
 
     def push(self, method: str, params: Any, block: bool = False) -> bool:
         """Queue a notification (`params` may be `jsonrpc.Raw`); False if it was dropped."""

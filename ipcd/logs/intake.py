@@ -42,7 +42,7 @@ class Intake:
     def __init__(self, cfg: LogConfig, writer: Writer) -> None:
         self.cfg = cfg
         self.writer = writer
-        self.limiter = RateLimiter(cfg.rate_limit_burst, cfg.rate_limit_interval_s)
+        self.limiter = RateLimiter(cfg.rate_limit_burst, cfg.rate_limit_interval_s, cfg.max_senders)
         self.received = 0
         self.rate_limited = 0
         self.truncated = 0
@@ -54,7 +54,7 @@ class Intake:
 
     def configure(self, cfg: LogConfig) -> None:
         self.cfg = cfg
-        self.limiter.configure(cfg.rate_limit_burst, cfg.rate_limit_interval_s)
+        self.limiter.configure(cfg.rate_limit_burst, cfg.rate_limit_interval_s, cfg.max_senders)
 
     def _sender(self, pid: int, uid: int, now: float) -> Sender:
         """Who `pid` is, from /proc, cached a few seconds: a /proc read per message is slow."""
@@ -64,6 +64,7 @@ class Intake:
         unit = procfs.unit(pid)
         # Rate limits are per systemd unit where known, else per uid and command (DESIGN.md).
         key: Hashable = unit if unit is not None else (uid, comm)
+        key = self.limiter.key_for(key, f"uid {uid}")  # too many senders to keep apart: one window per uid
         s = self._senders[pid] = Sender(comm, unit, key, now + SENDER_TTL_S, uid)
         return s
 

@@ -9,6 +9,12 @@ above (0..2) count in a bucket of their own with `CRIT_FACTOR` times the
 burst (DESIGN.md "Log socket"): a flood of chatter never hides an
 emergency, and a flood of "emergencies" is still limited.
 
+The windows kept are bounded (`max_windows`, `[log] max_senders`): a
+local user who makes up new senders (a new command name per process, a new
+transient unit) would otherwise grow the table without end; past the bound,
+`key_for` gives a sender that has no window yet the caller's fallback key
+(its uid's shared window), so the flood is limited as one sender.
+
 The clock is passed in; who the sender is (its unit, or uid and command)
 is decided by the caller.
 """
@@ -22,18 +28,26 @@ CRIT_FACTOR = 4
 
 
 class RateLimiter:
-    __slots__ = ("burst", "interval_s", "_windows", "suppressed_total")
+    __slots__ = ("burst", "interval_s", "max_windows", "_windows", "suppressed_total")
 
-    def __init__(self, burst: int, interval_s: float) -> None:
+    def __init__(self, burst: int, interval_s: float, max_windows: int = 16384) -> None:
         self.burst = burst  # 0: no limit
         self.interval_s = interval_s
+        self.max_windows = max_windows
         # key -> [window start, messages in window, suppressed in window, crit messages in window]
         self._windows: dict[Hashable, list[float]] = {}
         self.suppressed_total = 0
 
-    def configure(self, burst: int, interval_s: float) -> None:
+    def configure(self, burst: int, interval_s: float, max_windows: int = 16384) -> None:
         self.burst = burst
         self.interval_s = interval_s
+        self.max_windows = max_windows
+
+    def key_for(self, key: Hashable, fallback: Hashable) -> Hashable:
+        """`key`, unless it has no window and the table is full: then `fallback`."""
+        if len(self._windows) < self.max_windows or key in self._windows:
+            return key
+        return fallback
 
     def check(self, key: Hashable, priority: int, now: float) -> tuple[bool, int]:
         """(let this message through?, suppressed count of the window just ended)."""

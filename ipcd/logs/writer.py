@@ -144,8 +144,9 @@ class Writer:
     """The store's one writer; it runs on the thread that reads the log socket.
 
     Log rows are inserted as they come into one open transaction, which is
-    committed every `commit_interval_ms` or `commit_batch` rows.  Until the
-    commit they stay in memory too, so that a failed commit (a full or
+    committed every `commit_interval_ms`, or at `commit_batch` rows or
+    `max_pending_bytes`, whichever comes first.  Until the commit they stay
+    in memory too, so that a failed commit (a full or
     read-only disk) loses nothing: they are written again when the store
     recovers, and only past `max_pending` are new rows dropped and counted.
     """
@@ -246,7 +247,7 @@ class Writer:
         self._count += len(rows)
         self._bytes += size
         if self.error is None:
-            if self._count >= cfg.commit_batch:
+            if self._count >= cfg.commit_batch or self._bytes >= cfg.max_pending_bytes:  # never more in memory
                 self.commit()
             else:
                 try:

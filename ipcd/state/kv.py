@@ -11,7 +11,8 @@ go out again (`kv.get` splices it into the reply), so a value costs its
 size, not a tree of Python objects.  An expired key is gone for readers at
 once; `purge_expired` (every second) removes it for good.  Watchers are
 indexed by prefix: a write costs a lookup per prefix of its key plus the
-watchers that match, never a look at every watcher.  Roles, params and the
+watchers that match, never a look at every watcher; a change is encoded
+once, whatever the number of its watchers.  Roles, params and the
 wire are `methods`' business.
 """
 
@@ -27,7 +28,7 @@ from typing import Any
 from ipcd.config import KvConfig
 from ipcd.errors import Conflict, InternalError, InvalidParams, LimitReached, NotFound
 from ipcd.state.kvdb import DELETE, DELETE_VERSION, UPSERT, Batch, KvDb, Write
-from ipcd.wire.jsonrpc import MAX_DEPTH, dumps, too_deep
+from ipcd.wire.jsonrpc import MAX_DEPTH, Raw, dumps, notification_line, to_bytes, too_deep
 
 MAX_KEY_CHARS = 256
 
@@ -61,12 +62,15 @@ def check_key(key: str, what: str = "key") -> str:
     return key
 
 
-def change_line(key: str, op: str, value: str | None, version: int) -> str:
-    """A `kv.change` notification's params, as JSON text."""
-    return f'{{"key":{json.dumps(key, ensure_ascii=False)},"op":"{op}","value":{value or "null"},"version":{version}}}'
+def change_line(key: str, op: str, value: str | None, version: int) -> bytes:
+    """A `kv.change` notification, encoded (once for all its watchers)."""
+    params = (
+        f'{{"key":{json.dumps(key, ensure_ascii=False)},"op":"{op}","value":{value or "null"},"version":{version}}}'
+    )
+    return to_bytes(notification_line("kv.change", Raw(params)))
 
 
-Watcher = Callable[[str], Any]  # takes a kv.change's params as JSON text
+Watcher = Callable[[bytes], Any]  # takes a kv.change notification, encoded
 
 
 class Watchers:
@@ -293,9 +297,9 @@ def _size(text: str) -> int:
 
 def _encode(value: Any, max_bytes: int) -> tuple[str, int]:
     """The value as JSON text, and its size; over the limits, -32602 or -32002."""
-    if too_deep(value, MAX_DEPTH):
-        raise InvalidParams(f"invalid param 'value': nested more than {MAX_DEPTH} deep", "value")
     encoded = dumps(value)
+    if too_deep(encoded, MAX_DEPTH):
+        raise InvalidParams(f"invalid param 'value': nested more than {MAX_DEPTH} deep", "value")
     size = _size(encoded)
     if size > max_bytes:
         raise LimitReached(f"value is {size} bytes; kv.max_value_bytes = {max_bytes}", "max_value_bytes", max_bytes)
@@ -305,9 +309,9 @@ def _encode(value: Any, max_bytes: int) -> tuple[str, int]:
 def _checked_json(text: str) -> str:
     """A stored value, if it is JSON this ipcd would accept (nesting included)."""
     try:
-        value = json.loads(text)
+        json.loads(text)
     except RecursionError:
         raise ValueError("nested too deep") from None
-    if too_deep(value, MAX_DEPTH):
+    if too_deep(text, MAX_DEPTH):
         raise ValueError(f"nested more than {MAX_DEPTH} deep")
     return text

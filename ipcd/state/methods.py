@@ -12,6 +12,7 @@ from typing import Any
 from ipcd.control.app import Call
 from ipcd.control.registry import Param, Registry
 from ipcd.control.streams import Stream
+from ipcd.errors import LimitReached
 from ipcd.state.channels import Channels, Subscription
 from ipcd.state.kv import MAX_KEY_CHARS, KvStore, check_key
 from ipcd.wire.jsonrpc import Raw
@@ -55,7 +56,17 @@ def kv_get(call: Call, key: str) -> Raw:
     params=(Param("prefix", "string", default=""),),
 )
 def kv_list(call: Call, prefix: str) -> dict[str, Any]:
-    return {"keys": _kv(call).keys(prefix)}
+    keys = _kv(call).keys(prefix)
+    cap = call.app.config.control.max_queued_bytes_per_connection
+    size = sum(map(len, keys)) + 3 * len(keys)  # at least what the reply takes: refused before it is built
+    if size > cap:
+        raise LimitReached(
+            f"{len(keys)} keys start with {prefix!r}: the reply would pass "
+            f"max_queued_bytes_per_connection = {cap} bytes; list a longer prefix",
+            "max_queued_bytes_per_connection",
+            cap,
+        )
+    return {"keys": keys}
 
 
 @METHODS.method(
@@ -90,7 +101,7 @@ def kv_delete(call: Call, key: str) -> dict[str, Any]:
 )
 def kv_watch(call: Call, prefix: str) -> dict[str, Any]:
     stream = call.conn.open_stream("kv.watch")
-    call.conn.on_close(_kv(call).watch(prefix, lambda change: stream.push("kv.change", Raw(change))))
+    call.conn.on_close(_kv(call).watch(prefix, stream.push_line))
     return {"watching": prefix}
 
 
@@ -140,7 +151,10 @@ def _subscription(call: Call) -> StreamSubscription:
     params=(Param("channels", "strings", required=True, check=_names),),
 )
 def subscribe(call: Call, channels: list[str]) -> dict[str, Any]:
-    return {"channels": _channels(call).subscribe(_subscription(call), channels)}
+    sub = _subscription(call)
+    # Each channel counts as a stream against max_streams_per_connection: what one connection holds is bounded.
+    call.conn.weigh(sub.stream, len(sub.channels.union(channels)))
+    return {"channels": _channels(call).subscribe(sub, channels)}
 
 
 @METHODS.method(
@@ -171,4 +185,6 @@ def unsubscribe(call: Call, channels: list[str] | None) -> dict[str, Any]:
     if not sub.channels:
         sub.stream.close()
         conn.detach(StreamSubscription)
+    else:
+        conn.weigh(sub.stream, len(sub.channels))
     return {"channels": left}

@@ -161,19 +161,35 @@ def dumps(value: Any) -> str:
     return "".join(_c_encode(value, 0))
 
 
-def too_deep(value: Any, limit: int = MAX_DEPTH) -> bool:
-    """Whether `value` nests more than `limit` arrays and objects deep (walked without recursion)."""
-    stack = [(value, 1)]
-    while stack:
-        v, depth = stack.pop()
-        if isinstance(v, dict):
-            v = v.values()
-        elif not isinstance(v, list):
-            continue
-        if depth > limit:
-            return True
-        stack.extend((child, depth + 1) for child in v if isinstance(child, (dict, list)))
-    return False
+# A JSON string, escapes and all (the unrolled form: no alternation per character).
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# Everything but the brackets, deleted; what is left: "(" for [ and {, ")" for ] and }.
+_BRACKETS = bytes.maketrans(b"[{]}", b"(())")
+_NOT_BRACKETS = bytes(set(range(256)) - set(b"[{]}"))
+
+
+def too_deep(text: bytes | str, limit: int = MAX_DEPTH) -> bool:
+    """Whether JSON `text` (valid JSON) nests more than `limit` arrays and objects deep.
+
+    Read from the text, never from the objects it decodes to (a walk over
+    `[{},{},...]` costs a second per MiB): strings out, brackets kept, then
+    the innermost pairs taken out once per level, each pass a `bytes.replace`.
+    At most `limit` passes over at most the text's length.
+    """
+    data = text.encode("utf-8", "surrogatepass") if isinstance(text, str) else text
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False  # the common case: too few brackets to be that deep
+    if b'"' in data:
+        data = _JSON_STRING.sub(b"", data)
+    left = data.translate(_BRACKETS, _NOT_BRACKETS)
+    for _ in range(limit):
+        if not left:
+            return False
+        shorter = left.replace(b"()", b"")
+        if len(shorter) == len(left):
+            break  # not balanced: not valid JSON, which the caller has already read
+        left = shorter
+    return bool(left)
 
 
 def parse_line(line: bytes) -> Parsed | None:
@@ -191,7 +207,7 @@ def parse_line(line: bytes) -> Parsed | None:
         return Invalid(ParseError("parse error: not UTF-8"))
     except ValueError as e:
         return Invalid(ParseError(f"parse error: {_short(e)}"))
-    if stripped.count(b"[") + stripped.count(b"{") > MAX_DEPTH and too_deep(value):  # only then can it be
+    if too_deep(stripped):
         return Invalid(ParseError(f"parse error: nested more than {MAX_DEPTH} deep"))
     if _SURROGATE_ESCAPE.search(stripped) and has_lone_surrogate(value):
         # "\ud800" is valid JSON syntax but not Unicode: no UTF-8 form, no SQLite text.

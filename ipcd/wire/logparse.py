@@ -289,7 +289,7 @@ def _parse_json(data: bytes) -> LogEntry | None:
         return _plain(data, malformed=True)
     except ValueError:  # UnicodeError is one too
         return None
-    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and too_deep(doc):
+    if too_deep(data, MAX_DEPTH):
         return _plain(data, malformed=True)  # DESIGN.md "Limits": JSON nesting depth, 64
     if not isinstance(doc, dict) or not isinstance(doc.get("message"), str):
         return None

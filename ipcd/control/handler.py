@@ -1,0 +1,296 @@
+"""One control connection's thread: read lines, answer each in order.
+
+`ControlHandler` frames the bytes it reads (`jsonrpc.LineFramer`),
+dispatches each line through the app's method registry and writes the
+replies in order, a batch of them per write.  What it may hold is bounded:
+an unfinished line, a reply being written and large requests being handled
+count in the server's `budget` and `gate` (`budget`); accepting, counting
+and stopping connections is `server`'s.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import socketserver
+import struct
+import time
+from typing import TYPE_CHECKING, Any
+
+from ipcd.control.access import require
+from ipcd.control.app import Call
+from ipcd.control.budget import LARGE_REQUEST_BYTES, SMALL_BYTES
+from ipcd.control.connection import ClientConnection
+from ipcd.control.registry import Method
+from ipcd.errors import InternalError, LimitReached, MethodNotFound, RpcError
+from ipcd.wire import jsonrpc
+
+if TYPE_CHECKING:
+    from ipcd.control.server import ControlServer
+
+log = logging.getLogger("ipcd")
+
+FLUSH_BYTES = 64 * 1024  # replies are written once this much has piled up
+
+
+class ControlHandler(socketserver.BaseRequestHandler):
+    """Reads lines, answers each in order; exits on EOF, idle timeout or stop.
+
+    The hot path: one blocking `recv` per read (the idle timeout is the
+    socket's SO_RCVTIMEO, not a poll per read), every complete line answered,
+    the replies of one read written with one `send` (or one per
+    `FLUSH_BYTES`, when they pile up).
+    """
+
+    request: ClientConnection
+    server: ControlServer
+    _taken = 0  # budget bytes held by the replies not written yet
+    _buffered = 0  # and by the unfinished request line
+
+    def handle(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._hold_buffered(0)
+
+    def _serve(self) -> None:
+        conn = self.request
+        cfg = self.server.app.config.control
+        framer = jsonrpc.LineFramer(cfg.max_request_bytes)
+        idle_s = cfg.idle_timeout_s
+        conn.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval(idle_s))
+        recv = conn.sock.recv
+        partial_since = 0.0  # when the unfinished line held back began
+        while True:
+            try:
+                data = recv(65536)
+            except BlockingIOError:  # SO_RCVTIMEO: nothing for idle_s
+                if conn.streams and not framer.pending:
+                    continue  # a follower may be silent for as long as it likes
+                self._send_error(_idle_error(idle_s, bool(framer.pending)))
+                return
+            except OSError:
+                return
+            if not data:
+                return
+            now = time.monotonic()
+            conn.last_active = now
+            try:
+                lines = framer.feed(data)
+            except jsonrpc.LineTooLong as e:  # answer what came before it, then the error, then close
+                self._answer(e.lines)
+                self._send_error(e)
+                return
+            if not self._hold_buffered(framer.pending):
+                self._answer(lines)
+                self._send_error(_no_budget(framer.pending, cfg.max_queued_bytes, "an unfinished request line of"))
+                return
+            if not framer.pending:
+                partial_since = 0.0
+            elif lines or not partial_since:
+                partial_since = now
+            elif now - partial_since > idle_s:  # a line trickled in a byte at a time is cut all the same
+                self._answer(lines)
+                self._send_error(_idle_error(idle_s, True))
+                return
+            if lines and not self._answer(lines):
+                return
+
+    def _answer(self, lines: list[bytes]) -> bool:
+        """Answer `lines` in order; False if the peer is gone.
+
+        Replies are written as they pile up past `FLUSH_BYTES`, not all at
+        the end: a read of 64 KiB can hold thousands of requests, and a peer
+        that sends them and never reads must not make ipcd build every reply
+        first.  What waits for such a peer is one reply and less than
+        `FLUSH_BYTES`, until the send times out (`idle_timeout_s`).
+        """
+        conn = self.request
+        outbox = conn.outbox
+        if outbox is not None:
+            outbox.hold()  # a stream's notifications wait until these replies are out
+        out: list[bytes] = []
+        size = 0
+        try:
+            for line in lines:
+                if len(line) > LARGE_REQUEST_BYTES:  # parsed, it may take 25 times its size: a few at a time
+                    with self.server.gate.enter(self._budget_uid(), len(line)):
+                        reply = self._handle_line(line)
+                else:
+                    reply = self._handle_line(line)
+                if reply is None:
+                    continue
+                out.append(reply)
+                size += len(reply)
+                if size >= FLUSH_BYTES:
+                    self._write(out)
+                    out, size = [], 0
+            if out:
+                self._write(out)
+            return True
+        except OSError:
+            return False
+        finally:
+            self._give_back()
+            if outbox is not None:
+                outbox.release()
+            elif conn.outbox is not None:  # one of these calls opened the first stream
+                conn.outbox.release()
+
+    def _write(self, replies: list[bytes]) -> None:
+        try:
+            self.request.send(replies[0] if len(replies) == 1 else b"".join(replies))
+        finally:
+            self._give_back()
+
+    def _hold_buffered(self, pending: int) -> bool:
+        """Count an unfinished request line over `SMALL_BYTES` in the budget; False if it has no room."""
+        held = pending if pending > SMALL_BYTES else 0
+        budget = self.server.budget
+        if held > self._buffered and not budget.take(self._budget_uid(), held - self._buffered):
+            return False
+        if held < self._buffered:
+            budget.give(self._budget_uid(), self._buffered - held)
+        self._buffered = held
+        return True
+
+    def _give_back(self) -> None:
+        if self._taken:
+            self.server.budget.give(self._budget_uid(), self._taken)
+            self._taken = 0
+
+    def _budget_uid(self) -> int | None:
+        peer = self.request.peer
+        return None if peer.role == "admin" else peer.uid  # an admin's replies are counted, never refused
+
+    def _handle_line(self, line: bytes) -> bytes | None:
+        parsed = jsonrpc.parse_line(line)
+        if parsed is None:
+            return None
+        cfg = self.server.app.config.control
+        cap = cfg.max_queued_bytes_per_connection
+        if isinstance(parsed, list):
+            if len(parsed) > cfg.max_batch:
+                self.request.requests += 1
+                self.request.errors += 1
+                msg = f"batch of {len(parsed)} calls; max_batch = {cfg.max_batch}"
+                err = LimitReached(msg, "max_batch", cfg.max_batch)
+                return jsonrpc.to_bytes(error_line(None, err))
+            text, size = self._batch(parsed, cap)
+        else:
+            text = self._dispatch(parsed)
+            size = len(text) if text is not None else 0  # characters: never more than its bytes
+        if size <= cap and text is not None:
+            out = jsonrpc.to_bytes(text)
+            size = len(out)
+        if size > cap:
+            self.request.errors += 1
+            return jsonrpc.to_bytes(error_line(_reply_id(parsed), _too_big(size, cap)))
+        if text is None:
+            return None
+        if size > SMALL_BYTES:
+            if not self.server.budget.take(self._budget_uid(), size):
+                self.request.errors += 1
+                return jsonrpc.to_bytes(error_line(_reply_id(parsed), _no_budget(size, cfg.max_queued_bytes)))
+            self._taken += size
+        return out
+
+    def _batch(self, calls: list[jsonrpc.Message], cap: int) -> tuple[str | None, int]:
+        """A batch's reply as text (None: only notifications) and its size in characters.
+
+        Every call is made; once the replies pass `cap` they are only counted,
+        not kept, since the batch will be answered with -32002.
+        """
+        replies: list[str] = []
+        size = 1
+        for msg in calls:
+            text = self._dispatch(msg)
+            if text is None:
+                continue
+            size += len(text) + 1
+            if size <= cap:
+                replies.append(text)
+            elif replies:
+                replies = []
+        if size == 1:
+            return None, 0
+        return (f"[{','.join(replies)}]" if size <= cap else None), size
+
+    def _dispatch(self, msg: jsonrpc.Message) -> str | None:
+        """One call: its reply as a line of text (None for a notification)."""
+        conn = self.request
+        conn.requests += 1
+        if isinstance(msg, jsonrpc.Invalid):
+            conn.errors += 1
+            return error_line(msg.id, msg.error)
+        name = msg.method
+        app = self.server.app
+        method = app.registry.find(name)
+        try:
+            if method is None:
+                raise MethodNotFound(f"method not found: {name!r} (see `methods`)", {"method": name})
+            counts = conn.by_method.get(name)
+            if counts is None:
+                counts = conn.by_method[name] = [0, 0]
+            counts[0] += 1
+            if conn.peer.rank < method.rank:
+                require(conn.peer.role, method.role, name)
+            value = method.handler(Call(app, conn.peer, conn, method), **method.bind(msg))
+            if msg.notification:
+                return None
+            return jsonrpc.result_line(msg.id, value)
+        except RpcError as e:
+            self._failed(method)
+            return None if msg.notification else error_line(msg.id, e)
+        except Exception:
+            self._failed(method)
+            log.exception("internal error in %s", name)
+            err = InternalError(f"internal error in {name}; ipcd's log has the details")
+            return None if msg.notification else error_line(msg.id, err)
+
+    def _failed(self, method: Method | None) -> None:
+        conn = self.request
+        conn.errors += 1
+        if method is not None:
+            conn.by_method[method.name][1] += 1
+
+    def _send_error(self, err: RpcError) -> None:
+        try:
+            self.request.send(jsonrpc.to_bytes(error_line(None, err)))
+        except OSError:
+            pass
+
+
+def error_line(req_id: Any, err: RpcError) -> str:
+    return jsonrpc.dumps(jsonrpc.error(req_id, err))
+
+
+def _reply_id(parsed: jsonrpc.Parsed) -> Any:
+    return None if isinstance(parsed, list) else parsed.id
+
+
+def _too_big(size: int, cap: int) -> LimitReached:
+    return LimitReached(
+        f"the reply would be {size} bytes; max_queued_bytes_per_connection = {cap}",
+        "max_queued_bytes_per_connection",
+        cap,
+    )
+
+
+def _no_budget(size: int, cap: int, what: str = "a reply of") -> LimitReached:
+    return LimitReached(
+        f"no room for {what} {size} bytes: ipcd holds as much as it may for this uid's connections "
+        f"(max_queued_bytes = {cap}, of which one uid may hold half): read what was sent, or ask for less",
+        "max_queued_bytes",
+        cap,
+    )
+
+
+def _idle_error(idle_s: float, partial: bool) -> LimitReached:
+    what = "a request line left unfinished" if partial else "idle"
+    return LimitReached(f"{what} for {idle_s:g} s: closing", "idle_timeout_s", idle_s)
+
+
+def timeval(seconds: float) -> bytes:
+    sec = int(seconds)
+    return struct.pack("ll", sec, int((seconds - sec) * 1e6))
