@@ -27,6 +27,8 @@ from typing import Any
 
 import click
 
+from ipcd.wire.daywords import local_midnight, named_time
+
 _SPAN_UNITS_S = {
     **dict.fromkeys(("us", "usec", "µs"), 1e-6),
     **dict.fromkeys(("ms", "msec"), 1e-3),
@@ -73,19 +75,11 @@ def parse_time(text: str, now: float) -> float:
     value = text.strip()
     if not value:
         raise ValueError(f"an empty time ({_HINT})")
-    local_now = dt.datetime.fromtimestamp(now)
-    midnight = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
-    named = {
-        "now": local_now,
-        "today": midnight,
-        "yesterday": midnight - dt.timedelta(days=1),
-        "tomorrow": midnight + dt.timedelta(days=1),
-    }
-    if value.lower() in named:
-        # Naive local times: .timestamp() gives each its own UTC offset, right across DST.
-        return named[value.lower()].timestamp()
+    named = named_time(value, now)
+    if named is not None:
+        return named
     try:
-        when = _relative(value, now) if _looks_relative(value) else _absolute(value, midnight)
+        when = _relative(value, now) if _looks_relative(value) else _absolute(value, local_midnight(now))
     except (ValueError, OverflowError) as e:
         raise ValueError(f"{e} ({_HINT})") from None
     if not 0 <= when <= MAX_EPOCH_S:  # also catches inf and nan

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcd.logs.grep import compile_grep
+from ipcd.wire.daywords import local_midnight, named_time
 from ipcd.wire.priority import SEVERITY_NAMES, severity
 
 MAX_LIMIT = 10000
@@ -58,18 +59,9 @@ def parse_time(value: Any, now: float) -> float:
 def _parse_time_text(value: str, now: float) -> float:
     text = value.strip().lower()
     try:
-        # Naive local time: .timestamp() then gives each date its own UTC offset, so that
-        # "today" is local midnight on a day DST begins or ends (a fixed offset is not).
-        local_now = dt.datetime.fromtimestamp(now)
-        midnight = local_now.replace(hour=0, minute=0, second=0, microsecond=0)
-        named = {
-            "now": local_now,
-            "today": midnight,
-            "yesterday": midnight - dt.timedelta(days=1),
-            "tomorrow": midnight + dt.timedelta(days=1),
-        }
-        if text in named:
-            return named[text].timestamp()
+        named = named_time(text, now)
+        if named is not None:
+            return named
         if _EPOCH.fullmatch(text):  # epoch seconds from a command line, "@" as systemd.time(7)
             return float(text[1:])
         m = _REL.match(text)
@@ -80,7 +72,7 @@ def _parse_time_text(value: str, now: float) -> float:
         if m:
             return now - float(m.group(1)) * _UNIT_S[m.group(2)[0]]
         if _CLOCK.fullmatch(text):
-            text = f"{midnight.date().isoformat()} {text}"
+            text = f"{local_midnight(now).date().isoformat()} {text}"
         try:
             when = dt.datetime.fromisoformat(value.strip())
         except ValueError:
