@@ -153,6 +153,16 @@ def test_state_dir_turning_read_only(make_ipcd, short_tmp) -> None:
     assert d.call("ping")["pong"] and d.call("kv.list")["keys"] == []
     err = d.call("kv.set", {"key": "k", "value": 1})
     assert err["code"] == -32603 and "could not be written" in err["message"]
+    with d.conn() as c:  # pipelined writes that share the failed commit: each answered with the error, in order
+        c.send(
+            b"".join(
+                b'{"jsonrpc":"2.0","id":%d,"method":"kv.set","params":{"key":"p%d","value":1}}\n' % (i, i)
+                for i in range(3)
+            )
+        )
+        replies = [c.recv_json() for _ in range(3)]
+        assert [(r["id"], r["error"]["code"]) for r in replies] == [(0, -32603), (1, -32603), (2, -32603)]
+        assert c.call("kv.list")["keys"] == []  # undone in memory too
     assert d.stop() == 0  # nothing crashes; the entries it could not keep are named in its log
     assert "entries lost" in d.stderr()
 

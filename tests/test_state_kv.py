@@ -360,3 +360,60 @@ def test_a_kv_list_too_big_to_send_is_refused_before_it_is_built(make_ipcd) -> N
         assert err["code"] == -32002 and err["data"] == {"limit": "max_queued_bytes_per_connection", "value": 65536}
         assert "list a longer prefix" in err["message"]
         assert len(c.call("kv.list", {"prefix": "a/1"})["keys"]) == 100
+
+
+def _line(req_id: int | None, method: str, params: dict[str, Any]) -> bytes:
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
+    if req_id is not None:
+        msg["id"] = req_id
+    return json.dumps(msg).encode() + b"\n"
+
+
+def test_pipelined_writes_share_a_commit_and_replies_keep_their_order(ipcd: Ipcd) -> None:
+    """#14: the writes of one read wait for their commit together, not one commit each."""
+    n = 200
+    before = ipcd.call("status")["kv"]["commits"]
+    with ipcd.conn() as c:
+        lines = []
+        for i in range(n):
+            lines.append(_line(2 * i, "kv.set", {"key": "p", "value": i}))
+            lines.append(_line(2 * i + 1, "kv.get", {"key": "p"}))
+        c.send(b"".join(lines))  # 400 calls, about 30 kB: one read or a few
+        replies = [c.recv_json() for _ in range(2 * n)]
+    assert [r["id"] for r in replies] == list(range(2 * n))
+    assert [r["result"]["version"] for r in replies[0::2]] == list(range(1, n + 1))
+    assert [r["result"]["value"] for r in replies[1::2]] == list(range(n))
+    commits = ipcd.call("status")["kv"]["commits"] - before
+    assert 1 <= commits <= 10, commits  # one commit per read, not 200
+    assert ipcd.call("status")["kv"]["sets"] == n
+
+
+def test_a_batch_of_writes_shares_a_commit(ipcd: Ipcd) -> None:
+    before = ipcd.call("status")["kv"]["commits"]
+    with ipcd.conn() as c:
+        c.send_json(
+            [{"jsonrpc": "2.0", "id": i, "method": "kv.set", "params": {"key": f"b{i}", "value": i}} for i in range(50)]
+        )
+        replies = c.recv_json()
+    assert [r["id"] for r in replies] == list(range(50)) and all(r["result"]["version"] == 1 for r in replies)
+    assert ipcd.call("status")["kv"]["commits"] - before == 1
+    assert len(ipcd.call("kv.list", {"prefix": "b"})["keys"]) == 50
+
+
+def test_a_write_sent_as_a_notification_is_committed_all_the_same(make_ipcd) -> None:
+    d: Ipcd = make_ipcd().start()
+    with d.conn() as c:
+        c.send(_line(None, "kv.set", {"key": "quiet", "value": 1}) + _line(None, "kv.delete", {"key": "nope"}))
+        assert c.call("ping")["pong"] is True  # replies in order: the notifications were handled before it
+    assert db_keys(d) == ["quiet"]  # on disk, with nobody waiting for its reply
+    assert d.call("status")["requests"]["errors"] >= 1  # the delete of a missing key: counted, not answered
+
+
+def test_pipelined_writes_acknowledged_survive_kill_9(make_ipcd) -> None:
+    d: Ipcd = make_ipcd().start()
+    with d.conn() as c:
+        c.send(b"".join(_line(i, "kv.set", {"key": f"q{i:03}", "value": i}) for i in range(300)))
+        assert [c.recv_json()["id"] for _ in range(300)] == list(range(300))
+    d.kill()  # SIGKILL right after the last acknowledgement
+    d.start()
+    assert d.call("kv.list", {"prefix": "q"})["keys"] == [f"q{i:03}" for i in range(300)]

@@ -145,3 +145,20 @@ class Call:
     peer: Peer
     conn: Connection
     method: Method
+
+
+class Deferred:
+    """A result whose reply waits for `wait()` (a commit): what a write method returns.
+
+    The connection's handler does not wait at once: it handles the rest of
+    what it has read first and waits just before writing the replies, so a
+    pipelined client's writes (or a batch's) join one commit instead of one
+    each.  If `wait` raises an `RpcError`, that is the reply instead of
+    `value`.  Replies still go out in request order.
+    """
+
+    __slots__ = ("wait", "value")
+
+    def __init__(self, wait: Callable[[], None], value: Any) -> None:
+        self.wait = wait
+        self.value = value

@@ -2,7 +2,10 @@
 
 `ControlHandler` frames the bytes it reads (`jsonrpc.LineFramer`),
 dispatches each line through the app's method registry and writes the
-replies in order, a batch of them per write.  What it may hold is bounded:
+replies in order, a batch of them per write.  A write method's reply that
+waits for a commit (`app.Deferred`) is waited for only just before the
+replies are written, so the writes of one read (a pipelined client's, a
+batch's) share a commit.  What it may hold is bounded:
 an unfinished line, a reply being written and large requests being handled
 count in the server's `budget` and `gate` (`budget`); accepting, counting
 and stopping connections is `server`'s.
@@ -18,7 +21,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from ipcd.control.access import require
-from ipcd.control.app import Call
+from ipcd.control.app import Call, Deferred
 from ipcd.control.budget import LARGE_REQUEST_BYTES, SMALL_BYTES
 from ipcd.control.connection import ClientConnection
 from ipcd.control.registry import Method
@@ -31,6 +34,19 @@ if TYPE_CHECKING:
 log = logging.getLogger("ipcd")
 
 FLUSH_BYTES = 64 * 1024  # replies are written once this much has piled up
+LATER_BYTES = 128  # what a reply waiting for its commit counts for, until it is made
+
+
+class Later:
+    """A reply waiting for a commit: the call's id and what its method returned."""
+
+    __slots__ = ("id", "deferred", "method", "notification")
+
+    def __init__(self, req_id: Any, deferred: Deferred, method: Method, notification: bool) -> None:
+        self.id = req_id
+        self.deferred: Deferred | None = deferred  # None once settled
+        self.method = method
+        self.notification = notification
 
 
 class ControlHandler(socketserver.BaseRequestHandler):
@@ -109,7 +125,7 @@ class ControlHandler(socketserver.BaseRequestHandler):
         outbox = conn.outbox
         if outbox is not None:
             outbox.hold()  # a stream's notifications wait until these replies are out
-        out: list[bytes] = []
+        out: list[bytes | Later] = []
         size = 0
         try:
             for line in lines:
@@ -121,7 +137,7 @@ class ControlHandler(socketserver.BaseRequestHandler):
                 if reply is None:
                     continue
                 out.append(reply)
-                size += len(reply)
+                size += LATER_BYTES if isinstance(reply, Later) else len(reply)
                 if size >= FLUSH_BYTES:
                     self._write(out)
                     out, size = [], 0
@@ -131,15 +147,22 @@ class ControlHandler(socketserver.BaseRequestHandler):
         except OSError:
             return False
         finally:
+            for reply in out:
+                if isinstance(reply, Later) and reply.deferred is not None:  # not written (the peer is gone):
+                    self._settle(reply)  # its writes are committed all the same before it is closed
             self._give_back()
             if outbox is not None:
                 outbox.release()
             elif conn.outbox is not None:  # one of these calls opened the first stream
                 conn.outbox.release()
 
-    def _write(self, replies: list[bytes]) -> None:
+    def _write(self, replies: list[bytes | Later]) -> None:
+        """Write `replies`, waiting first for the commits of those that wait for one."""
         try:
-            self.request.send(replies[0] if len(replies) == 1 else b"".join(replies))
+            ready = [self._made(r) if isinstance(r, Later) else r for r in replies]
+            data = ready[0] if len(ready) == 1 else b"".join(ready)
+            if data:
+                self.request.send(data)
         finally:
             self._give_back()
 
@@ -163,7 +186,7 @@ class ControlHandler(socketserver.BaseRequestHandler):
         peer = self.request.peer
         return None if peer.role == "admin" else peer.uid  # an admin's replies are counted, never refused
 
-    def _handle_line(self, line: bytes) -> bytes | None:
+    def _handle_line(self, line: bytes) -> bytes | Later | None:
         parsed = jsonrpc.parse_line(line)
         if parsed is None:
             return None
@@ -178,7 +201,10 @@ class ControlHandler(socketserver.BaseRequestHandler):
                 return jsonrpc.to_bytes(error_line(None, err))
             text, size = self._batch(parsed, cap)
         else:
-            text = self._dispatch(parsed)
+            reply = self._dispatch(parsed)
+            if isinstance(reply, Later):
+                return reply  # small, and made once its commit is done (`_write`)
+            text = reply
             size = len(text) if text is not None else 0  # characters: never more than its bytes
         if size <= cap and text is not None:
             out = jsonrpc.to_bytes(text)
@@ -203,8 +229,9 @@ class ControlHandler(socketserver.BaseRequestHandler):
         """
         replies: list[str] = []
         size = 1
-        for msg in calls:
-            text = self._dispatch(msg)
+        # Every call first, then their commits: the batch's writes share them.
+        dispatched = [self._dispatch(msg) for msg in calls]
+        for text in [self._settle(r) if isinstance(r, Later) else r for r in dispatched]:
             if text is None:
                 continue
             size += len(text) + 1
@@ -216,8 +243,8 @@ class ControlHandler(socketserver.BaseRequestHandler):
             return None, 0
         return (f"[{','.join(replies)}]" if size <= cap else None), size
 
-    def _dispatch(self, msg: jsonrpc.Message) -> str | None:
-        """One call: its reply as a line of text (None for a notification)."""
+    def _dispatch(self, msg: jsonrpc.Message) -> str | Later | None:
+        """One call: its reply as a line of text (None for a notification), or a `Later`."""
         conn = self.request
         conn.requests += 1
         if isinstance(msg, jsonrpc.Invalid):
@@ -236,6 +263,8 @@ class ControlHandler(socketserver.BaseRequestHandler):
             if conn.peer.rank < method.rank:
                 require(conn.peer.role, method.role, name)
             value = method.handler(Call(app, conn.peer, conn, method), **method.bind(msg))
+            if type(value) is Deferred:
+                return Later(msg.id, value, method, msg.notification)
             if msg.notification:
                 return None
             return jsonrpc.result_line(msg.id, value)
@@ -247,6 +276,30 @@ class ControlHandler(socketserver.BaseRequestHandler):
             log.exception("internal error in %s", name)
             err = InternalError(f"internal error in {name}; ipcd's log has the details")
             return None if msg.notification else error_line(msg.id, err)
+
+    def _made(self, later: Later) -> bytes:
+        text = self._settle(later)
+        return jsonrpc.to_bytes(text) if text is not None else b""
+
+    def _settle(self, later: Later) -> str | None:
+        """Wait for a `Later`'s commit (once): its reply (None for a notification), the error if it failed."""
+        deferred, later.deferred = later.deferred, None
+        if deferred is None:
+            return None
+        try:
+            deferred.wait()
+            if later.notification:
+                return None
+            return jsonrpc.result_line(later.id, deferred.value)
+        except RpcError as e:
+            self._failed(later.method)
+            return None if later.notification else error_line(later.id, e)
+        except Exception:
+            name = later.method.name
+            self._failed(later.method)
+            log.exception("internal error in %s", name)
+            err = InternalError(f"internal error in {name}; ipcd's log has the details")
+            return None if later.notification else error_line(later.id, err)
 
     def _failed(self, method: Method | None) -> None:
         conn = self.request

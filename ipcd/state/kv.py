@@ -156,6 +156,19 @@ class KvStore:
     def set(
         self, key: str, value: Any, ttl_s: float | None, if_version: int | None, uid: int, pid: int, comm: str | None
     ) -> Item:
+        item, wait = self.set_later(key, value, ttl_s, if_version, uid, pid, comm)
+        wait()
+        return item
+
+    def set_later(
+        self, key: str, value: Any, ttl_s: float | None, if_version: int | None, uid: int, pid: int, comm: str | None
+    ) -> tuple[Item, Callable[[], None]]:
+        """Apply a set in memory and queue it for kv.db; `wait()` returns once it is committed.
+
+        Until then it is not acknowledged: the caller answers after `wait`
+        (which raises -32603 if the commit failed, the set undone).  Waiting
+        later, not at once, lets a caller's next writes join the same commit.
+        """
         encoded, size = _encode(value, self.cfg.max_value_bytes)
         now = time.time()
         with self._lock:
@@ -176,11 +189,18 @@ class KvStore:
             batch = self.db.submit(
                 Write(UPSERT, params, undo=lambda: self._undo(key, item, old), after=self._teller(key, "set", item))
             )
-        self._wait(batch)
-        self.sets += 1
-        return item
+
+        def wait() -> None:
+            self._wait(batch)
+            self.sets += 1
+
+        return item, wait
 
     def delete(self, key: str) -> None:
+        self.delete_later(key)()
+
+    def delete_later(self, key: str) -> Callable[[], None]:
+        """Delete in memory and queue it for kv.db; what it returns waits for the commit (as `set_later`)."""
         now = time.time()
         with self._lock:
             old = self._items.get(key)
@@ -190,8 +210,12 @@ class KvStore:
             self._remember(key, old.version)
             tell = self._teller(key, "delete", old)
             batch = self.db.submit(Write(DELETE, (key,), undo=lambda: self._undo(key, None, old), after=tell))
-        self._wait(batch)
-        self.deletes += 1
+
+        def wait() -> None:
+            self._wait(batch)
+            self.deletes += 1
+
+        return wait
 
     def _check_room(self, key: str, old: Item | None, size: int) -> None:
         cfg = self.cfg

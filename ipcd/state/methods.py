@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ipcd.control.app import Call
+from ipcd.control.app import Call, Deferred
 from ipcd.control.registry import Param, Registry
 from ipcd.control.streams import Stream
 from ipcd.errors import LimitReached
@@ -80,16 +80,15 @@ def kv_list(call: Call, prefix: str) -> dict[str, Any]:
         Param("if_version", "integer", min=0, doc="-32004 unless the key is at this version"),
     ),
 )
-def kv_set(call: Call, key: str, value: Any, ttl_s: float | None, if_version: int | None) -> dict[str, Any]:
+def kv_set(call: Call, key: str, value: Any, ttl_s: float | None, if_version: int | None) -> Deferred:
     p = call.peer
-    item = _kv(call).set(key, value, ttl_s, if_version, p.uid, p.pid, p.comm)
-    return {"key": key, "version": item.version, "expires_at": item.expires_at}
+    item, wait = _kv(call).set_later(key, value, ttl_s, if_version, p.uid, p.pid, p.comm)
+    return Deferred(wait, {"key": key, "version": item.version, "expires_at": item.expires_at})
 
 
 @METHODS.method("kv.delete", role="write", doc="Delete a key; -32003 if missing.", params=(KEY,))
-def kv_delete(call: Call, key: str) -> dict[str, Any]:
-    _kv(call).delete(key)
-    return {"deleted": True}
+def kv_delete(call: Call, key: str) -> Deferred:
+    return Deferred(_kv(call).delete_later(key), {"deleted": True})
 
 
 @METHODS.method(
