@@ -44,8 +44,8 @@ class Peer:
     groups: tuple[int, ...] = ()  # read only when the policy has group rules
     role: str = "read"
 
-    @property
-    def rank(self) -> int:
+    @functools.cached_property
+    def rank(self) -> int:  # asked on every call: looked up once
         return RANK[self.role]
 
     @functools.cached_property

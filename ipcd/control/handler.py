@@ -97,11 +97,12 @@ class ControlHandler(socketserver.BaseRequestHandler):
                 self._answer(e.lines)
                 self._send_error(e)
                 return
-            if not self._hold_buffered(framer.pending):
+            pending = framer.pending
+            if (pending or self._buffered) and not self._hold_buffered(pending):
                 self._answer(lines)
-                self._send_error(_no_budget(framer.pending, cfg.max_queued_bytes, "an unfinished request line of"))
+                self._send_error(_no_budget(pending, cfg.max_queued_bytes, "an unfinished request line of"))
                 return
-            if not framer.pending:
+            if not pending:
                 partial_since = 0.0
             elif lines or not partial_since:
                 partial_since = now
@@ -150,7 +151,8 @@ class ControlHandler(socketserver.BaseRequestHandler):
             for reply in out:
                 if isinstance(reply, Later) and reply.deferred is not None:  # not written (the peer is gone):
                     self._settle(reply)  # its writes are committed all the same before it is closed
-            self._give_back()
+            if self._taken:
+                self._give_back()
             if outbox is not None:
                 outbox.release()
             elif conn.outbox is not None:  # one of these calls opened the first stream
@@ -159,6 +161,9 @@ class ControlHandler(socketserver.BaseRequestHandler):
     def _write(self, replies: list[bytes | Later]) -> None:
         """Write `replies`, waiting first for the commits of those that wait for one."""
         try:
+            if len(replies) == 1 and type(replies[0]) is bytes:  # one reply, ready: the closed-loop client
+                self.request.send(replies[0])
+                return
             ready = [self._made(r) if isinstance(r, Later) else r for r in replies]
             data = ready[0] if len(ready) == 1 else b"".join(ready)
             if data:
@@ -190,22 +195,29 @@ class ControlHandler(socketserver.BaseRequestHandler):
         parsed = jsonrpc.parse_line(line)
         if parsed is None:
             return None
+        if not isinstance(parsed, list):
+            reply = self._dispatch(parsed)
+            if reply is None or isinstance(reply, Later):
+                return reply  # a Later is small, and made once its commit is done (`_write`)
+            if len(reply) <= SMALL_BYTES:
+                out = jsonrpc.to_bytes(reply)
+                if len(out) <= SMALL_BYTES:  # the common reply: within any cap (>= SMALL_BYTES), no budget
+                    return out
+            return self._sized(parsed, reply, len(reply))
+        cfg = self.server.app.config.control
+        if len(parsed) > cfg.max_batch:
+            self.request.requests += 1
+            self.request.errors += 1
+            msg = f"batch of {len(parsed)} calls; max_batch = {cfg.max_batch}"
+            err = LimitReached(msg, "max_batch", cfg.max_batch)
+            return jsonrpc.to_bytes(error_line(None, err))
+        text, size = self._batch(parsed, cfg.max_queued_bytes_per_connection)
+        return self._sized(parsed, text, size)
+
+    def _sized(self, parsed: jsonrpc.Parsed, text: str | None, size: int) -> bytes | None:
+        """A reply (`size` in characters: never more than its bytes) within the caps, or the error to send instead."""
         cfg = self.server.app.config.control
         cap = cfg.max_queued_bytes_per_connection
-        if isinstance(parsed, list):
-            if len(parsed) > cfg.max_batch:
-                self.request.requests += 1
-                self.request.errors += 1
-                msg = f"batch of {len(parsed)} calls; max_batch = {cfg.max_batch}"
-                err = LimitReached(msg, "max_batch", cfg.max_batch)
-                return jsonrpc.to_bytes(error_line(None, err))
-            text, size = self._batch(parsed, cap)
-        else:
-            reply = self._dispatch(parsed)
-            if isinstance(reply, Later):
-                return reply  # small, and made once its commit is done (`_write`)
-            text = reply
-            size = len(text) if text is not None else 0  # characters: never more than its bytes
         if size <= cap and text is not None:
             out = jsonrpc.to_bytes(text)
             size = len(out)
@@ -252,7 +264,7 @@ class ControlHandler(socketserver.BaseRequestHandler):
             return error_line(msg.id, msg.error)
         name = msg.method
         app = self.server.app
-        method = app.registry.find(name)
+        method = app.registry.methods.get(name)
         try:
             if method is None:
                 raise MethodNotFound(f"method not found: {name!r} (see `methods`)", {"method": name})
@@ -260,9 +272,13 @@ class ControlHandler(socketserver.BaseRequestHandler):
             if counts is None:
                 counts = conn.by_method[name] = [0, 0]
             counts[0] += 1
-            if conn.peer.rank < method.rank:
-                require(conn.peer.role, method.role, name)
-            value = method.handler(Call(app, conn.peer, conn, method), **method.bind(msg))
+            peer = conn.peer
+            if peer.rank < method.rank:
+                require(peer.role, method.role, name)
+            if msg.params is None and method.bare:  # nothing to bind (ping, status)
+                value = method.handler(Call(app, peer, conn, method))
+            else:
+                value = method.handler(Call(app, peer, conn, method), **method.bind(msg))
             if type(value) is Deferred:
                 return Later(msg.id, value, method, msg.notification)
             if msg.notification:

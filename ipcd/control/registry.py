@@ -13,8 +13,9 @@ an `RpcError`.  Turning results and errors into replies is `server`'s job.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from ipcd.control.access import RANK, ROLES
@@ -99,6 +100,11 @@ class Method:
     def rank(self) -> int:
         return RANK[self.role]
 
+    @functools.cached_property
+    def bare(self) -> bool:
+        """No params declared: a call without params has nothing to bind."""
+        return not self.params
+
     def bind(self, req: Request) -> dict[str, Any]:
         """The request's params as validated keyword arguments."""
         if req.params is None and not self._required:
@@ -165,6 +171,7 @@ def _named(m: Method, req: Request) -> dict[str, Any]:
 class Registry:
     def __init__(self) -> None:
         self._methods: dict[str, Method] = {}
+        self.methods: Mapping[str, Method] = MappingProxyType(self._methods)  # name -> Method, read-only
 
     @classmethod
     def join(cls, parts: Iterable[Registry]) -> Registry:

@@ -63,6 +63,13 @@ class LineFramer:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[bytes]:
+        if not self._buf and data and data.find(b"\n") == len(data) - 1:  # the common read: one whole line
+            line = data[:-1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if len(line) > self.max_line_bytes:
+                raise LineTooLong(self.max_line_bytes)
+            return [line]
         lines: list[bytes] = []
         start = len(self._buf)
         self._buf += data
@@ -207,9 +214,9 @@ def parse_line(line: bytes) -> Parsed | None:
         return Invalid(ParseError("parse error: not UTF-8"))
     except ValueError as e:
         return Invalid(ParseError(f"parse error: {_short(e)}"))
-    if too_deep(stripped):
+    if len(stripped) > 2 * MAX_DEPTH and too_deep(stripped):  # shorter, it cannot nest that deep
         return Invalid(ParseError(f"parse error: nested more than {MAX_DEPTH} deep"))
-    if _SURROGATE_ESCAPE.search(stripped) and has_lone_surrogate(value):
+    if b"\\" in stripped and _SURROGATE_ESCAPE.search(stripped) and has_lone_surrogate(value):
         # "\ud800" is valid JSON syntax but not Unicode: no UTF-8 form, no SQLite text.
         return Invalid(ParseError("parse error: a lone surrogate (\\ud800-\\udfff) is not Unicode"))
     if isinstance(value, list):
