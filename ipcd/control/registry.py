@@ -55,10 +55,13 @@ class Param:
     check: Callable[[Any], Any] | None = None  # normalise, or raise ValueError
     doc: str = ""
 
+    @functools.cached_property
+    def _tests(self) -> tuple[Callable[[Any], bool], ...]:
+        return tuple(_KINDS[k] for k in self.kind.split("|"))
+
     def validate(self, value: Any) -> Any:
-        kinds = self.kind.split("|")
-        if not any(_KINDS[k](value) for k in kinds):
-            want = " or ".join(_KIND_NAMES.get(k, k) for k in kinds)
+        if not any(test(value) for test in self._tests):
+            want = " or ".join(_KIND_NAMES.get(k, k) for k in self.kind.split("|"))
             raise InvalidParams(f"invalid param {self.name!r}: must be {want}", self.name)
         if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
             # Integers go to SQLite, which stores 64 bits (and sqlite3 raises past that).
@@ -99,6 +102,10 @@ class Method:
     @functools.cached_property
     def rank(self) -> int:
         return RANK[self.role]
+
+    @functools.cached_property
+    def names(self) -> frozenset[str]:
+        return frozenset(p.name for p in self.params)
 
     @functools.cached_property
     def bare(self) -> bool:
@@ -144,7 +151,7 @@ def _named(m: Method, req: Request) -> dict[str, Any]:
     if params is None:
         return {}
     if isinstance(params, dict):
-        names = {p.name for p in m.params}
+        names = m.names
         for key in params:
             if key not in names:
                 raise InvalidParams(f"unknown param {key!r} for {m.name}", key)

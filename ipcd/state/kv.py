@@ -43,17 +43,21 @@ class Item:
     set_by_uid: int | None
     set_by_pid: int | None
     set_by_comm: str | None
+    text: str | None = None  # the kv.get result, once asked (an item is never changed, only replaced)
 
     def alive(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
 
     def to_json(self, key: str) -> str:
-        """The `kv.get` result, as JSON text (the value spliced in as stored)."""
-        by = json.dumps({"uid": self.set_by_uid, "pid": self.set_by_pid, "command": self.set_by_comm})
-        return (
-            f'{{"key":{json.dumps(key, ensure_ascii=False)},"value":{self.value},"version":{self.version},'
-            f'"expires_at":{json.dumps(self.expires_at)},"set_at":{json.dumps(self.set_at)},"set_by":{by}}}'
-        )
+        """The `kv.get` result, as JSON text (the value spliced in as stored); made once per item."""
+        text = self.text
+        if text is None:
+            by = json.dumps({"uid": self.set_by_uid, "pid": self.set_by_pid, "command": self.set_by_comm})
+            text = self.text = (
+                f'{{"key":{json.dumps(key, ensure_ascii=False)},"value":{self.value},"version":{self.version},'
+                f'"expires_at":{json.dumps(self.expires_at)},"set_at":{json.dumps(self.set_at)},"set_by":{by}}}'
+            )
+        return text
 
 
 def check_key(key: str, what: str = "key") -> str:
