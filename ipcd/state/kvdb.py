@@ -61,17 +61,32 @@ def _upsert_rows(n: int) -> str:
 
 
 class Batch:
-    """The writes of one commit; `wait` returns once it is done, or raises its error."""
+    """The writes of one commit; `wait` returns once it is done, or raises its error.
 
-    __slots__ = ("done", "error")
+    One per commit, so made cheaply: a bare lock, held until the commit is
+    done (a `threading.Event` is a Condition and two locks, several times the
+    cost).  Each waiter takes the lock and hands it straight on to the next.
+    """
+
+    __slots__ = ("_lock", "done", "error")
 
     def __init__(self) -> None:
-        self.done = threading.Event()
+        self._lock = threading.Lock()
+        self._lock.acquire()
+        self.done = False
         self.error: BaseException | None = None
 
+    def finish(self, error: BaseException | None = None) -> None:
+        """Done (once): wake the waiters."""
+        self.error = error
+        self.done = True
+        self._lock.release()
+
     def wait(self, timeout_s: float | None = None) -> None:
-        if not self.done.wait(timeout_s):
-            raise TimeoutError("the key/value writer did not answer in time")
+        if not self.done:
+            if not self._lock.acquire(timeout=-1 if timeout_s is None else timeout_s):
+                raise TimeoutError("the key/value writer did not answer in time")
+            self._lock.release()
         if self.error is not None:
             raise self.error
 
@@ -131,8 +146,7 @@ class KvDb:
         with self._cv:
             if self._closing:
                 batch = Batch()
-                batch.error = RuntimeError("the key/value store is closed")
-                batch.done.set()
+                batch.finish(RuntimeError("the key/value store is closed"))
                 return batch
             self._queue.append(write)
             if self._committing:
@@ -196,8 +210,9 @@ class KvDb:
             for w in reversed(writes):
                 if w.undo is not None:
                     w.undo()
-            batch.error = e
+            error: BaseException | None = e
         else:
+            error = None
             self.counters.commits += 1
             self.counters.writes += len(writes)
             for w in writes:
@@ -206,7 +221,7 @@ class KvDb:
                         w.after()
                     except Exception:
                         log.exception("error while telling watchers of a change")
-        batch.done.set()
+        batch.finish(error)
 
     def _transaction(self, writes: list[Write]) -> None:
         self.conn.execute("BEGIN IMMEDIATE")
