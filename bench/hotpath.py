@@ -1,0 +1,110 @@
+"""The control request path in-process: ipcd's handler beside the minimal server's loop, no sockets.
+
+    .venv/bin/python bench/hotpath.py [-n 50000] [--reps 10] [--method ping] [--profile]
+
+Both handlers read the same request line -n times from a fake socket (its
+`recv` hands out the line, its `send` drops the reply), so what is measured
+is the Python work of one request: framing, parsing, dispatch, the method,
+the reply.  Reps alternate (minimal, ipcd, minimal, ...) and the best CPU
+time per request of each is shown, with their ratio.  Run it pinned to one
+CPU (`taskset -c 1`) on a quiet machine.  `--profile` prints cProfile's
+view of ipcd's path afterwards, the way to see where a change should go.
+
+Nothing is asserted: the figures are for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from benchlib import BENCH, machine
+
+from ipcd.config import parse
+from ipcd.control.access import Peer, make_policy
+from ipcd.control.app import App
+from ipcd.control.connection import ClientConnection
+from ipcd.control.handler import ControlHandler
+from ipcd.control.server import ControlServer
+from ipcd.daemon.daemon import REGISTRY
+
+sys.path.insert(0, str(BENCH / "baselines"))
+import minimal_rpc  # noqa: E402
+
+
+class FakeSocket:
+    """`recv` returns `line` n times, then EOF; what is sent is dropped."""
+
+    def __init__(self, line: bytes, n: int) -> None:
+        self.line = line
+        self.left = n
+
+    def recv(self, size: int) -> bytes:
+        if self.left:
+            self.left -= 1
+            return self.line
+        return b""
+
+    def sendall(self, data: bytes) -> None:
+        pass
+
+    send = sendall
+
+    def setsockopt(self, *args: object) -> None:
+        pass
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("-n", type=int, default=50_000, help="requests per rep [50000]")
+    ap.add_argument("--reps", type=int, default=10, help="alternating reps; the best of each is shown [10]")
+    ap.add_argument("--method", default="ping", help="the method called, without params [ping]")
+    ap.add_argument("--profile", action="store_true", help="then cProfile ipcd's path")
+    a = ap.parse_args()
+    line = b'{"jsonrpc":"2.0","id":1,"method":"%s"}\n' % a.method.encode()
+
+    cfg = parse(b"")
+    app = App(cfg, make_policy(cfg.access, os.geteuid()), REGISTRY)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(f"\0ipcd-hotpath-{os.getpid()}")  # abstract: nothing to clean up
+    listener.listen()
+    server = ControlServer(listener, app)
+
+    def ipcd(n: int) -> None:
+        conn = ClientConnection(FakeSocket(line, n), Peer(os.getpid(), 0, 0, role="admin"), server)  # type: ignore[arg-type]
+        handler = ControlHandler.__new__(ControlHandler)  # as socketserver would, without its own call of handle
+        handler.request, handler.server, handler.client_address = conn, server, None
+        handler.handle()
+
+    def minimal(n: int) -> None:
+        handler = minimal_rpc.Handler.__new__(minimal_rpc.Handler)
+        handler.request = FakeSocket(line, n)
+        handler.setup()
+        handler.serve()
+
+    runs: list[tuple[str, Callable[[int], None]]] = [("minimal", minimal), ("ipcd", ipcd)]
+    best = {name: float("inf") for name, _ in runs}
+    for _ in range(a.reps):
+        for name, fn in runs:
+            t = time.process_time()
+            fn(a.n)
+            best[name] = min(best[name], (time.process_time() - t) / a.n * 1e6)
+    print(machine())
+    print(f"{a.method}, {a.n} requests per rep, best CPU time of {a.reps} alternating reps")
+    print(f"  minimal_rpc.py loop  {best['minimal']:6.2f} us/request")
+    print(f"  ipcd ControlHandler  {best['ipcd']:6.2f} us/request   minimal/ipcd {best['minimal'] / best['ipcd']:.2f}")
+    if a.profile:
+        prof = cProfile.Profile()
+        prof.runcall(ipcd, a.n)
+        pstats.Stats(prof).sort_stats("tottime").print_stats(20)
+    server.server_close()
+
+
+if __name__ == "__main__":
+    main()
