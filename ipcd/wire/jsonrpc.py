@@ -256,6 +256,9 @@ def _valid_id(value: Any) -> bool:
     return value is None or (isinstance(value, (str, int, float)) and not isinstance(value, bool))
 
 
+_new = tuple.__new__  # Request(...) goes through a Python-level __new__: made for every call, skipped
+
+
 def to_message(obj: Any) -> Message:
     """Validate one decoded request object (JSON-RPC 2.0 §4)."""
     if type(obj) is dict and obj.get("jsonrpc") == JSONRPC:  # the common case first, checked as below
@@ -265,7 +268,7 @@ def to_message(obj: Any) -> Message:
             and (type(params) in (dict, list) or ("params" not in obj))
             and (req_id is None or type(req_id) in (int, str))
         ):
-            return Request(method, params, req_id, "id" not in obj)
+            return _new(Request, (method, params, req_id, "id" not in obj, False, ()))
     if not isinstance(obj, dict):
         return Invalid(InvalidRequest("invalid request: not an object"))
     has_id = "id" in obj
