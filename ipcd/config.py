@@ -1,9 +1,9 @@
-"""ipcd's settings: the `Config` dataclasses, the directory rules, the TOML file,
-and the names (socket files, units) that the daemon, the client and ipcctl share.
+"""ipcd's settings: the `Config` dataclasses and the TOML file.
 
+The directory rules and the names (socket files, units) that the daemon,
+the client and ipcctl share are `dirs`' and are named here too.
 Everything here is pure: the environment and the uid are passed in, the
-file is read once.  DESIGN.md "Processes and sockets" fixes the order in
-which directories are chosen and "Config" the keys.  A key the file does not
+file is read once.  DESIGN.md "Config" fixes the keys.  A key the file does not
 know, or a value of the wrong type or out of range, is a `ConfigError`
 naming the file, the line and the key.  The file as text (TOML errors with
 their line, each kind of value checked, the line a key is on) is
@@ -14,15 +14,22 @@ this module's business.
 from __future__ import annotations
 
 import functools
-import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from ipcd.configfile import check, forward_line, line_of, read_toml
 from ipcd.configfile import parse_mode as parse_mode  # a public name of this module
+from ipcd.dirs import CONTROL_SOCKET_NAME as CONTROL_SOCKET_NAME
+from ipcd.dirs import LOG_SOCKET_NAME as LOG_SOCKET_NAME
+from ipcd.dirs import PROTECT_HOME_DIRS as PROTECT_HOME_DIRS
+from ipcd.dirs import SYSTEM_RUNTIME_DIR as SYSTEM_RUNTIME_DIR
+from ipcd.dirs import UNIT_NAMES as UNIT_NAMES
+from ipcd.dirs import config_path as config_path
+from ipcd.dirs import runtime_dir as runtime_dir
+from ipcd.dirs import state_dir as state_dir
 from ipcd.errors import ConfigError
 
 MiB = 1024 * 1024
@@ -33,13 +40,6 @@ JOURNAL_SOCKET = "/run/systemd/journal/socket"  # systemd-journald.socket, sd_jo
 _ADDRESS = re.compile(
     r"(?P<scheme>tcp|tls|udp)://(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})"
 )
-
-# Names the daemon, the client and ipcctl agree on.
-SYSTEM_RUNTIME_DIR = Path("/run/ipcd")  # root's runtime dir; the system units' sockets
-CONTROL_SOCKET_NAME = "ipcd.sock"
-LOG_SOCKET_NAME = "log.sock"
-UNIT_NAMES = ("ipcd.socket", "ipcd-log.socket", "ipcd.service")
-PROTECT_HOME_DIRS = ("/home/", "/root/", "/run/user/")  # what ProtectHome=yes hides (systemd.exec(5))
 
 
 def _opt(
@@ -180,49 +180,6 @@ class Config:
     forward: list[ForwardConfig] = field(default_factory=list)
     path: str | None = None  # the file it came from, if any
     explicit: frozenset[str] = frozenset()  # "section.key" set by the file
-
-
-# -- directories (DESIGN.md "Processes and sockets") -----------------------
-
-
-def runtime_dir(option: str | None, env: Mapping[str, str], uid: int) -> Path:
-    for value in (option, env.get("IPCD_RUNTIME_DIR"), _first(env.get("RUNTIME_DIRECTORY"))):
-        if value:
-            return Path(value)
-    if uid == 0:
-        return SYSTEM_RUNTIME_DIR
-    if env.get("XDG_RUNTIME_DIR"):
-        return Path(env["XDG_RUNTIME_DIR"]) / "ipcd"
-    return Path(f"/tmp/ipcd-{uid}")
-
-
-def state_dir(option: str | None, env: Mapping[str, str], uid: int) -> Path:
-    for value in (option, env.get("IPCD_STATE_DIR"), _first(env.get("STATE_DIRECTORY"))):
-        if value:
-            return Path(value)
-    if uid == 0:
-        return Path("/var/lib/ipcd")
-    if env.get("XDG_STATE_HOME"):
-        return Path(env["XDG_STATE_HOME"]) / "ipcd"
-    return Path(env.get("HOME") or os.path.expanduser("~")) / ".local/state/ipcd"
-
-
-def config_path(option: str | None, env: Mapping[str, str], uid: int) -> tuple[Path | None, bool]:
-    """The config file to read, and whether it was named (then it must exist)."""
-    for value in (option, env.get("IPCD_CONFIG")):
-        if value:
-            return Path(value), True
-    if env.get("CONFIGURATION_DIRECTORY"):
-        return Path(_first(env["CONFIGURATION_DIRECTORY"]) or "") / "ipcd.toml", False
-    if uid == 0:
-        return Path("/etc/ipcd/ipcd.toml"), False
-    base = env.get("XDG_CONFIG_HOME") or str(Path(env.get("HOME") or os.path.expanduser("~")) / ".config")
-    return Path(base) / "ipcd" / "ipcd.toml", False
-
-
-def _first(value: str | None) -> str | None:
-    # systemd joins several directories with ":" (systemd.exec(5), RuntimeDirectory=).
-    return value.split(":")[0] if value else None
 
 
 # -- the TOML file ----------------------------------------------------------

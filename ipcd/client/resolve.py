@@ -16,18 +16,18 @@ import os
 import socket
 from collections.abc import Mapping
 
-from ipcd import config
+from ipcd import dirs
 from ipcd.client.errors import AccessDenied, Unreachable
 from ipcd.client.trust import check_socket_path
 
-SYSTEM_SOCKET = str(config.SYSTEM_RUNTIME_DIR / config.CONTROL_SOCKET_NAME)
+SYSTEM_SOCKET = str(dirs.SYSTEM_RUNTIME_DIR / dirs.CONTROL_SOCKET_NAME)
 START_HINT = "start it with `systemctl start ipcd` (or `systemctl --user start ipcd`), or run `ipcd`"
 
 
 def user_socket(env: Mapping[str, str], uid: int) -> str:
     """The user instance's control socket: where `ipcd` run by `uid` binds it."""
     user_env = {k: v for k, v in env.items() if k == "XDG_RUNTIME_DIR"}
-    return str(config.runtime_dir(None, user_env, uid) / config.CONTROL_SOCKET_NAME)
+    return str(dirs.runtime_dir(None, user_env, uid) / dirs.CONTROL_SOCKET_NAME)
 
 
 def resolve_socket(
@@ -48,7 +48,7 @@ def resolve_socket(
         if p:
             return p, (p,)
     if env.get("IPCD_RUNTIME_DIR"):
-        p = os.path.join(env["IPCD_RUNTIME_DIR"], config.CONTROL_SOCKET_NAME)
+        p = os.path.join(env["IPCD_RUNTIME_DIR"], dirs.CONTROL_SOCKET_NAME)
         return p, (p,)
     mine = user_socket(env, uid)
     if user:
@@ -72,7 +72,7 @@ def resolve_log_socket(
         return path or env["IPCD_LOG_SOCKET"]
     if control is None:
         control, _ = resolve_socket(None, user, env)
-    return os.path.join(os.path.dirname(control), config.LOG_SOCKET_NAME)
+    return os.path.join(os.path.dirname(control), dirs.LOG_SOCKET_NAME)
 
 
 def connect(path: str, timeout_s: float | None) -> socket.socket:
