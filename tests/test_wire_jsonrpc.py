@@ -599,6 +599,12 @@ def test_plain_kv_set_number() -> None:
     assert msg.raw_args == ("k", "42")
 
 
+def test_plain_arg_at_the_limits_is_json() -> None:
+    msg = parse_line(b"kv.set k " + b"[" * 64 + b"]" * 64 + b" '\"\\ud83d\\ude00\"'")  # 64 deep, a surrogate pair
+    assert isinstance(msg, Request) and msg.params[2] == "\U0001f600"
+    assert depth(msg.params[1]) == 64
+
+
 def test_plain_arg_nested_too_deep_stays_a_string() -> None:
     word = "[" * DEEP
     msg = parse_line(b"kv.set k " + word.encode())
@@ -661,6 +667,10 @@ def test_plain_arg_beyond_the_int_string_limit_stays_a_string(int_digit_limit: i
         (b"kv.set k abc\\", "No escaped character"),
         (b"kv.get \xff", "not UTF-8"),
         (b"caf\xe9", "not UTF-8"),
+        # A plain argument that is JSON is held to a JSON line's limits.
+        (b"publish ch " + b"[" * 65 + b"]" * 65, "argument nested more than 64 deep"),
+        (b"kv.set k '\"\\ud800\"'", "argument has a lone surrogate"),
+        (b'kv.set k \'["ok", {"x": "\\udfff"}]\'', "argument has a lone surrogate"),
     ],
 )
 def test_plain_command_parse_error(line: bytes, fragment: str) -> None:

@@ -3,9 +3,11 @@
 `ControlHandler` frames the bytes it reads (`jsonrpc.LineFramer`),
 dispatches each line through the app's method registry and writes the
 replies in order, a batch of them per write.  A write method's reply that
-waits for a commit (`app.Deferred`) is waited for only just before the
-replies are written, so the writes of one read (a pipelined client's, a
-batch's) share a commit.  What it may hold is bounded:
+waits for a commit (`app.Deferred`) is waited for just before the replies
+are written, or before the next call that is not such a write, whichever
+comes first: the writes that follow each other in one read (a pipelined
+client's, a batch's) share a commit, and no other work (a slow query) holds
+a write uncommitted while others can already read it.  What it may hold is bounded:
 an unfinished line, a reply being written and large requests being handled
 count in the server's `budget` and `gate` (`budget`); accepting, counting
 and stopping connections is `server`'s.
@@ -38,15 +40,16 @@ LATER_BYTES = 128  # what a reply waiting for its commit counts for, until it is
 
 
 class Later:
-    """A reply waiting for a commit: the call's id and what its method returned."""
+    """A reply waiting for a commit: the call's id and what its method returned; then the reply."""
 
-    __slots__ = ("id", "deferred", "method", "notification")
+    __slots__ = ("id", "deferred", "method", "notification", "text")
 
     def __init__(self, req_id: Any, deferred: Deferred, method: Method, notification: bool) -> None:
         self.id = req_id
         self.deferred: Deferred | None = deferred  # None once settled
         self.method = method
         self.notification = notification
+        self.text: str | None = None  # the reply, once settled (None for a notification)
 
 
 class ControlHandler(socketserver.BaseRequestHandler):
@@ -62,6 +65,7 @@ class ControlHandler(socketserver.BaseRequestHandler):
     server: ControlServer
     _taken = 0  # budget bytes held by the replies not written yet
     _buffered = 0  # and by the unfinished request line
+    _unsettled: list[Later] | None = None  # writes waiting for their commit, in call order
 
     def handle(self) -> None:
         try:
@@ -148,9 +152,8 @@ class ControlHandler(socketserver.BaseRequestHandler):
         except OSError:
             return False
         finally:
-            for reply in out:
-                if isinstance(reply, Later) and reply.deferred is not None:  # not written (the peer is gone):
-                    self._settle(reply)  # its writes are committed all the same before it is closed
+            if self._unsettled:  # not written (the peer is gone): its writes are committed all the same
+                self._settle_all()
             if self._taken:
                 self._give_back()
             if outbox is not None:
@@ -164,6 +167,8 @@ class ControlHandler(socketserver.BaseRequestHandler):
             if len(replies) == 1 and type(replies[0]) is bytes:  # one reply, ready: the closed-loop client
                 self.request.send(replies[0])
                 return
+            if self._unsettled:
+                self._settle_all()
             ready = [self._made(r) if isinstance(r, Later) else r for r in replies]
             data = ready[0] if len(ready) == 1 else b"".join(ready)
             if data:
@@ -243,7 +248,9 @@ class ControlHandler(socketserver.BaseRequestHandler):
         size = 1
         # Every call first, then their commits: the batch's writes share them.
         dispatched = [self._dispatch(msg) for msg in calls]
-        for text in [self._settle(r) if isinstance(r, Later) else r for r in dispatched]:
+        if self._unsettled:
+            self._settle_all()
+        for text in [r.text if isinstance(r, Later) else r for r in dispatched]:
             if text is None:
                 continue
             size += len(text) + 1
@@ -275,12 +282,18 @@ class ControlHandler(socketserver.BaseRequestHandler):
             peer = conn.peer
             if peer.rank < method.rank:
                 require(peer.role, method.role, name)
+            if self._unsettled and not method.defers:  # it may be slow, or read what they wrote
+                self._settle_all()
             if msg.params is None and method.bare:  # nothing to bind (ping, status)
                 value = method.handler(Call(app, peer, conn, method))
             else:
                 value = method.handler(Call(app, peer, conn, method), **method.bind(msg))
             if type(value) is Deferred:
-                return Later(msg.id, value, method, msg.notification)
+                later = Later(msg.id, value, method, msg.notification)
+                if self._unsettled is None:
+                    self._unsettled = []
+                self._unsettled.append(later)
+                return later
             if msg.notification:
                 return None
             return jsonrpc.result_line(msg.id, value)
@@ -294,14 +307,19 @@ class ControlHandler(socketserver.BaseRequestHandler):
             return None if msg.notification else error_line(msg.id, err)
 
     def _made(self, later: Later) -> bytes:
-        text = self._settle(later)
-        return jsonrpc.to_bytes(text) if text is not None else b""
+        return jsonrpc.to_bytes(later.text) if later.text is not None else b""
+
+    def _settle_all(self) -> None:
+        """Wait for the commits of the writes not settled yet, in call order; each gets its reply."""
+        pending, self._unsettled = self._unsettled or [], []
+        for later in pending:
+            later.text = self._settle(later)
 
     def _settle(self, later: Later) -> str | None:
         """Wait for a `Later`'s commit (once): its reply (None for a notification), the error if it failed."""
         deferred, later.deferred = later.deferred, None
         if deferred is None:
-            return None
+            return later.text
         try:
             deferred.wait()
             if later.notification:

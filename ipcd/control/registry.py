@@ -110,6 +110,7 @@ class Method:
     role: str
     doc: str
     stream: bool = False
+    defers: bool = False  # returns an `app.Deferred`: its reply waits for a commit
 
     @functools.cached_property
     def rank(self) -> int:
@@ -211,6 +212,7 @@ class Registry:
         doc: str,
         params: tuple[Param, ...] = (),
         stream: bool = False,
+        defers: bool = False,
     ) -> Callable[[Handler], Handler]:
         if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
@@ -218,7 +220,7 @@ class Registry:
         def register(fn: Handler) -> Handler:
             if name in self._methods:
                 raise ValueError(f"method {name!r} registered twice")
-            self._methods[name] = Method(name, fn, params, role, doc, stream)
+            self._methods[name] = Method(name, fn, params, role, doc, stream, defers)
             return fn
 
         return register

@@ -43,21 +43,26 @@ class Item:
     set_by_uid: int | None
     set_by_pid: int | None
     set_by_comm: str | None
-    text: str | None = None  # the kv.get result, once asked (an item is never changed, only replaced)
+    tail: str | None = None  # the kv.get result after the value, once asked (an item is never changed)
 
     def alive(self, now: float) -> bool:
         return self.expires_at is None or self.expires_at > now
 
     def to_json(self, key: str) -> str:
-        """The `kv.get` result, as JSON text (the value spliced in as stored); made once per item."""
-        text = self.text
-        if text is None:
-            by = json.dumps({"uid": self.set_by_uid, "pid": self.set_by_pid, "command": self.set_by_comm})
-            text = self.text = (
-                f'{{"key":{json.dumps(key, ensure_ascii=False)},"value":{self.value},"version":{self.version},'
-                f'"expires_at":{json.dumps(self.expires_at)},"set_at":{json.dumps(self.set_at)},"set_by":{by}}}'
+        """The `kv.get` result, as JSON text, the value spliced in as stored.
+
+        What follows the value is made once per item (an item is replaced,
+        never changed) and kept: a few numbers and a command name, about 150
+        bytes, never a second copy of the value or of the key.
+        """
+        tail = self.tail
+        if tail is None:
+            by = dumps({"uid": self.set_by_uid, "pid": self.set_by_pid, "command": self.set_by_comm})
+            tail = self.tail = (
+                f',"version":{self.version},"expires_at":{dumps(self.expires_at)},'
+                f'"set_at":{dumps(self.set_at)},"set_by":{by}}}'
             )
-        return text
+        return f'{{"key":{dumps(key)},"value":{self.value}{tail}'
 
 
 def check_key(key: str, what: str = "key") -> str:
@@ -190,12 +195,11 @@ class KvStore:
             item = Item(encoded, size, version, now + ttl_s if ttl_s else None, now, uid, pid, comm)
             self._put(key, item)
             params = (key, encoded, version, item.expires_at, now, uid, pid, comm)
-            batch = self.db.submit(
-                Write(UPSERT, params, undo=lambda: self._undo(key, item, old), after=self._teller(key, "set", item))
-            )
+            write = Write(UPSERT, params, undo=lambda: self._undo(key, item, old), after=self._teller(key, "set", item))
+            batch = self.db.submit(write)
 
         def wait() -> None:
-            self._wait(batch)
+            self._wait(batch, write)
             self.sets += 1
 
         return item, wait
@@ -213,10 +217,11 @@ class KvStore:
             self._put(key, None)
             self._remember(key, old.version)
             tell = self._teller(key, "delete", old)
-            batch = self.db.submit(Write(DELETE, (key,), undo=lambda: self._undo(key, None, old), after=tell))
+            write = Write(DELETE, (key,), undo=lambda: self._undo(key, None, old), after=tell)
+            batch = self.db.submit(write)
 
         def wait() -> None:
-            self._wait(batch)
+            self._wait(batch, write)
             self.deletes += 1
 
         return wait
@@ -248,11 +253,13 @@ class KvStore:
             if self._items.get(key) is new:
                 self._put(key, old)
 
-    def _wait(self, batch: Batch) -> None:
+    def _wait(self, batch: Batch, write: Write) -> None:
         try:
             self.db.commit(batch)
         except Exception as e:
             raise InternalError(f"the store could not be written, nothing changed: {e}") from None
+        if write.error is not None:  # the others of its commit went through; this one did not
+            raise InternalError(f"the store could not be written, nothing changed: {write.error}")
 
     def _teller(self, key: str, op: str, item: Item) -> Callable[[], None]:
         """What tells the watchers of this change, once committed (on the writer's thread)."""
@@ -328,7 +335,15 @@ def _encode(value: Any, max_bytes: int) -> tuple[str, int]:
     encoded = dumps(value)
     if too_deep(encoded, MAX_DEPTH):
         raise InvalidParams(f"invalid param 'value': nested more than {MAX_DEPTH} deep", "value")
-    size = _size(encoded)
+    if encoded.isascii():
+        size = len(encoded)
+    else:
+        try:
+            size = len(encoded.encode("utf-8"))
+        except UnicodeEncodeError:  # SQLite would refuse it, failing every write committed with it
+            raise InvalidParams(
+                "invalid param 'value': a lone surrogate (\\ud800-\\udfff) is not Unicode", "value"
+            ) from None
     if size > max_bytes:
         raise LimitReached(f"value is {size} bytes; kv.max_value_bytes = {max_bytes}", "max_value_bytes", max_bytes)
     return encoded, size

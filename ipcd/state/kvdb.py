@@ -11,7 +11,9 @@ next, which takes everything queued meanwhile in one transaction (group
 commit) by the writer thread, and every write of it is answered at once.  Each
 write may bring an `undo` (run, newest first, if the commit failed) and an
 `after` (run in submission order once it is committed: watchers hear of
-changes in the order they were made, and only of committed ones).
+changes in the order they were made, and only of committed ones).  If a
+commit of several writes fails, each is tried alone: one bad write fails
+only itself (`Write.error`), never those it shared a commit with.
 
 WAL with synchronous=NORMAL (`[kv] durability = "normal"`): an acknowledged
 write survives a crash or kill -9 of ipcd, not necessarily a power loss;
@@ -98,6 +100,7 @@ class Write:
     many: bool = False
     undo: Callable[[], None] | None = None
     after: Callable[[], None] | None = None
+    error: BaseException | None = None  # set if this write could not be committed
 
 
 @dataclass
@@ -180,8 +183,8 @@ class KvDb:
         finally:
             with self._cv:
                 self._committing = False
-                if self._queue:
-                    self._cv.notify()  # the writer thread: what queued during this commit
+                if self._queue or self._closing:
+                    self._cv.notify()  # the writer thread: what queued during this commit, or the close
 
     def _run(self) -> None:
         """Commit what queued while another commit ran (group commit), and at close what is left."""
@@ -198,30 +201,41 @@ class KvDb:
 
     def _commit(self, writes: list[Write], batch: Batch) -> None:
         try:
-            if len(writes) <= MAX_ROWS and all(w.sql is UPSERT for w in writes):
-                # The common batch, sets only: ONE statement, its own transaction (autocommit), so
-                # one call into SQLite and one hand-back of the GIL, however many threads want it.
-                self.conn.execute(_upsert_rows(len(writes)), [v for w in writes for v in w.params])
-            else:
-                self._transaction(writes)
+            self._write(writes)
         except Exception as e:
+            if len(writes) == 1:
+                writes[0].error = e
+            else:  # one bad write must not fail those that share its commit: each alone, then
+                for w in writes:
+                    try:
+                        self._transaction([w])
+                    except Exception as each:
+                        w.error = each
+        failed = [w for w in writes if w.error is not None]
+        if failed:
             self.counters.failures += 1
-            log.error("cannot write the key/value store %s: %s", self.path, e)
-            for w in reversed(writes):
+            log.error("cannot write the key/value store %s: %s", self.path, failed[0].error)
+            for w in reversed(failed):
                 if w.undo is not None:
                     w.undo()
-            error: BaseException | None = e
-        else:
-            error = None
+        if len(failed) < len(writes):
             self.counters.commits += 1
-            self.counters.writes += len(writes)
+            self.counters.writes += len(writes) - len(failed)
             for w in writes:
-                if w.after is not None:
+                if w.after is not None and w.error is None:
                     try:
                         w.after()
                     except Exception:
                         log.exception("error while telling watchers of a change")
-        batch.finish(error)
+        batch.finish(failed[0].error if len(failed) == len(writes) else None)
+
+    def _write(self, writes: list[Write]) -> None:
+        if len(writes) <= MAX_ROWS and all(w.sql is UPSERT for w in writes):
+            # The common batch, sets only: ONE statement, its own transaction (autocommit), so
+            # one call into SQLite and one hand-back of the GIL, however many threads want it.
+            self.conn.execute(_upsert_rows(len(writes)), [v for w in writes for v in w.params])
+        else:
+            self._transaction(writes)
 
     def _transaction(self, writes: list[Write]) -> None:
         self.conn.execute("BEGIN IMMEDIATE")

@@ -72,6 +72,7 @@ def kv_list(call: Call, prefix: str) -> dict[str, Any]:
 @METHODS.method(
     "kv.set",
     role="write",
+    defers=True,
     doc="Set a key to any JSON value; `if_version` makes it compare-and-set (0: only if absent).",
     params=(
         KEY,
@@ -86,7 +87,7 @@ def kv_set(call: Call, key: str, value: Any, ttl_s: float | None, if_version: in
     return Deferred(wait, {"key": key, "version": item.version, "expires_at": item.expires_at})
 
 
-@METHODS.method("kv.delete", role="write", doc="Delete a key; -32003 if missing.", params=(KEY,))
+@METHODS.method("kv.delete", role="write", defers=True, doc="Delete a key; -32003 if missing.", params=(KEY,))
 def kv_delete(call: Call, key: str) -> Deferred:
     return Deferred(_kv(call).delete_later(key), {"deleted": True})
 

@@ -298,12 +298,21 @@ def _parse_plain(line: bytes) -> Message:
     if not words:
         return Invalid(ParseError("parse error: empty command"))
     method, args = words[0], words[1:]
-    return Request(method, [_plain_arg(a) for a in args], None, plain=True, raw_args=tuple(args))
+    values = []
+    for word in args:
+        value = _plain_arg(word)
+        if isinstance(value, (list, dict)) and too_deep(word):
+            return Invalid(ParseError(f"parse error: {method} argument nested more than {MAX_DEPTH} deep"))
+        if "\\" in word and has_lone_surrogate(value):
+            return Invalid(ParseError(f"parse error: {method} argument has a lone surrogate (\\ud800-\\udfff)"))
+        values.append(value)
+    return Request(method, values, None, plain=True, raw_args=tuple(args))
 
 
 def _plain_arg(word: str) -> Any:
     # Each ARG is read as JSON when it is valid JSON, else taken as a string:
-    # `kv.set n 42` stores a number, `kv.set name alice` a string.
+    # `kv.set n 42` stores a number, `kv.set name alice` a string.  The same
+    # limits as a JSON line's hold: nesting, and no lone surrogates.
     try:
         return loads(word)
     except (ValueError, RecursionError):
