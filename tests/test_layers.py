@@ -179,6 +179,7 @@ def test_the_client_never_imports_the_server_side() -> None:
 # What `ipcctl` may load: itself, the client, wire, config, errors (STYLE.md "Layout").
 CTL_SIDE = {
     "ipcd",
+    "ipcd.dirs",
     "ipcd.client",
     "ipcd.client.connection",
     "ipcd.client.errors",
