@@ -471,11 +471,11 @@ def test_a_lone_surrogate_value_is_refused_before_it_reaches_the_store(short_tmp
 def test_close_during_a_commit_returns_once_it_is_done(short_tmp) -> None:
     db = KvDb(str(short_tmp / "kv.db"))
     db.start()
-    entered = threading.Event()
+    entered, release = threading.Event(), threading.Event()
 
-    def slow() -> int:
+    def slow() -> int:  # holds the commit under way until the test lets it go
         entered.set()
-        time.sleep(0.3)  # a commit under way when close is called (the condition this test is about)
+        release.wait(10)
         return 1
 
     db.conn.create_function("slow", 0, slow)
@@ -485,6 +485,8 @@ def test_close_during_a_commit_returns_once_it_is_done(short_tmp) -> None:
     assert entered.wait(5)
     closer = threading.Thread(target=db.close)
     closer.start()
+    wait_for(lambda: db._closing, 5, "close() to begin while the commit is under way")
+    release.set()
     closer.join(10)
     committer.join(10)
     assert not closer.is_alive(), "close() hung behind a commit under way"
