@@ -46,7 +46,7 @@ class Later:
 
     def __init__(self, req_id: Any, deferred: Deferred, method: Method, notification: bool) -> None:
         self.id = req_id
-        self.deferred: Deferred | None = deferred  # None once settled
+        self.deferred = deferred
         self.method = method
         self.notification = notification
         self.text: str | None = None  # the reply, once settled (None for a notification)
@@ -297,14 +297,8 @@ class ControlHandler(socketserver.BaseRequestHandler):
             if msg.notification:
                 return None
             return jsonrpc.result_line(msg.id, value)
-        except RpcError as e:
-            self._failed(method)
-            return None if msg.notification else error_line(msg.id, e)
-        except Exception:
-            self._failed(method)
-            log.exception("internal error in %s", name)
-            err = InternalError(f"internal error in {name}; ipcd's log has the details")
-            return None if msg.notification else error_line(msg.id, err)
+        except Exception as e:
+            return self._error_reply(method, name, msg.id, msg.notification, e)
 
     def _made(self, later: Later) -> bytes:
         return jsonrpc.to_bytes(later.text) if later.text is not None else b""
@@ -316,24 +310,24 @@ class ControlHandler(socketserver.BaseRequestHandler):
             later.text = self._settle(later)
 
     def _settle(self, later: Later) -> str | None:
-        """Wait for a `Later`'s commit (once): its reply (None for a notification), the error if it failed."""
-        deferred, later.deferred = later.deferred, None
-        if deferred is None:
-            return later.text
+        """Wait for a `Later`'s commit: its reply (None for a notification), the error if it failed."""
         try:
-            deferred.wait()
+            later.deferred.wait()
             if later.notification:
                 return None
-            return jsonrpc.result_line(later.id, deferred.value)
-        except RpcError as e:
-            self._failed(later.method)
-            return None if later.notification else error_line(later.id, e)
-        except Exception:
-            name = later.method.name
-            self._failed(later.method)
-            log.exception("internal error in %s", name)
-            err = InternalError(f"internal error in {name}; ipcd's log has the details")
-            return None if later.notification else error_line(later.id, err)
+            return jsonrpc.result_line(later.id, later.deferred.value)
+        except Exception as e:
+            return self._error_reply(later.method, later.method.name, later.id, later.notification, e)
+
+    def _error_reply(
+        self, method: Method | None, name: str, req_id: Any, notification: bool, e: Exception
+    ) -> str | None:
+        """A call that raised: counted; its error line (None for a notification), -32603 if not an RpcError."""
+        self._failed(method)
+        if not isinstance(e, RpcError):
+            log.error("internal error in %s", name, exc_info=e)
+            e = InternalError(f"internal error in {name}; ipcd's log has the details")
+        return None if notification else error_line(req_id, e)
 
     def _failed(self, method: Method | None) -> None:
         conn = self.request
