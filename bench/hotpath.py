@@ -21,18 +21,22 @@ import os
 import pstats
 import socket
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
 from benchlib import BENCH, machine
 
 from ipcd.config import parse
+from ipcd.control import connection
 from ipcd.control.access import Peer, make_policy
 from ipcd.control.app import App
 from ipcd.control.connection import ClientConnection
 from ipcd.control.handler import ControlHandler
 from ipcd.control.server import ControlServer
 from ipcd.daemon.daemon import REGISTRY
+from ipcd.state.kv import KvStore
+from ipcd.state.kvdb import KvDb
 
 sys.path.insert(0, str(BENCH / "baselines"))
 import minimal_rpc  # noqa: E402
@@ -56,6 +60,9 @@ class FakeSocket:
 
     send = sendall
 
+    def fileno(self) -> int:
+        return -1  # never used: `send_nowait` is replaced too (below)
+
     def setsockopt(self, *args: object) -> None:
         pass
 
@@ -65,12 +72,21 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=50_000, help="requests per rep [50000]")
     ap.add_argument("--reps", type=int, default=10, help="alternating reps; the best of each is shown [10]")
     ap.add_argument("--method", default="ping", help="the method called, without params [ping]")
+    ap.add_argument("--request", help="a whole request line instead (kv.set and kv.get go to a kv.db in a temp dir)")
     ap.add_argument("--profile", action="store_true", help="then cProfile ipcd's path")
     a = ap.parse_args()
     line = b'{"jsonrpc":"2.0","id":1,"method":"%s"}\n' % a.method.encode()
+    if a.request:
+        line = a.request.encode() + b"\n"
+        a.method = a.request
 
+    connection.send_nowait = lambda fd, data: len(data)  # a reply sent by a committing thread: dropped too
     cfg = parse(b"")
     app = App(cfg, make_policy(cfg.access, os.geteuid()), REGISTRY)
+    tmp = tempfile.TemporaryDirectory(prefix="ipcd-hotpath-")
+    kvdb = KvDb(os.path.join(tmp.name, "kv.db"))
+    kvdb.start()
+    app.provide(KvStore(kvdb, cfg.kv))
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(f"\0ipcd-hotpath-{os.getpid()}")  # abstract: nothing to clean up
     listener.listen()
@@ -104,6 +120,8 @@ def main() -> None:
         prof.runcall(ipcd, a.n)
         pstats.Stats(prof).sort_stats("tottime").print_stats(20)
     server.server_close()
+    kvdb.close()
+    tmp.cleanup()
 
 
 if __name__ == "__main__":

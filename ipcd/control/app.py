@@ -20,7 +20,7 @@ from ipcd import __version__
 from ipcd.config import Config
 from ipcd.control.access import Peer, Policy
 from ipcd.control.registry import Method, Registry
-from ipcd.errors import InternalError
+from ipcd.errors import InternalError, RpcError
 
 if TYPE_CHECKING:
     from ipcd.control.streams import Stream
@@ -157,8 +157,14 @@ class Deferred:
     `value`.  Replies still go out in request order.
     """
 
-    __slots__ = ("wait", "value")
+    __slots__ = ("wait", "value", "hand_off")
 
-    def __init__(self, wait: Callable[[], None], value: Any) -> None:
+    def __init__(
+        self,
+        wait: Callable[[], None],
+        value: Any,
+        hand_off: Callable[[Callable[[RpcError | None], None]], bool] | None = None,
+    ) -> None:
         self.wait = wait
         self.value = value
+        self.hand_off = hand_off

@@ -10,6 +10,8 @@ they take the write lock.  What a method may do with it is the
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import logging
 import socket
 import threading
@@ -26,6 +28,26 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ipcd")
 T = TypeVar("T")
+
+
+_libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the call keeps the GIL (a send that cannot block)
+_send = _libc.send
+_send.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int]
+_send.restype = ctypes.c_ssize_t
+_NOWAIT = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
+
+
+def send_nowait(fd: int, data: bytes) -> int:
+    """Send what the socket takes at once, without giving up the GIL: the bytes sent (0: none fit)."""
+    while True:
+        n: int = _send(fd, data, len(data), _NOWAIT)
+        if n >= 0:
+            return n
+        err = ctypes.get_errno()
+        if err in (errno.EAGAIN, errno.EWOULDBLOCK):
+            return 0
+        if err != errno.EINTR:
+            raise OSError(err, f"send: {errno.errorcode.get(err, err)}")
 
 
 class ClientConnection:
@@ -55,6 +77,42 @@ class ClientConnection:
     def send(self, data: bytes) -> None:
         with self._wlock:
             self.sock.sendall(data)
+
+    def send_soon(self, data: bytes, done: Callable[[], None]) -> None:
+        """Send `data` without blocking the caller, then call `done` (always, the peer gone or not).
+
+        For the thread that commits a write and answers its writer: the
+        socket takes the reply at once (sent holding the GIL: a send that
+        cannot block needs no hand-back), or a thread of its own sends the
+        rest, bounded by the send timeout as any reply.  The caller makes
+        sure nothing else is written meanwhile (`handler.Later`).
+        """
+        sent = 0
+        if self._wlock.acquire(blocking=False):
+            try:
+                sent = send_nowait(self.sock.fileno(), data)
+            except OSError:
+                sent = len(data)  # the peer is gone: its handler finds out on its next read
+            finally:
+                self._wlock.release()
+        if sent == len(data):
+            done()
+            return
+
+        def rest() -> None:
+            try:
+                self.send(data[sent:])
+            except OSError:
+                pass
+            finally:
+                done()
+
+        try:
+            threading.Thread(target=rest, name="ipcd-reply", daemon=True).start()
+        except RuntimeError:  # no thread to be had: the connection is dropped, never left waiting
+            log.error("cannot start a thread to finish a reply; closing the connection")
+            self.abort()
+            done()
 
     def open_stream(self, name: str) -> Stream:
         c = self.server.app.config.control

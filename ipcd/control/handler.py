@@ -19,6 +19,7 @@ import logging
 import socket
 import socketserver
 import struct
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -42,7 +43,7 @@ LATER_BYTES = 128  # what a reply waiting for its commit counts for, until it is
 class Later:
     """A reply waiting for a commit: the call's id and what its method returned; then the reply."""
 
-    __slots__ = ("id", "deferred", "method", "notification", "text")
+    __slots__ = ("id", "deferred", "method", "notification", "text", "conn", "sent", "failed")
 
     def __init__(self, req_id: Any, deferred: Deferred, method: Method, notification: bool) -> None:
         self.id = req_id
@@ -50,6 +51,28 @@ class Later:
         self.method = method
         self.notification = notification
         self.text: str | None = None  # the reply, once settled (None for a notification)
+        self.conn: ClientConnection | None = None  # once handed off: where the committing thread sends it
+        self.sent: threading.Lock | None = None  # held until then
+        self.failed = False
+
+    def reply(self, error: RpcError | None) -> None:
+        """The write is done (on the committing thread): send its reply, then release `sent`.
+
+        Never blocks: a reply the socket does not take at once is finished
+        by a thread of its own (`send_soon`).  `sent` is released whatever
+        happens, since the connection's handler waits for it.
+        """
+        assert self.conn is not None and self.sent is not None
+        try:
+            if error is None:
+                data = jsonrpc.to_bytes(jsonrpc.result_line(self.id, self.deferred.value))
+            else:
+                self.failed = True  # counted by the handler
+                data = jsonrpc.to_bytes(error_line(self.id, error))
+        except Exception:
+            self.sent.release()
+            raise
+        self.conn.send_soon(data, self.sent.release)
 
 
 class ControlHandler(socketserver.BaseRequestHandler):
@@ -66,12 +89,44 @@ class ControlHandler(socketserver.BaseRequestHandler):
     _taken = 0  # budget bytes held by the replies not written yet
     _buffered = 0  # and by the unfinished request line
     _unsettled: list[Later] | None = None  # writes waiting for their commit, in call order
+    _handed: Later | None = None  # a reply left to the thread that commits its write (`_hand_off`)
 
     def handle(self) -> None:
         try:
             self._serve()
         finally:
+            if self._handed is not None:
+                self._settle_handed()
             self._hold_buffered(0)
+
+    def _settle_handed(self) -> None:
+        """Wait until the reply left to a committing thread is sent: nothing overtakes it."""
+        handed, self._handed = self._handed, None
+        assert handed is not None and handed.sent is not None
+        handed.sent.acquire()
+        if handed.failed:
+            self._failed(handed.method)
+
+    def _hand_off(self, later: Later) -> bool:
+        """Leave a lone write's reply to the thread that commits it: this one reads on at once.
+
+        For a read whose one call is a write (the closed-loop client's): the
+        handler goes back to `recv` and the reply is sent by whichever thread
+        commits the write, so the commit needs no hand-back to this thread.
+        False if it cannot be (not such a write, or committed already).
+        """
+        d = later.deferred
+        if d.hand_off is None or later.notification or self._unsettled != [later]:
+            return False
+        later.conn = self.request
+        later.sent = threading.Lock()
+        later.sent.acquire()
+        self._handed = later
+        if not d.hand_off(later.reply):
+            self._handed = None
+            return False
+        self._unsettled = None
+        return True
 
     def _serve(self) -> None:
         conn = self.request
@@ -126,6 +181,8 @@ class ControlHandler(socketserver.BaseRequestHandler):
         first.  What waits for such a peer is one reply and less than
         `FLUSH_BYTES`, until the send times out (`idle_timeout_s`).
         """
+        if self._handed is not None:
+            self._settle_handed()
         conn = self.request
         outbox = conn.outbox
         if outbox is not None:
@@ -146,7 +203,7 @@ class ControlHandler(socketserver.BaseRequestHandler):
                 if size >= FLUSH_BYTES:
                     self._write(out)
                     out, size = [], 0
-            if out:
+            if out and not (len(out) == 1 and type(out[0]) is Later and conn.outbox is None and self._hand_off(out[0])):
                 self._write(out)
             return True
         except OSError:
@@ -336,6 +393,8 @@ class ControlHandler(socketserver.BaseRequestHandler):
             conn.by_method[method.name][1] += 1
 
     def _send_error(self, err: RpcError) -> None:
+        if self._handed is not None:
+            self._settle_handed()
         try:
             self.request.send(jsonrpc.to_bytes(error_line(None, err)))
         except OSError:

@@ -35,6 +35,11 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
     "strings": lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
     "any": lambda v: True,
 }
+_PLAIN: dict[str, frozenset[type]] = {  # by kind: types with nothing to test (an int has its 64-bit range)
+    "string": frozenset({str}),
+    "boolean": frozenset({bool}),
+    "any": frozenset({dict, list, str, bool, float, type(None)}),
+}
 _KIND_NAMES = {
     "string": "a string",
     "integer": "an integer",
@@ -60,12 +65,14 @@ class Param:
         return tuple(_KINDS[k] for k in self.kind.split("|"))
 
     @functools.cached_property
-    def _plain(self) -> type | None:
-        """The type that, for this param, needs nothing checked but `check` (a string param's str), if any."""
-        return {"string": str, "boolean": bool}.get(self.kind) if self.min is None and self.max is None else None
+    def _plain(self) -> frozenset[type]:
+        """The types that, for this param, need nothing checked but `check` (a string param's str)."""
+        if self.min is not None or self.max is not None:
+            return frozenset()
+        return _PLAIN.get(self.kind, frozenset())
 
     def validate(self, value: Any) -> Any:
-        if type(value) is not self._plain:  # the common case (a string for a string param) skips the tests
+        if type(value) not in self._plain:  # the common case (a string for a string param) skips the tests
             self._check_kind(value)
         if self.check is not None:
             try:

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ipcd.config import KvConfig
-from ipcd.errors import Conflict, InternalError, InvalidParams, LimitReached, NotFound
+from ipcd.errors import Conflict, InternalError, InvalidParams, LimitReached, NotFound, RpcError
 from ipcd.state.kvdb import DELETE, DELETE_VERSION, UPSERT, Batch, KvDb, Write
 from ipcd.wire.jsonrpc import MAX_DEPTH, Raw, dumps, notification_line, to_bytes, too_deep
 
@@ -115,6 +115,73 @@ class Watchers:
         return out
 
 
+class Change(Write):
+    """A set or delete, applied in memory and queued for kv.db: call it to wait for its commit.
+
+    One object per write, made under the store's lock: the row for kv.db,
+    what `undo` puts back if the commit fails, what `after` tells the
+    watchers once it is committed.
+    """
+
+    __slots__ = ("store", "batch", "key", "item", "old", "op", "answer")
+
+    def __init__(
+        self, store: KvStore, sql: str, params: tuple[Any, ...], key: str, item: Item | None, old: Item | None
+    ) -> None:
+        Write.__init__(self, sql, params)
+        self.store = store
+        self.key = key
+        self.item = item  # None: a delete
+        self.old = old
+        self.batch: Batch | None = None
+        self.answer: Callable[[RpcError | None], None] | None = None
+
+    def undo(self) -> None:
+        self.store._undo(self.key, self.item, self.old)
+
+    def after(self) -> None:
+        if self.item is not None:
+            self.store._tell(self.key, "set", self.item)
+        else:
+            self.store._tell(self.key, "delete", self.old)  # type: ignore[arg-type]
+
+    def __call__(self) -> None:
+        """Return once committed; -32603 if the commit failed (the change undone)."""
+        assert self.batch is not None
+        try:
+            self.store.db.commit(self.batch)
+        except Exception as e:
+            raise _not_written(e) from None
+        if self.error is not None:  # the others of its commit went through; this one did not
+            raise _not_written(self.error)
+        self._count()
+
+    def hand_off(self, answer: Callable[[RpcError | None], None]) -> bool:
+        """Have `answer` called once committed (with None, or the -32603 error), on the thread that
+        commits it, instead of waiting; False if it is committed already (call it then)."""
+        assert self.batch is not None
+        self.answer = answer
+        return self.store.db.hand_off(self, self.batch, self._finished)
+
+    def _finished(self, error: BaseException | None) -> None:
+        assert self.answer is not None
+        if error is None:
+            self._count()
+            self.answer(None)
+        else:
+            self.answer(_not_written(error))
+
+    def _count(self) -> None:
+        if self.item is not None:
+            self.store.sets += 1
+        else:
+            self.store.deletes += 1
+
+
+def _not_written(error: BaseException) -> InternalError:
+    return InternalError(f"the store could not be written, nothing changed: {error}")
+
+
 class KvStore:
     def __init__(self, db: KvDb, cfg: KvConfig) -> None:
         self.db = db
@@ -171,7 +238,7 @@ class KvStore:
 
     def set_later(
         self, key: str, value: Any, ttl_s: float | None, if_version: int | None, uid: int, pid: int, comm: str | None
-    ) -> tuple[Item, Callable[[], None]]:
+    ) -> tuple[Item, Change]:
         """Apply a set in memory and queue it for kv.db; `wait()` returns once it is committed.
 
         Until then it is not acknowledged: the caller answers after `wait`
@@ -194,20 +261,16 @@ class KvStore:
             version = (old.version if old is not None else self._gone.pop(key, 0)) + 1
             item = Item(encoded, size, version, now + ttl_s if ttl_s else None, now, uid, pid, comm)
             self._put(key, item)
-            params = (key, encoded, version, item.expires_at, now, uid, pid, comm)
-            write = Write(UPSERT, params, undo=lambda: self._undo(key, item, old), after=self._teller(key, "set", item))
-            batch = self.db.submit(write)
-
-        def wait() -> None:
-            self._wait(batch, write)
-            self.sets += 1
-
-        return item, wait
+            change = Change(self, UPSERT, (key, encoded, version, item.expires_at, now, uid, pid, comm), key, item, old)
+            change.batch = self.db.submit(change)
+            if change.error is not None:  # refused at once (the store is closing): as if never made
+                self._put(key, old)
+        return item, change
 
     def delete(self, key: str) -> None:
         self.delete_later(key)()
 
-    def delete_later(self, key: str) -> Callable[[], None]:
+    def delete_later(self, key: str) -> Change:
         """Delete in memory and queue it for kv.db; what it returns waits for the commit (as `set_later`)."""
         now = time.time()
         with self._lock:
@@ -216,15 +279,11 @@ class KvStore:
                 raise NotFound(f"no key {key!r}", {"key": key})
             self._put(key, None)
             self._remember(key, old.version)
-            tell = self._teller(key, "delete", old)
-            write = Write(DELETE, (key,), undo=lambda: self._undo(key, None, old), after=tell)
-            batch = self.db.submit(write)
-
-        def wait() -> None:
-            self._wait(batch, write)
-            self.deletes += 1
-
-        return wait
+            change = Change(self, DELETE, (key,), key, None, old)
+            change.batch = self.db.submit(change)
+            if change.error is not None:  # refused at once (the store is closing): as if never made
+                self._put(key, old)
+        return change
 
     def _check_room(self, key: str, old: Item | None, size: int) -> None:
         cfg = self.cfg
@@ -253,25 +312,13 @@ class KvStore:
             if self._items.get(key) is new:
                 self._put(key, old)
 
-    def _wait(self, batch: Batch, write: Write) -> None:
-        try:
-            self.db.commit(batch)
-        except Exception as e:
-            raise InternalError(f"the store could not be written, nothing changed: {e}") from None
-        if write.error is not None:  # the others of its commit went through; this one did not
-            raise InternalError(f"the store could not be written, nothing changed: {write.error}")
-
-    def _teller(self, key: str, op: str, item: Item) -> Callable[[], None]:
-        """What tells the watchers of this change, once committed (on the writer's thread)."""
-
-        def tell() -> None:
-            watchers = self._watchers.matching(key)
-            if watchers:
-                line = change_line(key, op, item.value if op == "set" else None, item.version)
-                for push in watchers:
-                    push(line)
-
-        return tell
+    def _tell(self, key: str, op: str, item: Item) -> None:
+        """Tell the watchers of a committed change (on the committing thread)."""
+        watchers = self._watchers.matching(key)
+        if watchers:
+            line = change_line(key, op, item.value if op == "set" else None, item.version)
+            for push in watchers:
+                push(line)
 
     def purge_expired(self) -> int:
         now = time.time()
@@ -282,12 +329,11 @@ class KvStore:
             for k, it in gone:
                 self._put(k, None)
                 self._remember(k, it.version)
-            tellers = [self._teller(k, "expire", it) for k, it in gone]
             rows = [(k, it.version) for k, it in gone]  # by version: a key set again meanwhile stays
 
             def tell_all() -> None:
-                for tell in tellers:
-                    tell()
+                for k, it in gone:
+                    self._tell(k, "expire", it)
 
             self.db.submit(Write(DELETE_VERSION, rows, many=True, after=tell_all))
             self.db.kick()
@@ -333,7 +379,7 @@ def _size(text: str) -> int:
 def _encode(value: Any, max_bytes: int) -> tuple[str, int]:
     """The value as JSON text, and its size; over the limits, -32602 or -32002."""
     encoded = dumps(value)
-    if too_deep(encoded, MAX_DEPTH):
+    if len(encoded) > 2 * MAX_DEPTH and too_deep(encoded, MAX_DEPTH):  # shorter, it cannot be
         raise InvalidParams(f"invalid param 'value': nested more than {MAX_DEPTH} deep", "value")
     if encoded.isascii():
         size = len(encoded)

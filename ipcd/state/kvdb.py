@@ -11,7 +11,11 @@ next, which takes everything queued meanwhile in one transaction (group
 commit) by the writer thread, and every write of it is answered at once.  Each
 write may bring an `undo` (run, newest first, if the commit failed) and an
 `after` (run in submission order once it is committed: watchers hear of
-changes in the order they were made, and only of committed ones).  If a
+changes in the order they were made, and only of committed ones).  A
+writer may also `hand_off` instead of waiting: its `reply` is called by
+the thread that commits the write, right after the commit, and the writer's
+thread goes on at once (it commits itself if no commit is under way, and
+then, up to `LEAD_ROUNDS` in all, what queued meanwhile).  If a
 commit of several writes fails, each is tried alone: one bad write fails
 only itself (`Write.error`), never those it shared a commit with.
 
@@ -52,6 +56,7 @@ UPSERT = f"INSERT OR REPLACE INTO kv ({', '.join(COLUMNS)}) VALUES ({', '.join('
 DELETE = "DELETE FROM kv WHERE key = ?"
 DELETE_VERSION = "DELETE FROM kv WHERE key = ? AND version = ?"
 SYNCHRONOUS = {"normal": "NORMAL", "fsync": "FULL"}
+LEAD_ROUNDS = 4  # commits a thread that leaves its reply to the committer makes in a row, at most
 MAX_ROWS = 512  # sets in one multi-row INSERT at most (8 values each: SQLite allows 32766)
 
 
@@ -93,14 +98,42 @@ class Batch:
             raise self.error
 
 
-@dataclass(slots=True)
 class Write:
-    sql: str
-    params: tuple[Any, ...] | list[tuple[Any, ...]]
-    many: bool = False
-    undo: Callable[[], None] | None = None
-    after: Callable[[], None] | None = None
-    error: BaseException | None = None  # set if this write could not be committed
+    """One write for kv.db: a statement and its params (`many`: a list of rows for executemany).
+
+    `undo` runs (newest first) if it could not be committed, `after` (in
+    submission order) once it is; both callables are optional, and a
+    subclass may override the methods instead.  `reply`, if set
+    (`hand_off`), is called once the write is done, on the thread that
+    committed it, with the error if it failed.
+    """
+
+    __slots__ = ("sql", "params", "many", "on_undo", "on_after", "error", "done", "reply")
+
+    def __init__(
+        self,
+        sql: str,
+        params: tuple[Any, ...] | list[tuple[Any, ...]],
+        many: bool = False,
+        undo: Callable[[], None] | None = None,
+        after: Callable[[], None] | None = None,
+    ) -> None:
+        self.sql = sql
+        self.params = params
+        self.many = many
+        self.on_undo = undo
+        self.on_after = after
+        self.error: BaseException | None = None  # set if this write could not be committed
+        self.done = False
+        self.reply: Callable[[BaseException | None], None] | None = None
+
+    def undo(self) -> None:
+        if self.on_undo is not None:
+            self.on_undo()
+
+    def after(self) -> None:
+        if self.on_after is not None:
+            self.on_after()
 
 
 @dataclass
@@ -120,7 +153,8 @@ class KvDb:
         self.set_durability(durability)
         self.conn.execute(SCHEMA)
         self.counters = Counters()
-        self._cv = threading.Condition()
+        self._lock = threading.Lock()
+        self._cv = threading.Condition(self._lock)  # entered through _lock: a Condition's `with` is Python code
         self._queue: list[Write] = []
         self._batch = Batch()
         self._committing = False  # one commit at a time, by a caller or the writer thread
@@ -146,19 +180,19 @@ class KvDb:
     def submit(self, write: Write) -> Batch:
         """Queue a write for the next commit (the caller keeps the order it wants by
         holding its own lock while it submits); `commit` the batch it joined."""
-        with self._cv:
+        with self._lock:
             if self._closing:
+                write.error = RuntimeError("the key/value store is closed")
+                write.done = True
                 batch = Batch()
-                batch.finish(RuntimeError("the key/value store is closed"))
+                batch.finish(write.error)
                 return batch
-            self._queue.append(write)
-            if self._committing:
-                self._cv.notify()  # the writer thread takes it as soon as the commit under way ends
+            self._queue.append(write)  # a commit under way wakes the writer thread for it when it ends
             return self._batch
 
     def kick(self) -> None:
         """Have the writer thread commit what is queued (a write nobody waits on)."""
-        with self._cv:
+        with self._lock:
             self._cv.notify()
 
     def commit(self, batch: Batch, timeout_s: float | None = None) -> None:
@@ -168,7 +202,7 @@ class KvDb:
         at once (a lone writer never waits for another thread); else the
         writer thread commits it next, with whatever else queued meanwhile.
         """
-        with self._cv:
+        with self._lock:
             lead = not self._committing and batch is self._batch and bool(self._queue)
             if lead:
                 writes, self._queue, self._batch = self._queue, [], Batch()
@@ -177,11 +211,38 @@ class KvDb:
             self._lead(writes, batch)
         batch.wait(timeout_s)
 
-    def _lead(self, writes: list[Write], batch: Batch) -> None:
+    def hand_off(self, write: Write, batch: Batch, reply: Callable[[BaseException | None], None]) -> bool:
+        """Have `reply` run once `write` is done, on the thread that commits it; False if it is done already.
+
+        With no commit under way, the caller commits at once (as `commit`);
+        else it returns at once, and the commit under way is followed by the
+        writer thread's.
+        """
+        with self._lock:
+            if write.done:
+                return False
+            write.reply = reply
+            lead = not self._committing and batch is self._batch and bool(self._queue)
+            if lead:
+                writes, self._queue, self._batch = self._queue, [], Batch()
+                self._committing = True
+        if lead:
+            self._lead(writes, batch, LEAD_ROUNDS)
+        return True
+
+    def _lead(self, writes: list[Write], batch: Batch, rounds: int = 1) -> None:
+        """Commit `writes`, then (up to `rounds` in all) what queued meanwhile; then the writer thread's turn."""
         try:
-            self._commit(writes, batch)
+            while True:
+                self._commit(writes, batch)
+                rounds -= 1
+                with self._lock:
+                    if not rounds or not self._queue or self._closing:
+                        break
+                    writes, batch = self._queue, self._batch
+                    self._queue, self._batch = [], Batch()
         finally:
-            with self._cv:
+            with self._lock:
                 self._committing = False
                 if self._queue or self._closing:
                     self._cv.notify()  # the writer thread: what queued during this commit, or the close
@@ -189,7 +250,7 @@ class KvDb:
     def _run(self) -> None:
         """Commit what queued while another commit ran (group commit), and at close what is left."""
         while True:
-            with self._cv:
+            with self._lock:
                 while (not self._queue or self._committing) and not (self._closing and not self._committing):
                     self._cv.wait()
                 if not self._queue:
@@ -200,34 +261,47 @@ class KvDb:
             self._lead(writes, batch)
 
     def _commit(self, writes: list[Write], batch: Batch) -> None:
+        failed: list[Write] = []
         try:
             self._write(writes)
         except Exception as e:
-            if len(writes) == 1:
-                writes[0].error = e
-            else:  # one bad write must not fail those that share its commit: each alone, then
-                for w in writes:
-                    try:
-                        self._transaction([w])
-                    except Exception as each:
-                        w.error = each
-        failed = [w for w in writes if w.error is not None]
+            failed = self._each_alone(writes, e)
         if failed:
             self.counters.failures += 1
             log.error("cannot write the key/value store %s: %s", self.path, failed[0].error)
             for w in reversed(failed):
-                if w.undo is not None:
-                    w.undo()
+                w.undo()
         if len(failed) < len(writes):
             self.counters.commits += 1
             self.counters.writes += len(writes) - len(failed)
             for w in writes:
-                if w.after is not None and w.error is None:
+                if w.error is None:
                     try:
                         w.after()
                     except Exception:
                         log.exception("error while telling watchers of a change")
         batch.finish(failed[0].error if len(failed) == len(writes) else None)
+        with self._lock:
+            for w in writes:
+                w.done = True
+            replies = [w for w in writes if w.reply is not None]
+        for w in replies:
+            try:
+                w.reply(w.error)  # type: ignore[misc]
+            except Exception:
+                log.exception("error while answering a key/value write")
+
+    def _each_alone(self, writes: list[Write], error: Exception) -> list[Write]:
+        """A commit failed: try each write alone (one bad write must not fail the others); those that failed."""
+        if len(writes) == 1:
+            writes[0].error = error
+            return writes
+        for w in writes:
+            try:
+                self._transaction([w])
+            except Exception as each:
+                w.error = each
+        return [w for w in writes if w.error is not None]
 
     def _write(self, writes: list[Write]) -> None:
         if len(writes) <= MAX_ROWS and all(w.sql is UPSERT for w in writes):
@@ -253,7 +327,7 @@ class KvDb:
 
     def close(self) -> None:
         """Commit what is queued, stop the writer, close the file."""
-        with self._cv:
+        with self._lock:
             self._closing = True
             self._cv.notify()
         if self._thread is not None:

@@ -15,7 +15,7 @@ from ipcd.control.streams import Stream
 from ipcd.errors import LimitReached
 from ipcd.state.channels import Channels, Subscription
 from ipcd.state.kv import MAX_KEY_CHARS, KvStore, check_key
-from ipcd.wire.jsonrpc import Raw
+from ipcd.wire.jsonrpc import Raw, dumps
 
 METHODS = Registry()
 
@@ -83,13 +83,15 @@ def kv_list(call: Call, prefix: str) -> dict[str, Any]:
 )
 def kv_set(call: Call, key: str, value: Any, ttl_s: float | None, if_version: int | None) -> Deferred:
     p = call.peer
-    item, wait = _kv(call).set_later(key, value, ttl_s, if_version, p.uid, p.pid, p.comm)
-    return Deferred(wait, {"key": key, "version": item.version, "expires_at": item.expires_at})
+    item, change = _kv(call).set_later(key, value, ttl_s, if_version, p.uid, p.pid, p.comm)
+    result = f'{{"key":{dumps(key)},"version":{item.version},"expires_at":{dumps(item.expires_at)}}}'
+    return Deferred(change, Raw(result), change.hand_off)
 
 
 @METHODS.method("kv.delete", role="write", defers=True, doc="Delete a key; -32003 if missing.", params=(KEY,))
 def kv_delete(call: Call, key: str) -> Deferred:
-    return Deferred(_kv(call).delete_later(key), {"deleted": True})
+    change = _kv(call).delete_later(key)
+    return Deferred(change, {"deleted": True}, change.hand_off)
 
 
 @METHODS.method(
