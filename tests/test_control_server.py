@@ -28,12 +28,14 @@ from conftest import Conn, Ipcd, needs_program, wait_for, wait_only_connection
 
 from ipcd.config import Config, parse
 from ipcd.control.access import Policy, make_policy
-from ipcd.control.app import App, Call
+from ipcd.control.app import App, Call, Deferred
 from ipcd.control.budget import QueueBudget
+from ipcd.control.connection import ClientConnection
 from ipcd.control.handler import FLUSH_BYTES
 from ipcd.control.registry import Param, Registry
 from ipcd.control.server import ControlServer
 from ipcd.control.streams import Outbox
+from ipcd.errors import InternalError, RpcError
 
 TEST = Registry()
 
@@ -72,6 +74,22 @@ def ticks(call: Call, n: int) -> Any:
     for i in range(n):
         stream.push("tick", {"i": i})
     return {"streaming": n}
+
+
+HANDED: list[Callable[[RpcError | None], None]] = []  # replies left to "the committing thread": the test
+
+
+@TEST.method(
+    "handed", role="read", defers=True, doc="Its value, the reply left to HANDED.", params=(Param("value", "any"),)
+)
+def handed(call: Call, value: Any) -> Deferred:
+    done = threading.Event()
+
+    def hand_off(reply: Callable[[RpcError | None], None]) -> bool:
+        HANDED.append(lambda error: (reply(error), done.set()))
+        return True
+
+    return Deferred(lambda: None if done.wait(10) else None, value, hand_off)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,6 +147,54 @@ def test_a_handler_bug_is_32603_with_one_traceback_and_the_connection_lives_on(
     assert len(tracebacks) == 1 and tracebacks[0].exc_info[0] is ZeroDivisionError  # type: ignore[index]
     assert s.server.requests_status() == {"total": 2, "errors": 1}
     assert s.server.requests_by_method() == {"boom": (1, 1), "echo": (1, 0)}
+
+
+def test_a_reply_left_to_the_committing_thread_keeps_its_place_and_its_error_is_counted(
+    serve: Callable[..., Served],
+) -> None:
+    s = serve()
+    HANDED.clear()
+    with s.conn() as c:
+        c.send_json({"jsonrpc": "2.0", "id": 1, "method": "handed", "params": {"value": "v"}})
+        wait_for(lambda: len(HANDED) == 1, 5, "the handler to leave the reply to the committing thread")
+        c.send_json({"jsonrpc": "2.0", "id": 2, "method": "echo", "params": {"value": "after"}})
+        HANDED.pop()(InternalError("the store could not be written"))  # as a failed commit would, from here
+        first = c.recv_json()
+        assert first["id"] == 1 and first["error"]["code"] == -32603  # not overtaken by the echo read meanwhile
+        assert c.recv_json() == {"jsonrpc": "2.0", "id": 2, "result": "after"}
+        c.send_json({"jsonrpc": "2.0", "id": 3, "method": "handed", "params": {"value": "v"}})
+        wait_for(lambda: len(HANDED) == 1, 5, "the second hand-off")
+        HANDED.pop()(None)
+        assert c.recv_json() == {"jsonrpc": "2.0", "id": 3, "result": "v"}
+    assert s.server.requests_status() == {"total": 3, "errors": 1}
+    assert s.server.requests_by_method() == {"handed": (2, 1), "echo": (1, 0)}
+
+
+def test_a_reply_the_socket_cannot_take_at_once_is_finished_by_a_thread_of_its_own() -> None:
+    """The committing thread sends replies for others: a full socket must not block it."""
+    a, b = socket.socketpair()
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        a.setblocking(False)
+        filled = 0
+        while True:  # the peer reads nothing: its buffer, and ours, fill up
+            try:
+                filled += a.send(b"x" * 4096)
+            except BlockingIOError:
+                break
+        a.setblocking(True)
+        conn = ClientConnection(a, None, None)  # type: ignore[arg-type]
+        done = threading.Event()
+        sender = threading.Thread(target=conn.send_soon, args=(b"the reply\n", done.set))
+        sender.start()
+        sender.join(5)
+        assert not sender.is_alive(), "send_soon blocked on a full socket"
+        assert not done.is_set()  # not sent yet: nobody read
+        got = b""
+        while not got.endswith(b"the reply\n"):
+            got += b.recv(65536)
+        assert len(got) == filled + len(b"the reply\n")
+        assert done.wait(5)
 
 
 def test_a_notification_that_fails_gets_no_reply(serve: Callable[..., Served]) -> None:

@@ -16,7 +16,7 @@ import pytest
 from conftest import Conn, Ipcd, needs_root, reap, run_as, wait_for
 
 from ipcd.config import KvConfig
-from ipcd.errors import InvalidParams
+from ipcd.errors import InternalError, InvalidParams
 from ipcd.state.kv import KvStore
 from ipcd.state.kvdb import UPSERT, KvDb, Write
 
@@ -490,3 +490,57 @@ def test_close_during_a_commit_returns_once_it_is_done(short_tmp) -> None:
     closer.join(10)
     committer.join(10)
     assert not closer.is_alive(), "close() hung behind a commit under way"
+
+
+def test_a_handed_off_write_is_answered_by_the_commit_that_takes_it(short_tmp) -> None:
+    db = KvDb(str(short_tmp / "kv.db"))
+    db.start()
+    try:
+        answered: list[tuple[BaseException | None, str, list[str]]] = []
+
+        def reply(error: BaseException | None) -> None:
+            answered.append((error, threading.current_thread().name, sorted(k for (k, *_) in db.rows())))
+
+        # No commit under way: the caller commits at once, and is answered before hand_off returns.
+        lone = Write(UPSERT, ("a", "1", 1, None, 1.0, 0, 1, "t"))
+        assert db.hand_off(lone, db.submit(lone), reply) is True
+        assert answered == [(None, threading.current_thread().name, ["a"])]
+        assert db.hand_off(lone, db.submit(Write(UPSERT, ("x", "1", 1, None, 1.0, 0, 1, "t"))), reply) is False
+
+        # A commit under way: hand_off returns at once; the writer thread commits the write next, then answers.
+        entered, release = threading.Event(), threading.Event()
+
+        def slow() -> int:
+            entered.set()
+            release.wait(10)
+            return 1
+
+        db.conn.create_function("slow", 0, slow)
+        held = db.submit(Write("INSERT INTO kv VALUES ('s', '1', slow(), NULL, 1.0, 0, 1, 't')", ()))
+        committer = threading.Thread(target=db.commit, args=(held,))
+        committer.start()
+        assert entered.wait(5)
+        later = Write(UPSERT, ("b", "2", 1, None, 1.0, 0, 1, "t"))
+        assert db.hand_off(later, db.submit(later), reply) is True
+        assert len(answered) == 1  # not before its commit
+        release.set()
+        committer.join(10)
+        wait_for(lambda: len(answered) == 2, 5, "the handed-off write's answer")
+        assert answered[1] == (None, "ipcd-kv", ["a", "b", "s", "x"])
+    finally:
+        db.close()
+
+
+def test_a_write_on_a_closed_store_is_refused_and_left_out_of_memory(short_tmp) -> None:
+    db = KvDb(str(short_tmp / "kv.db"))
+    kv = KvStore(db, KvConfig())
+    kv.set("k", 1, None, None, 0, 1, "t")
+    db.close()
+    item, change = kv.set_later("k", 2, None, None, 0, 1, "t")
+    assert change.hand_off(lambda error: None) is False  # nothing to wait for: refused already
+    with pytest.raises(InternalError, match="closed"):
+        change()
+    assert kv.get("k").version == 1 and kv.get("k").value == "1"
+    with pytest.raises(InternalError, match="closed"):
+        kv.delete("k")
+    assert kv.get("k").version == 1
