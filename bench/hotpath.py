@@ -1,11 +1,13 @@
 """The control request path in-process: ipcd's handler beside the minimal server's loop, no sockets.
 
-    .venv/bin/python bench/hotpath.py [-n 50000] [--reps 10] [--method ping] [--profile]
+    .venv/bin/python bench/hotpath.py [-n 50000] [--reps 10] [--method ping | --request LINE] [--profile]
 
 Both handlers read the same request line -n times from a fake socket (its
 `recv` hands out the line, its `send` drops the reply), so what is measured
 is the Python work of one request: framing, parsing, dispatch, the method,
-the reply.  Reps alternate (minimal, ipcd, minimal, ...) and the best CPU
+the reply (`--request` takes any request line: kv.set and kv.get go to a
+kv.db in a temp dir, each set its own commit, and the minimal server's
+kv.set is a dict's).  Reps alternate (minimal, ipcd, minimal, ...) and the best CPU
 time per request of each is shown, with their ratio.  Run it pinned to one
 CPU (`taskset -c 1`) on a quiet machine.  `--profile` prints cProfile's
 view of ipcd's path afterwards, the way to see where a change should go.
