@@ -31,7 +31,7 @@ from ipcd.control.access import Policy, make_policy
 from ipcd.control.app import App, Call, Deferred
 from ipcd.control.budget import QueueBudget
 from ipcd.control.connection import ClientConnection
-from ipcd.control.handler import FLUSH_BYTES
+from ipcd.control.handler import FLUSH_BYTES, timeval
 from ipcd.control.registry import Param, Registry
 from ipcd.control.server import ControlServer
 from ipcd.control.streams import Outbox
@@ -184,8 +184,11 @@ def test_a_reply_the_socket_cannot_take_at_once_is_finished_by_a_thread_of_its_o
                 break
         a.setblocking(True)
         conn = ClientConnection(a, None, None)  # type: ignore[arg-type]
+        outcome: list[bool] = []
         done = threading.Event()
-        sender = threading.Thread(target=conn.send_soon, args=(b"the reply\n", done.set))
+        sender = threading.Thread(
+            target=conn.send_soon, args=(b"the reply\n", lambda ok: (outcome.append(ok), done.set()))
+        )
         sender.start()
         sender.join(5)
         assert not sender.is_alive(), "send_soon blocked on a full socket"
@@ -194,7 +197,44 @@ def test_a_reply_the_socket_cannot_take_at_once_is_finished_by_a_thread_of_its_o
         while not got.endswith(b"the reply\n"):
             got += b.recv(65536)
         assert len(got) == filled + len(b"the reply\n")
-        assert done.wait(5)
+        assert done.wait(5) and outcome == [True]
+
+
+def test_a_reply_that_cannot_be_finished_in_the_send_timeout_aborts_the_connection() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        a.setblocking(False)
+        while True:
+            try:
+                a.send(b"x" * 4096)
+            except BlockingIOError:
+                break
+        a.setblocking(True)
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(0.2))  # as idle_timeout_s sets it
+        outcome: list[bool] = []
+        done = threading.Event()
+        ClientConnection(a, None, None).send_soon(b"lost\n", lambda ok: (outcome.append(ok), done.set()))  # type: ignore[arg-type]
+        assert done.wait(5) and outcome == [False]
+        b.settimeout(5)
+        got = b""
+        while chunk := b.recv(65536):  # what was sent, then the end (the abort): never a later reply
+            got += chunk
+        assert not got.endswith(b"lost\n")
+
+
+def test_a_handed_off_reply_that_cannot_be_sent_ends_the_connection_before_the_next_call(
+    serve: Callable[..., Served],
+) -> None:
+    s = serve()
+    HANDED.clear()
+    with s.conn() as c:
+        c.send_json({"jsonrpc": "2.0", "id": 1, "method": "handed", "params": {"value": "v"}})
+        wait_for(lambda: len(HANDED) == 1, 5, "the hand-off")
+        c.send_json({"jsonrpc": "2.0", "id": 2, "method": "echo", "params": {"value": "never"}})
+        c.sock.shutdown(socket.SHUT_RD)  # the reply cannot be sent now (EPIPE)
+        HANDED.pop()(None)
+        wait_for(lambda: not s.server.live(), 5, "the connection to be closed")
+    assert s.server.requests_status()["total"] == 1  # the echo read meanwhile was never run
 
 
 def test_a_notification_that_fails_gets_no_reply(serve: Callable[..., Served]) -> None:

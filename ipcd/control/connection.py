@@ -1,11 +1,13 @@
 """One accepted control connection: its socket, peer, streams and counters.
 
 The handler thread that reads it (`handler.ControlHandler`) is the only one
-that counts its requests, so the counters need no lock; the server adds
-them up for `status` and keeps what closed connections counted.  Writes
-come from the handler (replies) and the outbox's pump (notifications), so
-they take the write lock.  What a method may do with it is the
-`app.Connection` protocol.
+that counts its requests, so the counters need no lock (a write's reply
+handed off to the committing thread counts its failure there, while the
+handler counts nothing); the server adds them up for `status` and keeps
+what closed connections counted.  Writes come from the handler (replies),
+the outbox's pump (notifications) and the thread that commits a handed-off
+write (`send_soon`), so they take the write lock.  What a method may do
+with it is the `app.Connection` protocol.
 """
 
 from __future__ import annotations
@@ -78,41 +80,53 @@ class ClientConnection:
         with self._wlock:
             self.sock.sendall(data)
 
-    def send_soon(self, data: bytes, done: Callable[[], None]) -> None:
-        """Send `data` without blocking the caller, then call `done` (always, the peer gone or not).
+    def send_soon(self, data: bytes, done: Callable[[bool], None]) -> None:
+        """Send `data` without blocking the caller, then call `done(sent)`, exactly once, whatever happens.
 
         For the thread that commits a write and answers its writer: the
         socket takes the reply at once (sent holding the GIL: a send that
         cannot block needs no hand-back), or a thread of its own sends the
-        rest, bounded by the send timeout as any reply.  The caller makes
-        sure nothing else is written meanwhile (`handler.Later`).
+        rest, bounded by the send timeout as any reply.  A reply that cannot
+        be sent aborts the connection (its handler stops on its next read),
+        as a failed send of the handler's own closes it: the peer never gets
+        a later reply without this one.  The caller makes sure nothing else
+        is written meanwhile (`handler.Later`).
         """
-        sent = 0
-        if self._wlock.acquire(blocking=False):
-            try:
-                sent = send_nowait(self.sock.fileno(), data)
-            except OSError:
-                sent = len(data)  # the peer is gone: its handler finds out on its next read
-            finally:
-                self._wlock.release()
-        if sent == len(data):
-            done()
-            return
-
-        def rest() -> None:
-            try:
-                self.send(data[sent:])
-            except OSError:
-                pass
-            finally:
-                done()
-
+        ok = passed_on = False
         try:
-            threading.Thread(target=rest, name="ipcd-reply", daemon=True).start()
-        except RuntimeError:  # no thread to be had: the connection is dropped, never left waiting
+            sent = 0
+            if self._wlock.acquire(blocking=False):
+                try:
+                    sent = send_nowait(self.sock.fileno(), data)
+                finally:
+                    self._wlock.release()
+            if sent == len(data):
+                ok = True
+                return
+            rest = threading.Thread(target=self._send_rest, args=(data[sent:], done), name="ipcd-reply", daemon=True)
+            rest.start()
+            passed_on = True
+        except OSError:
+            pass  # the peer is gone, or no thread to be had
+        except RuntimeError:
             log.error("cannot start a thread to finish a reply; closing the connection")
-            self.abort()
-            done()
+        finally:
+            if not passed_on:
+                if not ok:
+                    self.abort()
+                done(ok)
+
+    def _send_rest(self, data: bytes, done: Callable[[bool], None]) -> None:
+        ok = False
+        try:
+            self.send(data)
+            ok = True
+        except OSError:
+            pass  # the send timed out (idle_timeout_s) or the peer is gone
+        finally:
+            if not ok:
+                self.abort()
+            done(ok)
 
     def open_stream(self, name: str) -> Stream:
         c = self.server.app.config.control

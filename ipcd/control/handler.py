@@ -43,7 +43,7 @@ LATER_BYTES = 128  # what a reply waiting for its commit counts for, until it is
 class Later:
     """A reply waiting for a commit: the call's id and what its method returned; then the reply."""
 
-    __slots__ = ("id", "deferred", "method", "notification", "text", "conn", "sent", "failed")
+    __slots__ = ("id", "deferred", "method", "notification", "text", "handler", "sent", "lost")
 
     def __init__(self, req_id: Any, deferred: Deferred, method: Method, notification: bool) -> None:
         self.id = req_id
@@ -51,28 +51,36 @@ class Later:
         self.method = method
         self.notification = notification
         self.text: str | None = None  # the reply, once settled (None for a notification)
-        self.conn: ClientConnection | None = None  # once handed off: where the committing thread sends it
-        self.sent: threading.Lock | None = None  # held until then
-        self.failed = False
+        self.handler: ControlHandler | None = None  # once handed off: whose connection it goes to
+        self.sent: threading.Lock | None = None  # held until it is sent, or lost
+        self.lost = False  # not sent: the connection is aborted
 
     def reply(self, error: RpcError | None) -> None:
         """The write is done (on the committing thread): send its reply, then release `sent`.
 
         Never blocks: a reply the socket does not take at once is finished
-        by a thread of its own (`send_soon`).  `sent` is released whatever
-        happens, since the connection's handler waits for it.
+        by a thread of its own (`send_soon`); one that cannot be sent at all
+        aborts the connection, as a failed send of the handler's own does.
+        A failed write is counted here, before its reply goes: while a reply
+        is handed off, the handler thread counts nothing.
         """
-        assert self.conn is not None and self.sent is not None
+        handler, sent = self.handler, self.sent
+        assert handler is not None and sent is not None
         try:
             if error is None:
                 data = jsonrpc.to_bytes(jsonrpc.result_line(self.id, self.deferred.value))
             else:
-                self.failed = True  # counted by the handler
+                handler._failed(self.method)
                 data = jsonrpc.to_bytes(error_line(self.id, error))
-        except Exception:
-            self.sent.release()
+        except BaseException:
+            self.finished(False)
             raise
-        self.conn.send_soon(data, self.sent.release)
+        handler.request.send_soon(data, self.finished)
+
+    def finished(self, ok: bool) -> None:
+        self.lost = not ok
+        assert self.sent is not None
+        self.sent.release()
 
 
 class ControlHandler(socketserver.BaseRequestHandler):
@@ -99,13 +107,12 @@ class ControlHandler(socketserver.BaseRequestHandler):
                 self._settle_handed()
             self._hold_buffered(0)
 
-    def _settle_handed(self) -> None:
-        """Wait until the reply left to a committing thread is sent: nothing overtakes it."""
+    def _settle_handed(self) -> bool:
+        """Wait until the reply left to a committing thread is out (nothing overtakes it); False if lost."""
         handed, self._handed = self._handed, None
         assert handed is not None and handed.sent is not None
         handed.sent.acquire()
-        if handed.failed:
-            self._failed(handed.method)
+        return not handed.lost
 
     def _hand_off(self, later: Later) -> bool:
         """Leave a lone write's reply to the thread that commits it: this one reads on at once.
@@ -118,7 +125,7 @@ class ControlHandler(socketserver.BaseRequestHandler):
         d = later.deferred
         if d.hand_off is None or later.notification or self._unsettled != [later]:
             return False
-        later.conn = self.request
+        later.handler = self
         later.sent = threading.Lock()
         later.sent.acquire()
         self._handed = later
@@ -181,8 +188,8 @@ class ControlHandler(socketserver.BaseRequestHandler):
         first.  What waits for such a peer is one reply and less than
         `FLUSH_BYTES`, until the send times out (`idle_timeout_s`).
         """
-        if self._handed is not None:
-            self._settle_handed()
+        if self._handed is not None and not self._settle_handed():
+            return False  # the connection is aborted: what it sent since is not answered
         conn = self.request
         outbox = conn.outbox
         if outbox is not None:

@@ -265,6 +265,8 @@ class KvStore:
             change.batch = self.db.submit(change)
             if change.error is not None:  # refused at once (the store is closing): as if never made
                 self._put(key, old)
+                if old is None and version > 1:
+                    self._gone[key] = version - 1
         return item, change
 
     def delete(self, key: str) -> None:
