@@ -35,6 +35,7 @@ _KINDS: dict[str, Callable[[Any], bool]] = {
     "strings": lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v),
     "any": lambda v: True,
 }
+_ABSENT = object()  # a param not given (None is a value: null)
 _PLAIN: dict[str, frozenset[type]] = {  # by kind: types with nothing to test (an int has its 64-bit range)
     "string": frozenset({str}),
     "boolean": frozenset({bool}),
@@ -139,9 +140,10 @@ class Method:
         given = _named(self, req)
         out: dict[str, Any] = {}
         for p in self.params:
+            value = given.get(p.name, _ABSENT)
             # null is a value for an "any" param (kv.set of null); for the others it means "not given".
-            if p.name in given and (given[p.name] is not None or p.kind == "any"):
-                out[p.name] = p.validate(given[p.name])
+            if value is not _ABSENT and (value is not None or p.kind == "any"):
+                out[p.name] = p.validate(value)
             elif p.required:
                 raise InvalidParams(f"missing param {p.name!r}", p.name)
             else:

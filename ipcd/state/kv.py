@@ -123,12 +123,16 @@ class Change(Write):
     watchers once it is committed.
     """
 
-    __slots__ = ("store", "batch", "key", "item", "old", "op", "answer")
+    __slots__ = ("store", "batch", "key", "item", "old", "answer")
 
     def __init__(
         self, store: KvStore, sql: str, params: tuple[Any, ...], key: str, item: Item | None, old: Item | None
     ) -> None:
-        Write.__init__(self, sql, params)
+        # Write's fields, set here (one call less per write: this is the hot path of kv.set)
+        self.sql, self.params, self.many, self.on_undo, self.on_after = sql, params, False, None, None
+        self.error: BaseException | None = None
+        self.done = False
+        self.reply: Callable[[BaseException | None], None] | None = None
         self.store = store
         self.key = key
         self.item = item  # None: a delete
@@ -140,6 +144,8 @@ class Change(Write):
         self.store._undo(self.key, self.item, self.old)
 
     def after(self) -> None:
+        if not self.store._watchers.count:  # the common case: nobody watches anything
+            return
         if self.item is not None:
             self.store._tell(self.key, "set", self.item)
         else:
@@ -166,7 +172,10 @@ class Change(Write):
     def _finished(self, error: BaseException | None) -> None:
         assert self.answer is not None
         if error is None:
-            self._count()
+            if self.item is not None:
+                self.store.sets += 1
+            else:
+                self.store.deletes += 1
             self.answer(None)
         else:
             self.answer(_not_written(error))

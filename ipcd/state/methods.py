@@ -84,7 +84,8 @@ def kv_list(call: Call, prefix: str) -> dict[str, Any]:
 def kv_set(call: Call, key: str, value: Any, ttl_s: float | None, if_version: int | None) -> Deferred:
     p = call.peer
     item, change = _kv(call).set_later(key, value, ttl_s, if_version, p.uid, p.pid, p.comm)
-    result = f'{{"key":{dumps(key)},"version":{item.version},"expires_at":{dumps(item.expires_at)}}}'
+    expires = "null" if item.expires_at is None else dumps(item.expires_at)
+    result = f'{{"key":{dumps(key)},"version":{item.version},"expires_at":{expires}}}'
     return Deferred(change, Raw(result), change.hand_off)
 
 

@@ -339,7 +339,8 @@ class Raw:
 def result_line(req_id: Any, value: Any) -> str:
     """A result reply as one line of text (no newline), a `Raw` value spliced in."""
     if isinstance(value, Raw):
-        return f'{{"jsonrpc":"2.0","id":{dumps(req_id)},"result":{value.text}}}'
+        rid = str(req_id) if type(req_id) is int else dumps(req_id)  # the common id, without the encoder
+        return f'{{"jsonrpc":"2.0","id":{rid},"result":{value.text}}}'
     return dumps({"jsonrpc": "2.0", "id": req_id, "result": value})
 
 
