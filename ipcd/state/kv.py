@@ -170,15 +170,16 @@ class Change(Write):
         return self.store.db.hand_off(self, self.batch, self._finished)
 
     def _finished(self, error: BaseException | None) -> None:
-        assert self.answer is not None
+        answer, self.answer = self.answer, None  # it refers back to this write: no cycle left for the gc
+        assert answer is not None
         if error is None:
             if self.item is not None:
                 self.store.sets += 1
             else:
                 self.store.deletes += 1
-            self.answer(None)
+            answer(None)
         else:
-            self.answer(_not_written(error))
+            answer(_not_written(error))
 
     def _count(self) -> None:
         if self.item is not None:

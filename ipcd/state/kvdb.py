@@ -286,8 +286,9 @@ class KvDb:
                 w.done = True
             replies = [w for w in writes if w.reply is not None]
         for w in replies:
+            reply, w.reply = w.reply, None  # often a bound method of `w`'s: no cycle left for the gc
             try:
-                w.reply(w.error)  # type: ignore[misc]
+                reply(w.error)  # type: ignore[misc]
             except Exception:
                 log.exception("error while answering a key/value write")
 
