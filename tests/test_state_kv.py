@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import sqlite3
@@ -17,7 +18,7 @@ from conftest import Conn, Ipcd, needs_root, reap, run_as, wait_for
 
 from ipcd.config import KvConfig
 from ipcd.errors import InternalError, InvalidParams
-from ipcd.state.kv import KvStore
+from ipcd.state.kv import Change, KvStore
 from ipcd.state.kvdb import UPSERT, KvDb, Write
 
 
@@ -544,3 +545,37 @@ def test_a_write_on_a_closed_store_is_refused_and_left_out_of_memory(short_tmp) 
     with pytest.raises(InternalError, match="closed"):
         kv.delete("k")
     assert kv.get("k").version == 1
+
+
+def test_a_handed_off_write_leaves_no_reference_cycle_for_the_gc(short_tmp) -> None:
+    """Each write freed as soon as it is answered: garbage the gc must find costs every kv.set."""
+
+    class Holder:  # as the handler's reply holds the write (through its Deferred) and the write holds it
+        def __init__(self, change: Change) -> None:
+            self.change = change
+            self.error: object = "not answered"
+
+        def answer(self, error: object) -> None:
+            self.error = error
+
+    db = KvDb(str(short_tmp / "kv.db"))
+    kv = KvStore(db, KvConfig())
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        answered = []
+        for i in range(10):
+            _, change = kv.set_later("k", i, None, None, 0, 1, "t")
+            holder = Holder(change)
+            assert change.hand_off(holder.answer)
+            answered.append(holder.error)
+        del change, holder
+        gc.collect()
+        assert answered == [None] * 10
+        assert not [o for o in gc.garbage if isinstance(o, Change)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+        db.close()
