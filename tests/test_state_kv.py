@@ -570,6 +570,11 @@ def test_a_handed_off_write_leaves_no_reference_cycle_for_the_gc(short_tmp) -> N
             holder = Holder(change)
             assert change.hand_off(holder.answer)
             answered.append(holder.error)
+        for i in range(5):  # committed before the hand-off (another thread's commit took it): not handed off
+            _, change = kv.set_later("k", i, None, None, 0, 1, "t")
+            change()
+            holder = Holder(change)
+            assert not change.hand_off(holder.answer)
         del change, holder
         gc.collect()
         assert answered == [None] * 10
@@ -578,4 +583,41 @@ def test_a_handed_off_write_leaves_no_reference_cycle_for_the_gc(short_tmp) -> N
         gc.set_debug(0)
         gc.garbage.clear()
         gc.enable()
+        db.close()
+
+
+def test_a_change_sets_every_field_of_a_write(short_tmp) -> None:
+    db = KvDb(str(short_tmp / "kv.db"))
+    try:
+        _, change = KvStore(db, KvConfig()).set_later("k", 1, None, None, 0, 1, "t")
+        plain = Write(UPSERT, ())
+        for name in Write.__slots__:
+            assert hasattr(change, name), name
+            if name not in ("sql", "params"):
+                assert getattr(change, name) == getattr(plain, name), name
+        change()
+    finally:
+        db.close()
+
+
+def test_an_error_nobody_expected_in_a_commit_still_answers_its_writes(short_tmp) -> None:
+    db = KvDb(str(short_tmp / "kv.db"))
+    try:
+
+        def undo() -> None:
+            raise RuntimeError("a bug in undo")
+
+        bad = Write(UPSERT, ("b", '"\ud800"', 1, None, 1.0, 0, 1, "t"), undo=undo)  # SQLite refuses it
+        batch = db.submit(bad)
+        answers: list[BaseException | None] = []
+        with pytest.raises(RuntimeError, match="a bug in undo"):
+            db.hand_off(bad, batch, answers.append)  # this thread commits it, and meets the bug
+        assert len(answers) == 1 and answers[0] is not None  # answered all the same: nobody left waiting
+        with pytest.raises(Exception):  # noqa: B017 (the waiters get an error too, whatever it is)
+            batch.wait(5)
+        assert db._committing is False  # and the next commit can run
+        ok = Write(UPSERT, ("a", "1", 1, None, 1.0, 0, 1, "t"))
+        db.commit(db.submit(ok), 5)
+        assert [k for (k, *_) in db.rows()] == ["a"]
+    finally:
         db.close()

@@ -78,8 +78,11 @@ class Later:
         handler.request.send_soon(data, self.finished)
 
     def finished(self, ok: bool) -> None:
+        """Sent (`ok`), or lost: then the connection is aborted, so no later reply goes out without this one."""
+        assert self.handler is not None and self.sent is not None
         self.lost = not ok
-        assert self.sent is not None
+        if not ok:
+            self.handler.request.abort()  # (send_soon has done it already; once more costs nothing)
         self.sent.release()
 
 
@@ -130,7 +133,7 @@ class ControlHandler(socketserver.BaseRequestHandler):
         later.sent.acquire()
         self._handed = later
         if not d.hand_off(later.reply):
-            self._handed = None
+            self._handed = later.handler = later.sent = None  # no cycle left (later <-> handler)
             return False
         self._unsettled = None
         return True

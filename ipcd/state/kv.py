@@ -167,7 +167,10 @@ class Change(Write):
         commits it, instead of waiting; False if it is committed already (call it then)."""
         assert self.batch is not None
         self.answer = answer
-        return self.store.db.hand_off(self, self.batch, self._finished)
+        if not self.store.db.hand_off(self, self.batch, self._finished):
+            self.answer = None  # it refers back to this write: no cycle left for the gc
+            return False
+        return True
 
     def _finished(self, error: BaseException | None) -> None:
         answer, self.answer = self.answer, None  # it refers back to this write: no cycle left for the gc
@@ -295,6 +298,7 @@ class KvStore:
             change.batch = self.db.submit(change)
             if change.error is not None:  # refused at once (the store is closing): as if never made
                 self._put(key, old)
+                self._gone.pop(key, None)
         return change
 
     def _check_room(self, key: str, old: Item | None, size: int) -> None:

@@ -261,6 +261,32 @@ class KvDb:
             self._lead(writes, batch)
 
     def _commit(self, writes: list[Write], batch: Batch) -> None:
+        """Commit `writes`, then answer them: waiters through `batch`, handed-off writes through `reply`.
+
+        Answered whatever happens: an error nobody expected (in an `undo`, say)
+        is every unanswered write's error, never a writer left waiting.
+        """
+        unexpected: BaseException | None = None
+        try:
+            self._apply(writes, batch)
+        except BaseException as e:
+            unexpected = e
+            raise
+        finally:
+            if not batch.done:
+                batch.finish(unexpected)
+            with self._lock:
+                for w in writes:
+                    w.done = True
+                replies = [w for w in writes if w.reply is not None]
+            for w in replies:
+                reply, w.reply = w.reply, None  # often a bound method of `w`'s: no cycle left for the gc
+                try:
+                    reply(w.error or unexpected)  # type: ignore[misc]
+                except Exception:
+                    log.exception("error while answering a key/value write")
+
+    def _apply(self, writes: list[Write], batch: Batch) -> None:
         failed: list[Write] = []
         try:
             self._write(writes)
@@ -281,16 +307,6 @@ class KvDb:
                     except Exception:
                         log.exception("error while telling watchers of a change")
         batch.finish(failed[0].error if len(failed) == len(writes) else None)
-        with self._lock:
-            for w in writes:
-                w.done = True
-            replies = [w for w in writes if w.reply is not None]
-        for w in replies:
-            reply, w.reply = w.reply, None  # often a bound method of `w`'s: no cycle left for the gc
-            try:
-                reply(w.error)  # type: ignore[misc]
-            except Exception:
-                log.exception("error while answering a key/value write")
 
     def _each_alone(self, writes: list[Write], error: Exception) -> list[Write]:
         """A commit failed: try each write alone (one bad write must not fail the others); those that failed."""
