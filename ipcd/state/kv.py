@@ -144,6 +144,11 @@ class Change(Write):
         self.store._undo(self.key, self.item, self.old)
 
     def after(self) -> None:
+        """Committed: counted, and told to the watchers (on the committing thread, one commit at a time)."""
+        if self.item is not None:
+            self.store.sets += 1
+        else:
+            self.store.deletes += 1
         if not self.store._watchers.count:  # the common case: nobody watches anything
             return
         if self.item is not None:
@@ -160,7 +165,6 @@ class Change(Write):
             raise _not_written(e) from None
         if self.error is not None:  # the others of its commit went through; this one did not
             raise _not_written(self.error)
-        self._count()
 
     def hand_off(self, answer: Callable[[RpcError | None], None]) -> bool:
         """Have `answer` called once committed (with None, or the -32603 error), on the thread that
@@ -176,19 +180,9 @@ class Change(Write):
         answer, self.answer = self.answer, None  # it refers back to this write: no cycle left for the gc
         assert answer is not None
         if error is None:
-            if self.item is not None:
-                self.store.sets += 1
-            else:
-                self.store.deletes += 1
             answer(None)
         else:
             answer(_not_written(error))
-
-    def _count(self) -> None:
-        if self.item is not None:
-            self.store.sets += 1
-        else:
-            self.store.deletes += 1
 
 
 def _not_written(error: BaseException) -> InternalError:
