@@ -200,6 +200,27 @@ def test_a_reply_the_socket_cannot_take_at_once_is_finished_by_a_thread_of_its_o
         assert done.wait(5) and outcome == [True]
 
 
+def test_a_reply_larger_than_the_socket_takes_at_once_arrives_whole_and_in_order() -> None:
+    """`send` writes what fits without letting go of the GIL, then the rest as sendall would."""
+    a, b = socket.socketpair()
+    with a, b:
+        data = bytes(range(256)) * 4096  # 1 MiB: far more than the socket buffer
+        got = bytearray()
+
+        def read() -> None:
+            while len(got) < len(data):
+                got.extend(b.recv(65536))
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        ClientConnection(a, None, None).send(data)  # type: ignore[arg-type]
+        reader.join(10)
+        assert bytes(got) == data
+        a.close()
+        with pytest.raises(OSError):  # a closed socket: an OSError, as sendall's, never a hang
+            ClientConnection(a, None, None).send(b"x")  # type: ignore[arg-type]
+
+
 def test_a_reply_that_cannot_be_finished_in_the_send_timeout_aborts_the_connection() -> None:
     a, b = socket.socketpair()
     with a, b:
