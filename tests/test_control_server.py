@@ -201,7 +201,7 @@ def test_a_reply_the_socket_cannot_take_at_once_is_finished_by_a_thread_of_its_o
 
 
 def test_a_reply_larger_than_the_socket_takes_at_once_arrives_whole_and_in_order() -> None:
-    """`send` writes what fits without letting go of the GIL, then the rest as sendall would."""
+    """A reply far larger than the socket buffer, sent while the peer reads: whole, in order."""
     a, b = socket.socketpair()
     with a, b:
         data = bytes(range(256)) * 4096  # 1 MiB: far more than the socket buffer
