@@ -149,21 +149,25 @@ def test_a_handler_bug_is_32603_with_one_traceback_and_the_connection_lives_on(
     assert s.server.requests_by_method() == {"boom": (1, 1), "echo": (1, 0)}
 
 
+def hand_off_one(c: Conn, req_id: int) -> None:
+    """Call `handed` and wait until its reply is left to HANDED (as to a committing thread)."""
+    c.send_json({"jsonrpc": "2.0", "id": req_id, "method": "handed", "params": {"value": "v"}})
+    wait_for(lambda: len(HANDED) == 1, 5, "the handler to leave the reply to the committing thread")
+
+
 def test_a_reply_left_to_the_committing_thread_keeps_its_place_and_its_error_is_counted(
     serve: Callable[..., Served],
 ) -> None:
     s = serve()
     HANDED.clear()
     with s.conn() as c:
-        c.send_json({"jsonrpc": "2.0", "id": 1, "method": "handed", "params": {"value": "v"}})
-        wait_for(lambda: len(HANDED) == 1, 5, "the handler to leave the reply to the committing thread")
+        hand_off_one(c, 1)
         c.send_json({"jsonrpc": "2.0", "id": 2, "method": "echo", "params": {"value": "after"}})
         HANDED.pop()(InternalError("the store could not be written"))  # as a failed commit would, from here
         first = c.recv_json()
         assert first["id"] == 1 and first["error"]["code"] == -32603  # not overtaken by the echo read meanwhile
         assert c.recv_json() == {"jsonrpc": "2.0", "id": 2, "result": "after"}
-        c.send_json({"jsonrpc": "2.0", "id": 3, "method": "handed", "params": {"value": "v"}})
-        wait_for(lambda: len(HANDED) == 1, 5, "the second hand-off")
+        hand_off_one(c, 3)
         HANDED.pop()(None)
         assert c.recv_json() == {"jsonrpc": "2.0", "id": 3, "result": "v"}
     assert s.server.requests_status() == {"total": 3, "errors": 1}
@@ -249,8 +253,7 @@ def test_a_handed_off_reply_that_cannot_be_sent_ends_the_connection_before_the_n
     s = serve()
     HANDED.clear()
     with s.conn() as c:
-        c.send_json({"jsonrpc": "2.0", "id": 1, "method": "handed", "params": {"value": "v"}})
-        wait_for(lambda: len(HANDED) == 1, 5, "the hand-off")
+        hand_off_one(c, 1)
         c.send_json({"jsonrpc": "2.0", "id": 2, "method": "echo", "params": {"value": "never"}})
         c.sock.shutdown(socket.SHUT_RD)  # the reply cannot be sent now (EPIPE)
         HANDED.pop()(None)

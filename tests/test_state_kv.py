@@ -469,12 +469,11 @@ def test_a_lone_surrogate_value_is_refused_before_it_reaches_the_store(short_tmp
         db.close()
 
 
-def test_close_during_a_commit_returns_once_it_is_done(short_tmp) -> None:
-    db = KvDb(str(short_tmp / "kv.db"))
-    db.start()
+def hold_a_commit(db: KvDb) -> tuple[threading.Event, threading.Thread]:
+    """Start a commit (of key 's') that holds until the returned event is set; and its thread."""
     entered, release = threading.Event(), threading.Event()
 
-    def slow() -> int:  # holds the commit under way until the test lets it go
+    def slow() -> int:
         entered.set()
         release.wait(10)
         return 1
@@ -483,7 +482,14 @@ def test_close_during_a_commit_returns_once_it_is_done(short_tmp) -> None:
     batch = db.submit(Write("INSERT INTO kv VALUES ('s', '1', slow(), NULL, 1.0, 0, 1, 't')", ()))
     committer = threading.Thread(target=db.commit, args=(batch,))
     committer.start()
-    assert entered.wait(5)
+    assert entered.wait(5), "the held commit did not start"
+    return release, committer
+
+
+def test_close_during_a_commit_returns_once_it_is_done(short_tmp) -> None:
+    db = KvDb(str(short_tmp / "kv.db"))
+    db.start()
+    release, committer = hold_a_commit(db)
     closer = threading.Thread(target=db.close)
     closer.start()
     wait_for(lambda: db._closing, 5, "close() to begin while the commit is under way")
@@ -509,18 +515,7 @@ def test_a_handed_off_write_is_answered_by_the_commit_that_takes_it(short_tmp) -
         assert db.hand_off(lone, db.submit(Write(UPSERT, ("x", "1", 1, None, 1.0, 0, 1, "t"))), reply) is False
 
         # A commit under way: hand_off returns at once; the writer thread commits the write next, then answers.
-        entered, release = threading.Event(), threading.Event()
-
-        def slow() -> int:
-            entered.set()
-            release.wait(10)
-            return 1
-
-        db.conn.create_function("slow", 0, slow)
-        held = db.submit(Write("INSERT INTO kv VALUES ('s', '1', slow(), NULL, 1.0, 0, 1, 't')", ()))
-        committer = threading.Thread(target=db.commit, args=(held,))
-        committer.start()
-        assert entered.wait(5)
+        release, committer = hold_a_commit(db)
         later = Write(UPSERT, ("b", "2", 1, None, 1.0, 0, 1, "t"))
         assert db.hand_off(later, db.submit(later), reply) is True
         assert len(answered) == 1  # not before its commit
