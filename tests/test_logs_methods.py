@@ -432,7 +432,9 @@ def test_followers_do_not_cost_a_thread_each(make_ipcd: Callable[..., Ipcd]) -> 
         c.send(b"".join(b'{"jsonrpc":"2.0","id":%d,"method":"logs.follow"}\n' % i for i in range(1000, 1299)))
         replies = [c.recv_json() for _ in range(299)]
         assert all(r["result"] == {"following": True, "backlog": 0} for r in replies)
-        assert tasks(pid) == before  # 300 followers, not one thread more
+        # 300 followers, not one thread more. Not ==: the thread that served the readiness
+        # ping may still have been ending when `before` was counted.
+        assert tasks(pid) <= before
         with Conn(d.sock, timeout_s=1.0) as other:
             assert other.call("ping")["pong"]
         send(d, b"<13>app: to all 300")
