@@ -85,13 +85,12 @@ def test_state_dir_full_then_space_returns(make_ipcd) -> None:
     wait_for(lambda: d.call("status")["logs"]["stored"] == 100, 10, "the first entries")
     filler = Path(f"/proc/{d.proc.pid}/root") / str(d.state_dir).lstrip("/") / "filler"
     fill(filler)
-    send_many(d.log_sock, 2000, b"during")  # more than max_pending: some must be dropped, and counted
-
-    def failing() -> bool:
-        st = d.call("status")
-        return st["store"]["writer"] == "failing" and st["logs"]["received"] == 2100
-
-    wait_for(failing, 20, "the store to report the failure while intake goes on")
+    send_many(d.log_sock, 100, b"during")
+    wait_for(lambda: d.call("status")["store"]["writer"] == "failing", 20, "the store to report the failure")
+    # Now that the writer knows: more than max_pending, so some must be dropped, and counted.
+    # (Sent before, they could all land before the first failed commit, and be held.)
+    send_many(d.log_sock, 1900, b"during")
+    wait_for(lambda: d.call("status")["logs"]["received"] == 2100, 20, "intake to go on while the store fails")
     st = d.call("status")
     assert "full" in st["store"]["error"]
     # Held: what waited for the failed commit, and new entries up to max_pending.
