@@ -229,15 +229,15 @@ def redis_reply(path: Path, *words: str) -> bytes:
         return s.recv(65536)
 
 
-def start_redis(d: Path) -> tuple[Server, Path]:
-    """redis-server on a unix socket only: AOF, fsync every second, no RDB snapshots."""
+def start_redis(d: Path, appendfsync: str = "everysec") -> tuple[Server, Path]:
+    """redis-server on a unix socket only: AOF, fsync every second (or `appendfsync`: "always"), no RDB snapshots."""
     exe = shutil.which("redis-server")
     if not exe:
         raise RuntimeError("redis-server is missing: see bench/README.md (apt-get install redis-server redis-tools)")
     d.mkdir(parents=True, exist_ok=True)
     sock = d / "redis.sock"
     cmd = [exe, "--port", "0", "--unixsocket", sock, "--unixsocketperm", "700", "--dir", d]
-    cmd += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--daemonize", "no"]
+    cmd += ["--appendonly", "yes", "--appendfsync", appendfsync, "--save", "", "--daemonize", "no"]
     cmd += ["--logfile", d / "redis.log"]
     srv = Server("redis-server", [str(c) for c in cmd])
     try:

@@ -20,7 +20,11 @@ alternating reps (minimal, redis, ipcd, minimal, redis, ipcd, ...):
   closed loop; publishes/s, deliveries/s, delivery latency (receive time
   minus the publisher's clock in the message);
 - pipelined: --pipe-conns connections with 16 requests outstanding each, and
-  beside it redis-benchmark -P 16 on the same redis (its own client).
+  beside it redis-benchmark -P 16 on the same redis (its own client);
+- kv.set with an fsync per commit (unless --no-fsync): a second ipcd with
+  `[kv] durability = "fsync"` beside a redis-server with `--appendfsync
+  always`, closed loop at each of --conns and pipelined, in a table of its
+  own beside ipcd's default durability from the same reps.
 
 Nothing is asserted: the figures are for people.
 """
@@ -96,6 +100,7 @@ def main() -> None:
     ap.add_argument("--conns", default="1,8,32", help="connection counts for the closed loops [1,8,32]")
     ap.add_argument("--subscribers", type=int, default=8, help="subscribers for publish/subscribe [8]")
     ap.add_argument("--pipe-conns", type=int, default=8, help="connections for the pipelined rows [8]")
+    ap.add_argument("--no-fsync", dest="fsync", action="store_false", help="skip the fsync-per-commit table")
     a = ap.parse_args()
     conns = [int(c) for c in a.conns.split(",")]
     build_loadgen()
@@ -103,6 +108,7 @@ def main() -> None:
     timing = ("--seconds", a.seconds, "--warmup", a.warmup)
     # samples[row][server] -> loadgen results
     samples: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
+    fsync_samples: dict[str, dict[str, list[dict]]] = defaultdict(lambda: defaultdict(list))
     rows: list[tuple[str, str]] = []  # (row name, kind)
     for c in conns:
         for op in REQUESTS:
@@ -119,11 +125,17 @@ def main() -> None:
         stack.callback(srv.stop)
         srv, socks["ipcd"], _ = start_ipcd(tmp / "i")
         stack.callback(srv.stop)
+        if a.fsync:
+            srv, socks["redis-always"] = start_redis(tmp / "ra", appendfsync="always")
+            stack.callback(srv.stop)
+            srv, socks["ipcd-fsync"], _ = start_ipcd(tmp / "if", '[kv]\ndurability = "fsync"\n', name="ipcd-fsync")
+            stack.callback(srv.stop)
+            call(socks["ipcd-fsync"], "kv.set", {"key": "k", "value": VALUE})
         call(socks["minimal"], "kv.set", {"key": "k", "value": VALUE})
         call(socks["ipcd"], "kv.set", {"key": "k", "value": VALUE})
 
         def run(server: str, mode: str, *args: object) -> dict:
-            return loadgen(mode, socks[server], *args, *(["--redis"] if server == "redis" else []))
+            return loadgen(mode, socks[server], *args, *(["--redis"] if server.startswith("redis") else []))
 
         for rep in range(a.reps):
             for c in conns:
@@ -139,6 +151,13 @@ def main() -> None:
                 for server in SERVERS:
                     args = ("--conns", a.pipe_conns, "--pipeline", 16, "--check", "--request", REQUESTS[op][server])
                     samples[name][server].append(run(server, "rpc", *args, *timing))
+            if a.fsync:
+                for name, extra in [(f"kv.set c={c}", ("--conns", c)) for c in conns] + [
+                    (f"kv.set c={a.pipe_conns} pipelined 16", ("--conns", a.pipe_conns, "--pipeline", 16))
+                ]:
+                    for server, reqs in (("redis-always", "redis"), ("ipcd-fsync", "ipcd")):
+                        args = (*extra, "--check", "--request", REQUESTS["kv.set"][reqs])
+                        fsync_samples[name][server].append(run(server, "rpc", *args, *timing))
             if have_rb:
                 rb = redis_benchmark(socks["redis"], a.pipe_conns, a.seconds)
                 for op in ("kv.set", "kv.get"):
@@ -171,6 +190,23 @@ def main() -> None:
                 notes.append(f"{name} / {srv}: " + ", ".join(f"{k} {v:,}" for k, v in bad.items() if v))
     header = ["", "minimal", "redis", "ipcd", "ipcd/minimal", "ipcd/redis", "redis-benchmark -P 16"]
     print(table(header, out))
+    if a.fsync:
+        print()
+        print('kv.set with an fsync per commit: ipcd [kv] durability = "fsync" (synchronous=FULL), redis')
+        print('--appendfsync always; "ipcd normal" is the table above\'s ipcd (synchronous=NORMAL), same reps.')
+        out = []
+        for name, s in fsync_samples.items():
+            for label, key in (("req/s", "requests_per_s"), ("p99 us", "p99_us")):
+                x = {srv: [r[key] for r in rs] for srv, rs in s.items()}
+                normal = [r[key] for r in samples[name]["ipcd"]]
+                line = [f"{name}  {label}", cell(x["redis-always"]), cell(x["ipcd-fsync"]), cell(normal)]
+                out.append([*line, ratio(x["ipcd-fsync"], normal), ratio(x["ipcd-fsync"], x["redis-always"])])
+            for srv, rs in s.items():
+                bad = {k: sum(r.get(k, 0) for r in rs) for k in ("errors", "check_failed", "closed")}
+                if any(bad.values()):
+                    notes.append(f"{name} / {srv}: " + ", ".join(f"{k} {v:,}" for k, v in bad.items() if v))
+        header = ["", "redis always", "ipcd fsync", "ipcd normal", "fsync/normal", "ipcd/redis"]
+        print(table(header, out))
     for n in notes:
         print(f"  ! {n}")
 
