@@ -422,6 +422,42 @@ def test_pipelined_writes_acknowledged_survive_kill_9(make_ipcd) -> None:
     assert d.call("kv.list", {"prefix": "q"})["keys"] == [f"q{i:03}" for i in range(300)]
 
 
+def test_acknowledged_writes_of_concurrent_clients_survive_kill_9_during_the_load(make_ipcd) -> None:
+    """8 clients setting in a closed loop (each reply handed to the committing thread), SIGKILL
+    in the middle: every acknowledged value is on disk (a later one, unacknowledged, may be too)."""
+    d: Ipcd = make_ipcd().start()
+    acked = [0] * 8
+    stop = threading.Event()
+
+    def client(i: int) -> None:
+        try:
+            with d.conn(5.0) as c:
+                n = 0
+                while not stop.is_set():
+                    n += 1
+                    reply = set_(c, f"c{i}", n)
+                    if reply.get("version") != n:
+                        return  # not acknowledged (an error): stop counting
+                    acked[i] = n
+        except (OSError, ValueError, AssertionError):
+            pass  # the daemon was killed under us (Conn asserts a reply came before EOF)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: min(acked) >= 50 and sum(acked) >= 2000, 30, "writes from every client")
+    d.kill()  # SIGKILL while the clients are still writing
+    stop.set()
+    for t in threads:
+        t.join(10)
+    last = list(acked)  # nothing more can be acknowledged now
+    d.start()
+    with d.conn() as c:
+        stored = [get(c, f"c{i}")["value"] for i in range(8)]
+    assert all(s >= a for s, a in zip(stored, last, strict=True)), (stored, last)
+    assert all(s <= a + 1 for s, a in zip(stored, last, strict=True)), (stored, last)  # one in flight at most
+
+
 def test_a_write_is_committed_before_the_next_call_that_is_not_a_write(ipcd: Ipcd) -> None:
     """A slow call pipelined after a write must not hold it uncommitted while others read it."""
     with ipcd.conn() as c:
