@@ -92,6 +92,16 @@ def redis_benchmark(sock: Path, conns: int, seconds: float) -> dict[str, dict[st
     return out
 
 
+def failures(name: str, samples: dict[str, list[dict]]) -> list[str]:
+    """A line per server whose reps of row `name` had errors, failed checks, closes or lags."""
+    out = []
+    for srv, rs in samples.items():
+        bad = {k: sum(r.get(k, 0) for r in rs) for k in ("errors", "check_failed", "closed", "lagged")}
+        if any(bad.values()):
+            out.append(f"{name} / {srv}: " + ", ".join(f"{k} {v:,}" for k, v in bad.items() if v))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--reps", type=int, default=3, help="alternating reps per figure; medians are shown [3]")
@@ -184,10 +194,7 @@ def main() -> None:
             line += [ratio(x.get("ipcd", []), x.get("minimal", [])), ratio(x.get("ipcd", []), x.get("redis", []))]
             line.append(cell(x.get("redis-benchmark", [])) if kind == "pipe" and have_rb else "")
             out.append(line)
-        for srv, rs in s.items():
-            bad = {k: sum(r.get(k, 0) for r in rs) for k in ("errors", "check_failed", "closed", "lagged")}
-            if any(bad.values()):
-                notes.append(f"{name} / {srv}: " + ", ".join(f"{k} {v:,}" for k, v in bad.items() if v))
+        notes += failures(name, s)
     header = ["", "minimal", "redis", "ipcd", "ipcd/minimal", "ipcd/redis", "redis-benchmark -P 16"]
     print(table(header, out))
     if a.fsync:
@@ -201,10 +208,7 @@ def main() -> None:
                 normal = [r[key] for r in samples[name]["ipcd"]]
                 line = [f"{name}  {label}", cell(x["redis-always"]), cell(x["ipcd-fsync"]), cell(normal)]
                 out.append([*line, ratio(x["ipcd-fsync"], normal), ratio(x["ipcd-fsync"], x["redis-always"])])
-            for srv, rs in s.items():
-                bad = {k: sum(r.get(k, 0) for r in rs) for k in ("errors", "check_failed", "closed")}
-                if any(bad.values()):
-                    notes.append(f"{name} / {srv}: " + ", ".join(f"{k} {v:,}" for k, v in bad.items() if v))
+            notes += failures(name, s)
         header = ["", "redis always", "ipcd fsync", "ipcd normal", "fsync/normal", "ipcd/redis"]
         print(table(header, out))
     for n in notes:
