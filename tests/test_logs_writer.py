@@ -11,12 +11,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 from conftest import wait_for
 from helpers_writer import NEVER_MS, db, ids_on_disk, make_cfg, open_writer, path, reader, row
 
 from ipcd.logs.filters import Filters
 from ipcd.logs.query import Reader
-from ipcd.logs.writer import ROW_OVERHEAD, Received, Writer
+from ipcd.logs.writer import CHUNKS, ROW_OVERHEAD, Received, Writer
 from ipcd.wire.logparse import LogEntry
 
 __all__ = ["open_writer", "path", "reader"]  # the helpers' fixtures (the tests here use them, or their fixtures do)
@@ -48,14 +49,31 @@ def test_rows_are_committed_when_commit_interval_is_due(path: Path, open_writer:
     assert (w.pending, w.commits) == (0, 1)
 
 
-def test_a_full_statement_is_inserted_before_the_commit(path: Path, open_writer: Any) -> None:
-    # 256 rows make one INSERT into the open transaction; other connections see none until the commit.
-    w = open_writer(commit_batch=1000)
-    w.add([row(f"m{i}") for i in range(300)])
-    assert w._in_tx and w.pending == 300
+def test_rows_go_into_the_open_transaction_once_a_whole_chunk_waits(path: Path, open_writer: Any) -> None:
+    # Fewer than CHUNKS[0] rows wait for the commit (a burst goes in as few statements);
+    # at CHUNKS[0] they go into the open transaction, which other connections do not see.
+    w = open_writer(commit_batch=10_000)
+    w.add([row(f"m{i}") for i in range(CHUNKS[0] - 1)])
+    assert not w._in_tx and w.pending == CHUNKS[0] - 1
+    w.add([row("last")])
+    assert w._in_tx and w.pending == CHUNKS[0]
     assert ids_on_disk(path) == []
     w.commit()
-    assert ids_on_disk(path) == list(range(1, 301))
+    assert ids_on_disk(path) == list(range(1, CHUNKS[0] + 1))
+
+
+@pytest.mark.parametrize("n", [1, 3, 4, 5, CHUNKS[0] - 1, CHUNKS[0], CHUNKS[0] + 1, sum(CHUNKS), 2 * sum(CHUNKS) + 7])
+def test_every_row_lands_once_in_order_whatever_the_chunks(path: Path, open_writer: Any, n: int) -> None:
+    # Three statements' rows (no unit, a unit, structured fields), interleaved, each cut into chunks.
+    w = open_writer(commit_batch=100_000)
+    kinds = [{}, {"unit": "u.service"}, {"fields": {"k": 1}}]
+    w.add([row(f"m{i}", **kinds[i % 3]) for i in range(n)])
+    w.commit()
+    with db(path) as c:
+        got = c.execute("SELECT id, message, sender_unit, fields FROM entries ORDER BY id").fetchall()
+    want = [(i + 1, f"m{i}", "u.service" if i % 3 == 1 else None, '{"k": 1}' if i % 3 == 2 else None) for i in range(n)]
+    assert got == want
+    assert (w.stored, w.entries, w.pending) == (n, n, 0)
 
 
 def test_close_commits_what_is_pending(path: Path) -> None:
@@ -198,6 +216,19 @@ def test_rows_in_the_open_transaction_are_committed_at_max_pending_bytes(path: P
     w.add([row(message)])  # 1 MiB by the estimate: committed at once
     assert (w.pending, w.stored) == (0, 256)
     assert len(ids_on_disk(path)) == 256
+
+
+def test_a_row_that_cannot_be_bound_in_a_later_chunk_costs_only_itself(path: Path, open_writer: Any) -> None:
+    # The chunks before it are in the open transaction already; the rest go in one by one.
+    w = open_writer(commit_batch=100_000)
+    bad = LogEntry(5, 1, "tag", None, None, None, None, None, None, "lone \ud800 surrogate", "json", False)
+    n, at = 2 * CHUNKS[0] + 10, CHUNKS[0] + 20
+    rows = [row(f"m{i}") for i in range(n)]
+    rows[at] = Received(time.time(), bad, False, 1, 0, 0, "x", None)
+    w.add(rows)
+    assert w.commit() is True
+    assert ids_on_disk(path) == [i + 1 for i in range(n) if i != at]
+    assert (w.stored, w.unstorable, w.entries) == (n - 1, 1, n - 1)
 
 
 # --- retention -------------------------------------------------------------------------
