@@ -18,7 +18,11 @@ alternating within each rep, each started fresh in a temp dir:
    `status` says `logs.stored` has reached n (committed and queryable).
 
 Each figure runs from the sender's first datagram to the moment the last
-row is seen committed.  Then `logs.query` for the newest 100 entries of n
+row is seen committed.  --prefill N starts the minimal intake and ipcd on
+stores that hold N rows already (written beforehand, once, by each one's own
+statements, and copied for every rep): the steady state of a full store
+without sending N datagrams each rep, so that shorter reps can alternate
+more often on a machine whose speed drifts.  Then `logs.query` for the newest 100 entries of n
 (median and p95 of --queries calls over the control socket), beside the
 same SELECT done in-process on minimal_intake's database.
 
@@ -44,6 +48,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from baselines import minimal_intake
 from benchlib import (
     BASELINES,
     PYTHON,
@@ -59,6 +64,10 @@ from benchlib import (
     table,
     workdir,
 )
+
+from ipcd.config import StoreConfig
+from ipcd.logs.writer import Received, Writer
+from ipcd.wire.logparse import parse_datagram
 
 SIZE = 160
 PROBE = b"<14>Nov 30 12:00:00 probe[1]: ready"
@@ -111,8 +120,41 @@ def run_bare(d: Path, n: int) -> tuple[float, dict]:
         srv.stop()
 
 
-def run_minimal(d: Path, n: int, queries: int) -> tuple[float, dict]:
+def prefill_minimal(path: Path, rows: int) -> None:
+    """minimal_intake.py's database holding `rows` rows shaped as the sender's."""
+    row = (time.time(), "Nov 30 12:00:00", 6, 1, "bench", 1, "x" * (SIZE - 30), SIZE)
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute(minimal_intake.SCHEMA)
+        for at in range(0, rows, 10_000):
+            conn.execute("BEGIN")
+            conn.executemany("INSERT INTO logs VALUES (?, ?, ?, ?, ?, ?, ?, ?)", [row] * min(10_000, rows - at))
+            conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def prefill_ipcd(path: Path, rows: int) -> None:
+    """An ipcd store holding `rows` entries shaped as the sender's, written by ipcd's own writer."""
+    entry = parse_datagram(b"<14>Nov 30 12:00:00 bench[1]: ".ljust(SIZE, b"x"))
+    w = Writer(str(path), StoreConfig(max_entries=2 * rows, commit_batch=10_000))
+    try:
+        for at in range(0, rows, 10_000):
+            now = time.time()
+            w.add([Received(now, entry, False, 1, os.getuid(), os.getgid(), "loadgen", None)] * min(10_000, rows - at))
+        w.commit()
+    finally:
+        w.close()
+
+
+def run_minimal(d: Path, n: int, queries: int, prefilled: Path | None = None) -> tuple[float, dict]:
     sock, db = d / "m.sock", d / "m.db"
+    base = 0
+    if prefilled is not None:
+        shutil.copyfile(prefilled, db)
+        with sqlite3.connect(db) as c:
+            base = int(c.execute("SELECT max(rowid) FROM logs").fetchone()[0])
     srv = Server("minimal_intake.py", [PYTHON, BASELINES / "minimal_intake.py", sock, db], log=d / "minimal.log")
     ro: sqlite3.Connection | None = None
     try:
@@ -129,9 +171,9 @@ def run_minimal(d: Path, n: int, queries: int) -> tuple[float, dict]:
                 return 0
 
         srv.wait_ready(lambda: sock.exists() and (send_probe(sock) or True))
-        wait_until(lambda: committed() >= 1, "minimal_intake.py probe", 30, srv.alive)
+        wait_until(lambda: committed() >= base + 1, "minimal_intake.py probe", 30, srv.alive)
         r = sender(sock, n)
-        end = wait_until(lambda: committed() >= n + 1, "minimal_intake.py", 600, srv.alive)
+        end = wait_until(lambda: committed() >= base + n + 1, "minimal_intake.py", 600, srv.alive)
         assert ro is not None
         lat = []
         for _ in range(queries):
@@ -188,8 +230,11 @@ def run_rsyslog(d: Path, n: int) -> tuple[float, dict]:
         srv.stop()
 
 
-def run_ipcd(d: Path, n: int, queries: int) -> tuple[float, dict]:
-    conf = f"[log]\nrate_limit_burst = 1000000000\n[store]\nmax_entries = {max(n, 1) * 2}\n"
+def run_ipcd(d: Path, n: int, queries: int, prefilled: Path | None = None, rows: int = 0) -> tuple[float, dict]:
+    conf = f"[log]\nrate_limit_burst = 1000000000\n[store]\nmax_entries = {max(n + rows, 1) * 2}\n"
+    if prefilled is not None:
+        (d / "s").mkdir(mode=0o700)
+        shutil.copyfile(prefilled, d / "s" / "ipcd.db")
     srv, ctl, logsock = start_ipcd(d, conf)
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as watch:
@@ -222,12 +267,18 @@ def p95(xs: list[float]) -> float:
     return xs[max(0, int(len(xs) * 0.95) - 1)]
 
 
-def one_setting(label: str, n: int, reps: int, queries: int) -> None:
+def one_setting(label: str, n: int, reps: int, queries: int, prefill: int = 0) -> None:
     have_rsyslog = bool(shutil.which("rsyslogd") or os.path.exists("/usr/sbin/rsyslogd"))
     targets = [t for t in TARGETS if t != "rsyslog" or have_rsyslog]
     rates: dict[str, list[float]] = {t: [] for t in targets}
     extra: dict[str, list[dict]] = {t: [] for t in targets}
     with workdir("ib-in-") as tmp:
+        pre_min = pre_ipcd = None
+        if prefill:
+            pre_min, pre_ipcd = tmp / "prefilled-minimal.db", tmp / "prefilled-ipcd.db"
+            print(f"  ({label}: writing {prefill:,} rows into each store first)", file=sys.stderr, flush=True)
+            prefill_minimal(pre_min, prefill)
+            prefill_ipcd(pre_ipcd, prefill)
         for rep in range(reps):
             for t in targets:
                 d = tmp / f"{t}{rep}"
@@ -235,24 +286,32 @@ def one_setting(label: str, n: int, reps: int, queries: int) -> None:
                 if t == "bare":
                     rate, x = run_bare(d, n)
                 elif t == "minimal":
-                    rate, x = run_minimal(d, n, queries)
+                    rate, x = run_minimal(d, n, queries, pre_min)
                 elif t == "rsyslog":
                     rate, x = run_rsyslog(d, n)
                 else:
-                    rate, x = run_ipcd(d, n, queries)
+                    rate, x = run_ipcd(d, n, queries, pre_ipcd, prefill)
                 rates[t].append(rate)
                 extra[t].append(x)
                 shutil.rmtree(d, ignore_errors=True)
             print(f"  ({label}: rep {rep + 1}/{reps} done)", file=sys.stderr, flush=True)
     print()
-    print(f"net.unix.max_dgram_qlen = {dgram_qlen()} ({label}): {n:,} datagrams of {SIZE} bytes, C blocking sender")
+    filled = f", into stores of {prefill:,} rows" if prefill else ""
+    print(
+        f"net.unix.max_dgram_qlen = {dgram_qlen()} ({label}): {n:,} datagrams of {SIZE} bytes{filled}, C blocking sender"
+    )
     ipcd = rates["ipcd"]
     rows = [[LABELS[t], cell(rates[t]), ratio(ipcd, rates[t])] for t in targets]
     print(table(["rows committed/s, median (min-max)", f"of {reps} reps", "ipcd/this"], rows))
+    per_rep = [i / m for i, m in zip(ipcd, rates["minimal"], strict=True)]
+    print(
+        f"  ipcd/minimal_intake.py rep by rep: {' '.join(f'{r:.2f}' for r in per_rep)}"
+        f" (median {statistics.median(per_rep):.2f})"
+    )
     q_ipcd = [q for x in extra["ipcd"] for q in x["query_ms"]]
     q_min = [q for x in extra["minimal"] for q in x["query_ms"]]
     print(
-        f"  logs.query newest 100 of {n:,}: median {statistics.median(q_ipcd):.2f} ms, p95 {p95(q_ipcd):.2f} ms "
+        f"  logs.query newest 100 of {n + prefill:,}: median {statistics.median(q_ipcd):.2f} ms, p95 {p95(q_ipcd):.2f} ms "
         f"over the control socket ({len(q_ipcd)} calls); the same SELECT in-process on minimal_intake's "
         f"database: median {statistics.median(q_min):.2f} ms, p95 {p95(q_min):.2f} ms"
     )
@@ -272,6 +331,7 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=1_000_000, help="datagrams per run [1000000]")
     ap.add_argument("--reps", type=int, default=3, help="alternating reps; the median is shown [3]")
     ap.add_argument("--queries", type=int, default=50, help="logs.query calls per rep [50]")
+    ap.add_argument("--prefill", type=int, default=0, help="rows in the stores before each rep starts [0]")
     ap.add_argument(
         "--qlen",
         choices=("both", "this", "512"),
@@ -282,18 +342,20 @@ def main() -> None:
     a = ap.parse_args()
     build_loadgen()
     if a.in_netns:  # inside `unshare --net`, with systemd's queue length
-        one_setting("systemd's default, in a private network namespace", a.n, a.reps, a.queries)
+        one_setting("systemd's default, in a private network namespace", a.n, a.reps, a.queries, a.prefill)
         return
-    print(f"ipcd log intake: {a.n:,} datagrams per run, {a.reps} alternating reps")
+    filled = f", into stores of {a.prefill:,} rows" if a.prefill else ""
+    print(f"ipcd log intake: {a.n:,} datagrams per run{filled}, {a.reps} alternating reps")
     print(machine())
     if a.qlen in ("both", "this"):
-        one_setting("this machine", a.n, a.reps, a.queries)
+        one_setting("this machine", a.n, a.reps, a.queries, a.prefill)
     if a.qlen in ("both", "512"):
         if dgram_qlen() >= 512 and a.qlen == "512":
-            one_setting("this machine", a.n, a.reps, a.queries)
+            one_setting("this machine", a.n, a.reps, a.queries, a.prefill)
         elif dgram_qlen() < 512 and os.geteuid() == 0 and shutil.which("unshare"):
             sys.stdout.flush()
-            args = ["-n", str(a.n), "--reps", str(a.reps), "--queries", str(a.queries), "--in-netns"]
+            args = ["-n", str(a.n), "--reps", str(a.reps), "--queries", str(a.queries), "--prefill", str(a.prefill)]
+            args.append("--in-netns")
             script = 'echo 512 > /proc/sys/net/unix/max_dgram_qlen && exec "$@"'
             subprocess.run(["unshare", "--net", "sh", "-c", script, "sh", PYTHON, __file__, *args], check=True)
         elif dgram_qlen() < 512:
