@@ -307,9 +307,16 @@ def cell(xs: Sequence[float], digits: int = 0) -> str:
 
 
 def ratio(num: Sequence[float], den: Sequence[float]) -> str:
+    """The ratio of the medians, and in brackets, for reps that alternated (as many of
+    each), the median of each rep's own ratio: `0.94 [0.91]`.  The two figures of a rep
+    ran seconds apart, so where a shared machine's speed drifts from minute to minute,
+    the bracketed figure is the steadier."""
     if not num or not den or median(den) == 0:
         return "-"
-    return f"{median(num) / median(den):.2f}"
+    text = f"{median(num) / median(den):.2f}"
+    if len(num) == len(den) > 1 and all(den):
+        text += f" [{median([a / b for a, b in zip(num, den, strict=True)]):.2f}]"
+    return text
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
