@@ -7,7 +7,7 @@ Both handlers read the same request line -n times from a fake socket (its
 is the Python work of one request: framing, parsing, dispatch, the method,
 the reply (`--request` takes any request line: kv.set and kv.get go to a
 kv.db in a temp dir, each set its own commit, and the minimal server's
-kv.set is a dict's).  Reps alternate (minimal, ipcd, minimal, ...) and the best CPU
+kv.set is a dict's; the key a kv.get reads is set first, in both).  Reps alternate (minimal, ipcd, minimal, ...) and the best CPU
 time per request of each is shown, with their ratio.  Run it pinned to one
 CPU (`taskset -c 1`) on a quiet machine.  `--profile` prints cProfile's
 view of ipcd's path afterwards, the way to see where a change should go.
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import json
 import os
 import pstats
 import socket
@@ -89,6 +90,10 @@ def main() -> None:
     kvdb = KvDb(os.path.join(tmp.name, "kv.db"))
     kvdb.start()
     app.provide(KvStore(kvdb, cfg.kv))
+    if a.request and '"kv.get"' in a.request:  # the key it reads is there, in both
+        key = json.loads(a.request)["params"]["key"]
+        app.get(KvStore).set(key, {"n": 1, "s": "abc"}, None, None, os.geteuid(), os.getpid(), "hotpath")
+        minimal_rpc.KV[key] = ({"n": 1, "s": "abc"}, 1)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(f"\0ipcd-hotpath-{os.getpid()}")  # abstract: nothing to clean up
     listener.listen()
