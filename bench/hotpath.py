@@ -7,10 +7,11 @@ Both handlers read the same request line -n times from a fake socket (its
 is the Python work of one request: framing, parsing, dispatch, the method,
 the reply (`--request` takes any request line: kv.set and kv.get go to a
 kv.db in a temp dir, each set its own commit, and the minimal server's
-kv.set is a dict's; the key a kv.get reads is set first, in both).  Reps alternate (minimal, ipcd, minimal, ...) and the best CPU
-time per request of each is shown, with their ratio.  Run it pinned to one
-CPU (`taskset -c 1`) on a quiet machine.  `--profile` prints cProfile's
-view of ipcd's path afterwards, the way to see where a change should go.
+kv.set is a dict's; the key a kv.get reads is set first, in both). Reps
+alternate (minimal, ipcd, minimal, ...) and the best CPU time per request
+of each is shown, with their ratio. Run it pinned to one CPU (`taskset -c
+1`) on a quiet machine. `--profile` prints cProfile's view of ipcd's path
+afterwards, the way to see where a change should go.
 
 Nothing is asserted: the figures are for people.
 """

@@ -18,13 +18,14 @@ alternating within each rep, each started fresh in a temp dir:
    `status` says `logs.stored` has reached n (committed and queryable).
 
 Each figure runs from the sender's first datagram to the moment the last
-row is seen committed.  --prefill N starts the minimal intake and ipcd on
-stores that hold N rows already (written beforehand, once, by each one's own
-statements, and copied for every rep): the steady state of a full store
+row is seen committed. --prefill N starts the minimal intake and ipcd on
+stores that hold N rows already (written beforehand, once, by each one's
+own statements, and copied for every rep): the steady state of a full store
 without sending N datagrams each rep, so that shorter reps can alternate
-more often on a machine whose speed drifts.  Then `logs.query` for the newest 100 entries of n
-(median and p95 of --queries calls over the control socket), beside the
-same SELECT done in-process on minimal_intake's database.
+more often on a machine whose speed drifts. Then `logs.query` for the
+newest 100 entries of the store (median and p95 of --queries calls over the control
+socket), beside the same SELECT done in-process on minimal_intake's
+database.
 
 A blocking sender waits whenever the socket's queue holds
 net.unix.max_dgram_qlen datagrams: the kernel's default is 10, systemd sets
@@ -304,10 +305,7 @@ def one_setting(label: str, n: int, reps: int, queries: int, prefill: int = 0) -
     rows = [[LABELS[t], cell(rates[t]), ratio(ipcd, rates[t])] for t in targets]
     print(table(["rows committed/s, median (min-max)", f"of {reps} reps", "ipcd/this"], rows))
     per_rep = [i / m for i, m in zip(ipcd, rates["minimal"], strict=True)]
-    print(
-        f"  ipcd/minimal_intake.py rep by rep: {' '.join(f'{r:.2f}' for r in per_rep)}"
-        f" (median {statistics.median(per_rep):.2f})"
-    )
+    print(f"  ipcd/minimal_intake.py rep by rep: {' '.join(f'{r:.2f}' for r in per_rep)}")
     q_ipcd = [q for x in extra["ipcd"] for q in x["query_ms"]]
     q_min = [q for x in extra["minimal"] for q in x["query_ms"]]
     print(
