@@ -1,0 +1,165 @@
+"""Builds of ipcd side by side: one request's rate, build by build, beside the ceiling's ping.
+
+    .venv/bin/python bench/ab.py BUILD [BUILD ...] [--request kv.set] [--conns 8,32] [--reps 5] [--seconds 3]
+
+A BUILD is a git revision of this repository (`HEAD~1`, a branch, a commit),
+checked out for the run in a temp worktree and removed afterwards, or a
+directory holding a tree of ipcd (a worktree of your own, with a patch to
+try), or `.` for this checkout as it is. Each build's daemon runs with
+that tree as its working directory and on PYTHONPATH. The venv installs
+ipcd in editable mode, pointing at this checkout, so a build started any
+other way would run this checkout's code under another name. Before the
+reps start, each build is asked which `ipcd/__init__.py` it imports, and
+the run stops if that file is not in the build's own tree.
+
+Reps alternate: the ceiling's ping (bench/baselines/minimal_rpc.py), then
+the request on each build, closed loop from loadgen (C) at each of
+--conns. Three columns are printed:
+
+- each build's req/s, as the median (min-max) of the reps;
+- each build against the ceiling's ping;
+- each build against the first BUILD.
+
+Each ratio is the ratio of the medians and, in brackets, the median of
+each rep's own ratio. A rep's figures ran seconds apart, so on a VM whose
+speed drifts, the bracketed figure is the one to read. A failed request
+stops the run. Nothing here is asserted: the figures are for people.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from benchlib import (
+    PYTHON,
+    REPO,
+    Server,
+    build_loadgen,
+    call,
+    cell,
+    loadgen,
+    machine,
+    ratio,
+    rpc_line,
+    rpc_ready,
+    start_minimal_rpc,
+    table,
+    workdir,
+)
+
+VALUE = {"n": 1, "s": "abc"}
+REQUESTS = {
+    "ping": rpc_line("ping"),
+    "kv.set": rpc_line("kv.set", {"key": "k", "value": VALUE}),
+    "kv.get": rpc_line("kv.get", {"key": "k"}),
+}
+
+
+def checkout(build: str, tmp: Path, n: int, stack: contextlib.ExitStack) -> Path:
+    """The tree of `build`: `.`, a directory, or a revision checked out in a worktree (removed on the way out)."""
+    if build == ".":
+        return REPO
+    path = Path(build)
+    if path.is_dir():
+        if not (path / "ipcd" / "__init__.py").is_file():
+            sys.exit(f"{build}: no ipcd/__init__.py in it: not a tree of ipcd")
+        return path.resolve()
+    tree = tmp / f"build{n}"
+    git = ["git", "-C", str(REPO)]
+    try:
+        subprocess.run([*git, "worktree", "add", "--detach", "--quiet", str(tree), build], check=True)
+    except subprocess.CalledProcessError:
+        sys.exit(f"{build}: neither a directory nor a revision git can check out")
+    stack.callback(subprocess.run, [*git, "worktree", "remove", "--force", str(tree)], check=False)
+    return tree
+
+
+def env_for(tree: Path) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(tree)}
+
+
+def check_imports(tree: Path) -> None:
+    """Stop unless Python, started as the daemon will be, imports ipcd from `tree`."""
+    cmd = [PYTHON, "-c", "import ipcd; print(ipcd.__file__)"]
+    found = subprocess.run(cmd, cwd=tree, env=env_for(tree), capture_output=True, text=True, check=True).stdout
+    if not Path(found.strip()).resolve().is_relative_to(tree.resolve()):
+        sys.exit(f"{tree}: Python imports ipcd from {found.strip()}, not from this tree")
+
+
+def start_build(tree: Path, d: Path, name: str) -> tuple[Server, Path]:
+    """A fresh daemon of the tree's own code, in `d`; its control socket."""
+    d.mkdir(parents=True)
+    conf = d / "ipcd.toml"
+    conf.write_text("")
+    cmd = [PYTHON, "-m", "ipcd", "--runtime-dir", str(d / "r"), "--state-dir", str(d / "s"), "--config", str(conf)]
+    srv = Server(name, [*cmd, "--log-level", "warning"], log=d / "ipcd.log", cwd=tree, env=env_for(tree))
+    ctl = d / "r" / "ipcd.sock"
+    try:
+        srv.wait_ready(rpc_ready(ctl))
+    except BaseException:
+        srv.stop()
+        raise
+    return srv, ctl
+
+
+def rate(sock: Path, conns: int, seconds: float, warmup: float, request: str) -> float:
+    timing = ("--seconds", seconds, "--warmup", warmup)
+    r = loadgen("rpc", sock, "--conns", conns, *timing, "--check", "--request", request)
+    if r.get("errors") or r.get("check_failed"):
+        raise RuntimeError(f"failed requests: {r}")
+    return float(r["requests_per_s"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("builds", nargs="+", metavar="BUILD", help="git revisions, tree directories, or . (this checkout)")
+    ap.add_argument("--request", default="kv.set", help="ping, kv.set, kv.get, or a whole request line [kv.set]")
+    ap.add_argument("--conns", default="8,32", help="connection counts [8,32]")
+    ap.add_argument("--reps", type=int, default=5, help="alternating reps [5]")
+    ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per figure [3]")
+    ap.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each [0.5]")
+    a = ap.parse_args()
+    request = REQUESTS.get(a.request, a.request)
+    conns = [int(c) for c in a.conns.split(",")]
+    build_loadgen()
+    names = [f"{i + 1}: {b}" for i, b in enumerate(a.builds)]
+    figures: dict[tuple[int, str], list[float]] = {}
+    with workdir("ib-ab-") as tmp, contextlib.ExitStack() as stack:
+        socks: dict[str, Path] = {}
+        for i, (build, name) in enumerate(zip(a.builds, names, strict=True)):
+            tree = checkout(build, tmp, i, stack)
+            check_imports(tree)
+            srv, socks[name] = start_build(tree, tmp / f"d{i}", name)
+            stack.callback(srv.stop)
+            call(socks[name], "kv.set", {"key": "k", "value": VALUE})  # the key a kv.get reads
+        srv, ceiling = start_minimal_rpc(tmp / "m")
+        stack.callback(srv.stop)
+        for rep in range(a.reps):
+            for c in conns:
+                figures.setdefault((c, "ceiling"), []).append(rate(ceiling, c, a.seconds, a.warmup, REQUESTS["ping"]))
+                for name in names:
+                    figures.setdefault((c, name), []).append(rate(socks[name], c, a.seconds, a.warmup, request))
+            print(f"  (rep {rep + 1}/{a.reps} done)", file=sys.stderr, flush=True)
+    print()
+    what = a.request if a.request in REQUESTS else request
+    print(f"ab: {what}, closed loop, {a.reps} alternating reps of {a.seconds:g} s")
+    print("ceiling = bench/baselines/minimal_rpc.py's ping; median (min-max) req/s; ratios [median of per-rep ratios]")
+    print(machine())
+    rows = []
+    for c in conns:
+        ping = figures[(c, "ceiling")]
+        rows.append([f"c={c}  ceiling ping", cell(ping), "", ""])
+        first = figures[(c, names[0])]
+        for name in names:
+            x = figures[(c, name)]
+            rows.append([f"c={c}  {name}", cell(x), ratio(x, ping), ratio(x, first) if name != names[0] else ""])
+    print(table(["", "req/s", "/ ceiling ping", "/ build 1"], rows))
+
+
+if __name__ == "__main__":
+    main()
