@@ -29,8 +29,8 @@ from conftest import Conn, Ipcd, needs_program, wait_for, wait_only_connection
 from ipcd.config import Config, parse
 from ipcd.control.access import Policy, make_policy
 from ipcd.control.app import App, Call, Deferred
-from ipcd.control.budget import QueueBudget
-from ipcd.control.connection import ClientConnection
+from ipcd.control.budget import SMALL_BYTES, QueueBudget
+from ipcd.control.connection import ClientConnection, send_nowait
 from ipcd.control.handler import FLUSH_BYTES, timeval
 from ipcd.control.registry import Param, Registry
 from ipcd.control.server import ControlServer
@@ -536,6 +536,9 @@ class Stalled:
     def send(self, data: bytes) -> None:
         self.ours.sendall(data)
 
+    def try_send(self, data: bytes) -> int:
+        return 0  # never free at once: every line goes through the queue, which these tests are about
+
     def abort(self) -> None:
         try:
             self.ours.shutdown(socket.SHUT_RDWR)  # wakes a pump blocked in send
@@ -601,6 +604,118 @@ def test_a_follower_refused_by_the_budget_is_called_back_when_someone_reads() ->
     finally:
         hog.close()
         follower.close()
+
+
+class Reader:
+    """One end of a socketpair that the test reads: an outbox's connection, writing as a connection does.
+
+    `pumped` keeps what went out through the pump's `send`; what `try_send`
+    wrote at once, from the thread that pushed it, is not in it.
+    """
+
+    def __init__(self, sndbuf: int | None = None) -> None:
+        self.ours, self.theirs = socket.socketpair()
+        if sndbuf is not None:
+            self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+        self.theirs.settimeout(10.0)
+        self.pumped: list[bytes] = []
+        self.outbox: Outbox | None = None
+
+    def send(self, data: bytes) -> None:
+        self.pumped.append(data)
+        self.ours.sendall(data)
+
+    def try_send(self, data: bytes) -> int:
+        return send_nowait(self.ours.fileno(), data)
+
+    def abort(self) -> None:
+        try:
+            self.ours.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    def stream_closed(self, stream: Any) -> None:
+        pass
+
+    def read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.theirs.recv(n - len(data))
+            assert chunk, f"EOF after {len(data)} of {n} bytes"
+            data += chunk
+        return data
+
+    def nothing_yet(self) -> bool:
+        self.theirs.setblocking(False)
+        try:
+            self.theirs.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return True
+        finally:
+            self.theirs.settimeout(10.0)
+        return False
+
+    def close(self) -> None:
+        if self.outbox is not None:
+            self.outbox.close()
+        self.abort()
+        if self.outbox is not None:
+            self.outbox.join(5)
+        self.ours.close()
+        self.theirs.close()
+
+
+def test_a_notification_the_socket_takes_at_once_is_written_by_whoever_pushes_it() -> None:
+    r = Reader()
+    try:
+        box = r.outbox = Outbox(r, 1024, 1 << 20, QueueBudget(lambda: 2 << 20), uid=1000)
+        lines = [b'{"jsonrpc":"2.0","method":"message","params":{"n":%d}}\n' % i for i in range(100)]
+        for line in lines:
+            assert box.push("s", line)
+            assert box.queued_bytes == 0  # in the socket already: nothing queued, nothing for the pump
+        assert box.sent == 100
+        assert r.read(sum(map(len, lines))) == b"".join(lines)
+        assert r.pumped == []
+    finally:
+        r.close()
+
+
+def test_what_the_socket_does_not_take_at_once_follows_from_the_queue_in_order() -> None:
+    r = Reader(sndbuf=4096)
+    budget = QueueBudget(lambda: 2 << 20)
+    try:
+        box = r.outbox = Outbox(r, 1024, 1 << 20, budget, uid=1000)
+        big = b"a" * (SMALL_BYTES - 1) + b"\n"  # the largest line that may go straight to the socket
+        small = b"b" * 99 + b"\n"
+        assert box.push("s", big)
+        rest = box.queued_bytes
+        assert 0 < rest < len(big)  # part of it in the socket, the rest queued for the pump, counted
+        assert box.push("s", small)  # behind the rest, never before it
+        assert budget.held_by(1000) == rest + len(small)
+        assert r.read(len(big) + len(small)) == big + small
+        wait_for(lambda: box.sent == 2 and budget.held == 0, 5, "the pump to finish and give the bytes back")
+        assert b"".join(r.pumped) == big[-rest:] + small
+    finally:
+        r.close()
+
+
+def test_a_line_waits_for_the_pump_while_a_reply_is_made_or_past_small_bytes() -> None:
+    r = Reader()
+    try:
+        box = r.outbox = Outbox(r, 1024, 1 << 20)
+        line = b'{"n":1}\n'
+        box.hold()  # a reply is being made: a notification must not go before it
+        assert box.push("s", line)
+        assert r.nothing_yet() and box.queued == 1
+        box.release()
+        assert r.read(len(line)) == line
+        wait_for(lambda: r.pumped == [line], 5, "the pump to have written it")
+        large = b"c" * SMALL_BYTES + b"\n"
+        assert box.push("s", large)  # over SMALL_BYTES: the queue's, as before
+        assert r.read(len(large)) == large
+        wait_for(lambda: r.pumped == [line, large], 5, "the pump to have written the large line")
+    finally:
+        r.close()
 
 
 # -- against a real ipcd over its real socket -----------------------------------------------------

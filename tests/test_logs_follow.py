@@ -18,6 +18,7 @@ import pytest
 from conftest import wait_for
 from helpers_reader import big, path, reader, row, store
 
+from ipcd.control.connection import send_nowait
 from ipcd.control.streams import Outbox, Stream
 from ipcd.logs.filters import Filters
 from ipcd.logs.follow import PAGE, Follower, FollowHub, FollowLimits
@@ -41,6 +42,9 @@ class Client:
 
     def send(self, data: bytes) -> None:
         self.ours.sendall(data)
+
+    def try_send(self, data: bytes) -> int:
+        return send_nowait(self.ours.fileno(), data)  # as a connection does (its write lock aside)
 
     def abort(self) -> None:
         try:

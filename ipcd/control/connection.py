@@ -80,6 +80,18 @@ class ClientConnection:
         with self._wlock:
             self.sock.sendall(data)
 
+    def try_send(self, data: bytes) -> int:
+        """Send what the socket takes at once, unless another write is under way: the bytes sent (0: none).
+
+        Never blocks, nor gives up the GIL (`send_nowait`); OSError if the peer is gone.
+        """
+        if not self._wlock.acquire(blocking=False):
+            return 0
+        try:
+            return send_nowait(self.sock.fileno(), data)
+        finally:
+            self._wlock.release()
+
     def send_soon(self, data: bytes, done: Callable[[bool], None]) -> None:
         """Send `data` without blocking the caller, then call `done(sent)`, exactly once, whatever happens.
 
@@ -94,12 +106,7 @@ class ClientConnection:
         """
         ok = passed_on = False
         try:
-            sent = 0
-            if self._wlock.acquire(blocking=False):
-                try:
-                    sent = send_nowait(self.sock.fileno(), data)
-                finally:
-                    self._wlock.release()
+            sent = self.try_send(data)
             if sent == len(data):
                 ok = True
                 return

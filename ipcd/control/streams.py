@@ -2,9 +2,11 @@
 
 A connection that opens a stream (logs.follow, subscribe, kv.watch) gets
 one `Outbox`: a bounded queue and a pump thread that writes it out, so that
-a slow reader costs only itself.  `Stream` is what a method handler holds.
-The connection itself (`server.ClientConnection`) owns the socket.
-What all connections together may hold is `budget`'s.
+a slow reader costs only itself.  A notification with nothing ahead of it
+goes straight to the socket if the socket takes it at once, so a reader
+that keeps up costs no turn of the pump's.  `Stream` is what a method
+handler holds.  The connection itself (`server.ClientConnection`) owns the
+socket.  What all connections together may hold is `budget`'s.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from ipcd.control.budget import QueueBudget
+from ipcd.control.budget import SMALL_BYTES, QueueBudget
 from ipcd.wire import jsonrpc
 
 
@@ -25,6 +27,8 @@ class Conn(Protocol):
     def outbox(self) -> Outbox | None: ...
 
     def send(self, data: bytes) -> None: ...
+
+    def try_send(self, data: bytes) -> int: ...
 
     def abort(self) -> None: ...
 
@@ -42,9 +46,12 @@ class Outbox:
     reader later gets one `lagged` notification (`stream`, `missed`) in the
     place of what it missed.  The pump thread writes while no reply is being
     prepared (`hold`), so that a subscribing call's result always comes
-    before its first notification.  A reader that never drops (a log
-    follower, a cursor over the store) uses `offer` instead: no room, no
-    line, and `on_room` is called once the pump has made room.
+    before its first notification.  With nothing queued, being written or
+    held, a line the socket takes at once is written by the thread that
+    pushes it (`_send_now`), the common case of a reader that keeps up.  A
+    reader that never drops (a log follower, a cursor over the store) uses
+    `offer` instead: no room, no line, and `on_room` is called once the
+    pump has made room.
     """
 
     def __init__(
@@ -101,6 +108,8 @@ class Outbox:
                 self._cv.wait()
             if self._closed:
                 return False
+            if self._send_now(line):
+                return True
             if not self._admit(size):
                 self._missed[stream] = self._missed.get(stream, 0) + 1
                 self.dropped += 1
@@ -115,12 +124,44 @@ class Outbox:
         with self._cv:
             if self._closed:
                 return False
+            if self._send_now(line):
+                return True
             if not self._admit(len(line), on_room):
                 return False
             self._flush_missed(stream)  # the lagged notice goes in the place of what was missed
             self._append(line)
             self._cv.notify_all()
             return True
+
+    def _send_now(self, line: bytes) -> bool:
+        """With nothing ahead of `line`, write it straight to the socket (under the lock); True if it went.
+
+        Nothing queued, nothing being written, no reply being made (`hold`),
+        no lagged notice owed, and a line of at most `SMALL_BYTES`: then it
+        goes out from the caller's thread, without a turn of the pump's.
+        What the socket does not take at once is queued first in line for
+        the pump and counted in the budget whatever its room: half a line
+        sent, the rest must follow, and it is less than `SMALL_BYTES`, the
+        size of a reply that is never refused either.  False (queue it as
+        usual) if the socket took nothing or is busy.
+        """
+        if len(line) > SMALL_BYTES or self._q or self.queued_bytes or self._held or self._missed:
+            return False
+        try:
+            n = self.conn.try_send(line)
+        except OSError:
+            return False  # the peer is gone: queued, the pump's send fails and cuts the connection off
+        if not n:
+            return False
+        if n == len(line):
+            self.sent += 1
+        else:
+            rest = line[n:]
+            if self.budget is not None:
+                self.budget.take(self.uid, len(rest), force=True)
+            self._append(rest)  # counted as sent by the pump, once the rest is out
+            self._cv.notify_all()
+        return True
 
     def _flush_missed(self, stream: str) -> None:
         n = self._missed.pop(stream, 0)
