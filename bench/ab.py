@@ -1,6 +1,7 @@
 """Builds of ipcd side by side: one request's rate, build by build, beside the ceiling's ping.
 
     .venv/bin/python bench/ab.py BUILD [BUILD ...] [--request kv.set] [--conns 8,32] [--reps 5] [--seconds 3]
+    .venv/bin/python bench/ab.py BUILD [BUILD ...] --subscribers 1
 
 A BUILD is a git revision of this repository (`HEAD~1`, a branch, a commit),
 checked out for the run in a temp worktree and removed afterwards, or a
@@ -14,9 +15,13 @@ the run stops if that file is not in the build's own tree.
 
 Reps alternate: the ceiling's ping (bench/baselines/minimal_rpc.py), then
 the request on each build, closed loop from loadgen (C) at each of
---conns. Three columns are printed:
+--conns. With --subscribers N, each build is measured publishing instead:
+one publisher in a closed loop, N subscribers, deliveries/s, beside the
+ceiling's ping at c=1 (one connection in a closed loop, as the publisher
+is). Three columns are printed:
 
-- each build's req/s, as the median (min-max) of the reps;
+- each build's req/s (or deliveries/s), as the median (min-max) of the
+  reps;
 - each build against the ceiling's ping;
 - each build against the first BUILD.
 
@@ -115,6 +120,14 @@ def rate(sock: Path, conns: int, seconds: float, warmup: float, request: str) ->
     return float(r["requests_per_s"])
 
 
+def deliveries(sock: Path, subscribers: int, seconds: float, warmup: float) -> float:
+    timing = ("--seconds", seconds, "--warmup", warmup)
+    r = loadgen("pubsub", sock, "--subscribers", subscribers, *timing)
+    if r.get("errors") or r.get("lagged") or r.get("closed"):
+        raise RuntimeError(f"failed or lost deliveries: {r}")
+    return float(r["deliveries_per_s"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("builds", nargs="+", metavar="BUILD", help="git revisions, tree directories, or . (this checkout)")
@@ -123,9 +136,14 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=5, help="alternating reps [5]")
     ap.add_argument("--seconds", type=float, default=3.0, help="measured seconds per figure [3]")
     ap.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each [0.5]")
+    ap.add_argument(
+        "--subscribers",
+        type=int,
+        help="instead of --request: publish to this many subscribers (deliveries/s, beside the ceiling's ping at c=1)",
+    )
     a = ap.parse_args()
     request = REQUESTS.get(a.request, a.request)
-    conns = [int(c) for c in a.conns.split(",")]
+    conns = [1] if a.subscribers else [int(c) for c in a.conns.split(",")]
     build_loadgen()
     names = [f"{i + 1}: {b}" for i, b in enumerate(a.builds)]
     figures: dict[tuple[int, str], list[float]] = {}
@@ -143,12 +161,18 @@ def main() -> None:
             for c in conns:
                 figures.setdefault((c, "ceiling"), []).append(rate(ceiling, c, a.seconds, a.warmup, REQUESTS["ping"]))
                 for name in names:
-                    figures.setdefault((c, name), []).append(rate(socks[name], c, a.seconds, a.warmup, request))
+                    if a.subscribers:
+                        got = deliveries(socks[name], a.subscribers, a.seconds, a.warmup)
+                    else:
+                        got = rate(socks[name], c, a.seconds, a.warmup, request)
+                    figures.setdefault((c, name), []).append(got)
             print(f"  (rep {rep + 1}/{a.reps} done)", file=sys.stderr, flush=True)
     print()
     what = a.request if a.request in REQUESTS else request
+    if a.subscribers:
+        what = f"publish -> {a.subscribers} subscriber(s), deliveries/s, one publisher"
     print(f"ab: {what}, closed loop, {a.reps} alternating reps of {a.seconds:g} s")
-    print("ceiling = bench/baselines/minimal_rpc.py's ping; median (min-max) req/s; ratios [median of per-rep ratios]")
+    print("ceiling = bench/baselines/minimal_rpc.py's ping; median (min-max) per s; ratios [median of per-rep ratios]")
     print(machine())
     rows = []
     for c in conns:
@@ -158,7 +182,7 @@ def main() -> None:
         for name in names:
             x = figures[(c, name)]
             rows.append([f"c={c}  {name}", cell(x), ratio(x, ping), ratio(x, first) if name != names[0] else ""])
-    print(table(["", "req/s", "/ ceiling ping", "/ build 1"], rows))
+    print(table(["", "per s", "/ ceiling ping", "/ build 1"], rows))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Shared state benchmark: ipcd's kv.set/kv.get and publish/subscribe beside redis-server, same run.
 
-    .venv/bin/python bench/kv.py [--reps 3] [--seconds 3] [--conns 1,8,32] [--subscribers 8]
+    .venv/bin/python bench/kv.py [--reps 3] [--seconds 3] [--conns 1,8,32] [--subscribers 1,8]
 
 Three servers, started once each in a temp dir, driven by the same C load
 generator (bench/loadgen; `--redis` speaks RESP):
@@ -16,9 +16,12 @@ alternating reps (minimal, redis, ipcd, minimal, redis, ipcd, ...):
 
 - ping / PING, kv.set / SET k {"n":1,"s":"abc"}, kv.get / GET k, closed
   loop at each of --conns connections;
-- publish -> subscribe: N subscribers on channel "bench", one publisher in a
-  closed loop; publishes/s, deliveries/s, delivery latency (receive time
-  minus the publisher's clock in the message);
+- publish -> subscribe: for each of --subscribers, N subscribers on
+  channel "bench", one publisher in a closed loop; publishes/s,
+  deliveries/s, delivery latency (receive time minus the publisher's clock
+  in the message). When --conns has 1, a line after the table sets each
+  server's deliveries/s beside the ceiling's ping at c=1 (one connection
+  in a closed loop, as the publisher is), same reps;
 - pipelined: --pipe-conns connections with 16 requests outstanding each, and
   beside it redis-benchmark -P 16 on the same redis (its own client);
 - kv.set with an fsync per commit (unless --no-fsync): a second ipcd with
@@ -92,6 +95,10 @@ def redis_benchmark(sock: Path, conns: int, seconds: float) -> dict[str, dict[st
     return out
 
 
+def pubsub_row(subscribers: int) -> str:
+    return f"publish->subscribe, {subscribers} subscriber{'' if subscribers == 1 else 's'}"
+
+
 def failures(name: str, samples: dict[str, list[dict]]) -> list[str]:
     """A line per server whose reps of row `name` had errors, failed checks, closes or lags."""
     out = []
@@ -108,11 +115,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3, help="measured seconds per rep [3]")
     ap.add_argument("--warmup", type=float, default=0.5, help="unmeasured seconds before each [0.5]")
     ap.add_argument("--conns", default="1,8,32", help="connection counts for the closed loops [1,8,32]")
-    ap.add_argument("--subscribers", type=int, default=8, help="subscribers for publish/subscribe [8]")
+    ap.add_argument("--subscribers", default="1,8", help="subscriber counts for publish/subscribe [1,8]")
     ap.add_argument("--pipe-conns", type=int, default=8, help="connections for the pipelined rows [8]")
     ap.add_argument("--no-fsync", dest="fsync", action="store_false", help="skip the fsync-per-commit table")
     a = ap.parse_args()
     conns = [int(c) for c in a.conns.split(",")]
+    subscribers = [int(n) for n in a.subscribers.split(",")]
     build_loadgen()
     have_rb = shutil.which("redis-benchmark") is not None
     timing = ("--seconds", a.seconds, "--warmup", a.warmup)
@@ -123,7 +131,8 @@ def main() -> None:
     for c in conns:
         for op in REQUESTS:
             rows.append((f"{op} c={c}", "rpc"))
-    rows.append((f"publish->subscribe, {a.subscribers} subscribers", "pubsub"))
+    for n in subscribers:
+        rows.append((pubsub_row(n), "pubsub"))
     for op in ("kv.set", "kv.get"):
         rows.append((f"{op} c={a.pipe_conns} pipelined 16", "pipe"))
 
@@ -153,9 +162,9 @@ def main() -> None:
                     for server in SERVERS:
                         r = run(server, "rpc", "--conns", c, "--check", "--request", reqs[server], *timing)
                         samples[f"{op} c={c}"][server].append(r)
-            name = f"publish->subscribe, {a.subscribers} subscribers"
-            for server in SERVERS:
-                samples[name][server].append(run(server, "pubsub", "--subscribers", a.subscribers, *timing))
+            for n in subscribers:
+                for server in SERVERS:
+                    samples[pubsub_row(n)][server].append(run(server, "pubsub", "--subscribers", n, *timing))
             for op in ("kv.set", "kv.get"):
                 name = f"{op} c={a.pipe_conns} pipelined 16"
                 for server in SERVERS:
@@ -197,6 +206,15 @@ def main() -> None:
         notes += failures(name, s)
     header = ["", "minimal", "redis", "ipcd", "ipcd/minimal", "ipcd/redis", "redis-benchmark -P 16"]
     print(table(header, out))
+    if 1 in conns:
+        ping = [r["requests_per_s"] for r in samples["ping c=1"]["minimal"]]
+        for count in subscribers:
+            ps = samples[pubsub_row(count)]
+            each = {srv: ratio([r["deliveries_per_s"] for r in ps[srv]], ping) for srv in ("ipcd", "minimal")}
+            print(
+                f"  {pubsub_row(count)}: deliveries/s against the ceiling's ping at c=1: "
+                f"ipcd {each['ipcd']}, minimal {each['minimal']}"
+            )
     if a.fsync:
         print()
         print('kv.set with an fsync per commit: ipcd [kv] durability = "fsync" (synchronous=FULL), redis')
