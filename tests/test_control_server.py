@@ -620,8 +620,11 @@ class Reader:
         self.theirs.settimeout(10.0)
         self.pumped: list[bytes] = []
         self.outbox: Outbox | None = None
+        self.gate = threading.Event()  # the pump's writes wait for it
+        self.gate.set()
 
     def send(self, data: bytes) -> None:
+        assert self.gate.wait(10)
         self.pumped.append(data)
         self.ours.sendall(data)
 
@@ -696,6 +699,29 @@ def test_what_the_socket_does_not_take_at_once_follows_from_the_queue_in_order()
         wait_for(lambda: box.sent == 2 and budget.held == 0, 5, "the pump to finish and give the bytes back")
         assert b"".join(r.pumped) == big[-rest:] + small
     finally:
+        r.close()
+
+
+def test_a_line_waits_for_the_pump_while_it_writes_or_holds_lines_ahead_of_it() -> None:
+    r = Reader()
+    try:
+        box = r.outbox = Outbox(r, 1024, 1 << 20)
+        a, b, c = b'{"n":"a"}\n', b'{"n":"b"}\n', b'{"n":"c"}\n'
+        r.gate.clear()
+        box.hold()
+        assert box.push("s", a)  # held: queued
+        box.release()
+        wait_for(lambda: box.queued == 0, 5, "the pump to take it")  # and wait at the gate to write it
+        assert box.queued_bytes == len(a)
+        assert box.push("s", b)  # the socket has room, but `a` is being written: b waits behind it
+        assert box.push("s", c)  # and c behind b
+        assert r.nothing_yet() and box.queued == 2
+        r.gate.set()
+        assert r.read(len(a + b + c)) == a + b + c
+        wait_for(lambda: box.sent == 3, 5, "the pump to count them")
+        assert b"".join(r.pumped) == a + b + c
+    finally:
+        r.gate.set()
         r.close()
 
 

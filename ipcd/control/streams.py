@@ -145,7 +145,7 @@ class Outbox:
         size of a reply that is never refused either.  False (queue it as
         usual) if the socket took nothing or is busy.
         """
-        if len(line) > SMALL_BYTES or self._q or self.queued_bytes or self._held or self._missed:
+        if len(line) > SMALL_BYTES or self.queued_bytes or self._held or self._missed:  # queued or being written
             return False
         try:
             n = self.conn.try_send(line)
