@@ -27,10 +27,10 @@ import pytest
 from conftest import Conn, Ipcd, needs_program, wait_for, wait_only_connection
 
 from ipcd.config import Config, parse
-from ipcd.control.access import Policy, make_policy
+from ipcd.control.access import Peer, Policy, make_policy
 from ipcd.control.app import App, Call, Deferred
 from ipcd.control.budget import SMALL_BYTES, QueueBudget
-from ipcd.control.connection import ClientConnection, send_nowait
+from ipcd.control.connection import ClientConnection
 from ipcd.control.handler import FLUSH_BYTES, timeval
 from ipcd.control.registry import Param, Registry
 from ipcd.control.server import ControlServer
@@ -539,6 +539,9 @@ class Stalled:
     def try_send(self, data: bytes) -> int:
         return 0  # never free at once: every line goes through the queue, which these tests are about
 
+    def finish_send(self, rest: bytes | None) -> None:
+        raise AssertionError("nothing was begun by try_send")
+
     def abort(self) -> None:
         try:
             self.ours.shutdown(socket.SHUT_RDWR)  # wakes a pump blocked in send
@@ -606,39 +609,35 @@ def test_a_follower_refused_by_the_budget_is_called_back_when_someone_reads() ->
         follower.close()
 
 
-class Reader:
-    """One end of a socketpair that the test reads: an outbox's connection, writing as a connection does.
+class Reader(ClientConnection):
+    """A real connection on one end of a socketpair, with an outbox; the test reads the other end.
 
-    `pumped` keeps what went out through the pump's `send`; what `try_send`
-    wrote at once, from the thread that pushed it, is not in it.
+    `pumped` keeps what the pump wrote (`send`, and `finish_send` for the
+    rest of a line begun at once); what `try_send` wrote from the thread
+    that pushed it is not in it.  The pump's writes wait for `gate`.
     """
 
     def __init__(self, sndbuf: int | None = None) -> None:
-        self.ours, self.theirs = socket.socketpair()
+        ours, self.theirs = socket.socketpair()
         if sndbuf is not None:
-            self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
+            ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
         self.theirs.settimeout(10.0)
+        super().__init__(ours, Peer(os.getpid(), os.getuid(), os.getgid(), role="admin"), None)  # type: ignore[arg-type]
         self.pumped: list[bytes] = []
-        self.outbox: Outbox | None = None
-        self.gate = threading.Event()  # the pump's writes wait for it
+        self.gate = threading.Event()
         self.gate.set()
 
     def send(self, data: bytes) -> None:
+        if threading.current_thread().name == "ipcd-outbox":
+            assert self.gate.wait(10)
+            self.pumped.append(data)
+        super().send(data)
+
+    def finish_send(self, rest: bytes | None) -> None:
         assert self.gate.wait(10)
-        self.pumped.append(data)
-        self.ours.sendall(data)
-
-    def try_send(self, data: bytes) -> int:
-        return send_nowait(self.ours.fileno(), data)
-
-    def abort(self) -> None:
-        try:
-            self.ours.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def stream_closed(self, stream: Any) -> None:
-        pass
+        if rest:
+            self.pumped.append(rest)
+        super().finish_send(rest)
 
     def read(self, n: int) -> bytes:
         data = b""
@@ -659,12 +658,8 @@ class Reader:
         return False
 
     def close(self) -> None:
-        if self.outbox is not None:
-            self.outbox.close()
-        self.abort()
-        if self.outbox is not None:
-            self.outbox.join(5)
-        self.ours.close()
+        self.gate.set()
+        super().close()
         self.theirs.close()
 
 
@@ -698,6 +693,26 @@ def test_what_the_socket_does_not_take_at_once_follows_from_the_queue_in_order()
         assert r.read(len(big) + len(small)) == big + small
         wait_for(lambda: box.sent == 2 and budget.held == 0, 5, "the pump to finish and give the bytes back")
         assert b"".join(r.pumped) == big[-rest:] + small
+    finally:
+        r.close()
+
+
+def test_a_reply_never_lands_in_a_notification_the_socket_took_only_part_of() -> None:
+    r = Reader(sndbuf=4096)
+    try:
+        box = r.outbox = Outbox(r, 1024, 1 << 20)
+        note = b'{"jsonrpc":"2.0","method":"message","params":"' + b"m" * 60_000 + b'"}\n'
+        reply = b'{"jsonrpc":"2.0","id":1,"result":{"pong":true}}\n'
+        r.gate.clear()  # the pump may not write the rest of the note yet
+        assert box.push("s", note)
+        assert 0 < box.queued_bytes < len(note)  # part of it is in the socket
+        box.hold()  # the connection's handler makes a reply and writes it, as `_answer` does
+        handler = threading.Thread(target=r.send, args=(reply,))
+        handler.start()
+        r.gate.set()
+        assert r.read(len(note) + len(reply)) == note + reply  # the rest first, then the reply
+        handler.join(10)
+        box.release()
     finally:
         r.close()
 

@@ -8,6 +8,7 @@ other end, as a client would.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ import pytest
 from conftest import wait_for
 from helpers_reader import big, path, reader, row, store
 
-from ipcd.control.connection import send_nowait
+from ipcd.control.access import Peer
+from ipcd.control.connection import ClientConnection
 from ipcd.control.streams import Outbox, Stream
 from ipcd.logs.filters import Filters
 from ipcd.logs.follow import PAGE, Follower, FollowHub, FollowLimits
@@ -27,33 +29,19 @@ from ipcd.logs.query import Reader
 __all__ = ["big", "path", "reader", "store"]  # the helpers' fixtures (the tests here use them, or their fixtures do)
 
 
-class Client:
-    """A real Outbox writing to one end of a socketpair; the test reads the other, as a client."""
+class Client(ClientConnection):
+    """A real connection and Outbox writing to one end of a socketpair; the test reads the other, as a client."""
 
     def __init__(self, queue: int = 1024, max_bytes: int = 8 << 20) -> None:
-        self.ours, self.theirs = socket.socketpair()
-        self.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        ours, self.theirs = socket.socketpair()
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         self.theirs.settimeout(10.0)
+        super().__init__(ours, Peer(os.getpid(), os.getuid(), os.getgid(), role="admin"), None)  # type: ignore[arg-type]
         self.outbox = Outbox(self, queue, max_bytes)
         self.buf = b""
 
     def stream(self) -> Stream:
         return Stream(self, "logs.follow")
-
-    def send(self, data: bytes) -> None:
-        self.ours.sendall(data)
-
-    def try_send(self, data: bytes) -> int:
-        return send_nowait(self.ours.fileno(), data)  # as a connection does (its write lock aside)
-
-    def abort(self) -> None:
-        try:
-            self.ours.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    def stream_closed(self, stream: Stream) -> None:
-        pass
 
     def read(self, n: int) -> list[dict[str, Any]]:
         out = []
@@ -65,10 +53,7 @@ class Client:
         return out
 
     def close(self) -> None:
-        self.outbox.close()
-        self.abort()
-        self.outbox.join(5.0)
-        self.ours.close()
+        super().close()
         self.theirs.close()
 
 

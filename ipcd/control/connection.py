@@ -83,12 +83,28 @@ class ClientConnection:
     def try_send(self, data: bytes) -> int:
         """Send what the socket takes at once, unless another write is under way: the bytes sent (0: none).
 
-        Never blocks, nor gives up the GIL (`send_nowait`); OSError if the peer is gone.
+        Never blocks, nor gives up the GIL (`send_nowait`); OSError if the
+        peer is gone.  If the socket took part of `data`, the write lock
+        stays held: nothing may be written between that part and the rest,
+        which the caller must hand to `finish_send` (from any thread).
         """
         if not self._wlock.acquire(blocking=False):
             return 0
         try:
-            return send_nowait(self.sock.fileno(), data)
+            sent = send_nowait(self.sock.fileno(), data)
+        except BaseException:
+            self._wlock.release()
+            raise
+        if not 0 < sent < len(data):
+            self._wlock.release()
+        return sent
+
+    def finish_send(self, rest: bytes | None) -> None:
+        """Write the rest of what `try_send` began (None: give it up, the connection is going), then
+        let go of the write lock, whatever happens."""
+        try:
+            if rest:
+                self.sock.sendall(rest)
         finally:
             self._wlock.release()
 
@@ -105,12 +121,13 @@ class ClientConnection:
         is written meanwhile (`handler.Later`).
         """
         ok = passed_on = False
+        sent = 0
         try:
             sent = self.try_send(data)
             if sent == len(data):
                 ok = True
                 return
-            rest = threading.Thread(target=self._send_rest, args=(data[sent:], done), name="ipcd-reply", daemon=True)
+            rest = threading.Thread(target=self._send_rest, args=(data, sent, done), name="ipcd-reply", daemon=True)
             rest.start()
             passed_on = True
         except OSError:
@@ -119,14 +136,19 @@ class ClientConnection:
             log.error("cannot start a thread to finish a reply; closing the connection")
         finally:
             if not passed_on:
+                if 0 < sent < len(data):
+                    self.finish_send(None)  # the write lock the first part kept
                 if not ok:
                     self.abort()
                 done(ok)
 
-    def _send_rest(self, data: bytes, done: Callable[[bool], None]) -> None:
+    def _send_rest(self, data: bytes, sent: int, done: Callable[[bool], None]) -> None:
         ok = False
         try:
-            self.send(data)
+            if sent:
+                self.finish_send(data[sent:])  # the write lock is held since the first part went (`try_send`)
+            else:
+                self.send(data)
             ok = True
         except OSError:
             pass  # the send timed out (idle_timeout_s) or the peer is gone

@@ -30,6 +30,8 @@ class Conn(Protocol):
 
     def try_send(self, data: bytes) -> int: ...
 
+    def finish_send(self, rest: bytes | None) -> None: ...
+
     def abort(self) -> None: ...
 
     def stream_closed(self, stream: Stream) -> None: ...
@@ -64,6 +66,7 @@ class Outbox:
         self.uid = uid
         self.queued_bytes = 0  # queued and being written
         self._q: deque[bytes] = deque()
+        self._rest: bytes | None = None  # the end of a line `_send_now` began: the socket's until it is out
         self._missed: dict[str, int] = {}
         self._cv = threading.Condition()
         self._held = 0
@@ -139,11 +142,14 @@ class Outbox:
         Nothing queued, nothing being written, no reply being made (`hold`),
         no lagged notice owed, and a line of at most `SMALL_BYTES`: then it
         goes out from the caller's thread, without a turn of the pump's.
-        What the socket does not take at once is queued first in line for
-        the pump and counted in the budget whatever its room: half a line
-        sent, the rest must follow, and it is less than `SMALL_BYTES`, the
-        size of a reply that is never refused either.  False (queue it as
-        usual) if the socket took nothing or is busy.
+        If the socket takes part of it, the connection's write lock stays
+        held (`try_send`) and the pump writes the rest before anything else
+        (`_rest`), held outbox or not: nothing, not even a reply, comes
+        between the two parts.  The rest is counted in the budget whatever
+        its room: half a line sent, the rest must follow, and it is less
+        than `SMALL_BYTES`, the size of a reply that is never refused
+        either.  False (queue it as usual) if the socket took nothing or is
+        busy.
         """
         if len(line) > SMALL_BYTES or self.queued_bytes or self._held or self._missed:  # queued or being written
             return False
@@ -156,11 +162,11 @@ class Outbox:
         if n == len(line):
             self.sent += 1
         else:
-            rest = line[n:]
+            self._rest = rest = line[n:]
+            self.queued_bytes += len(rest)  # so that what comes next waits behind it
             if self.budget is not None:
                 self.budget.take(self.uid, len(rest), force=True)
-            self._append(rest)  # counted as sent by the pump, once the rest is out
-            self._cv.notify_all()
+            self._cv.notify_all()  # counted as sent by the pump, once the rest is out
         return True
 
     def _flush_missed(self, stream: str) -> None:
@@ -197,17 +203,26 @@ class Outbox:
     def _pump(self) -> None:
         while True:
             with self._cv:
-                while not self._closed and (self._held or not (self._q or self._missed)):
+                while not self._closed and self._rest is None and (self._held or not (self._q or self._missed)):
                     self._cv.wait()
+                rest, self._rest = self._rest, None
                 if self._closed:
+                    if rest is not None:
+                        self.conn.finish_send(None)  # let go of the socket: the connection is going
                     return
-                if not self._q:
-                    for stream in list(self._missed):
-                        self._flush_missed(stream)
-                n = min(len(self._q), 256)
-                data = b"".join([self._q.popleft() for _ in range(n)])  # counted in queued_bytes until sent
+                if rest is not None:  # first, and even while a reply is being made: it waits for the socket
+                    data, n = rest, 1
+                else:
+                    if not self._q:
+                        for stream in list(self._missed):
+                            self._flush_missed(stream)
+                    n = min(len(self._q), 256)
+                    data = b"".join([self._q.popleft() for _ in range(n)])  # counted in queued_bytes until sent
             try:
-                self.conn.send(data)
+                if rest is not None:
+                    self.conn.finish_send(rest)
+                else:
+                    self.conn.send(data)
             except (OSError, ValueError):
                 # The reader is gone or stalled past the send timeout: cut it off.
                 self.conn.abort()
