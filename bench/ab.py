@@ -43,7 +43,6 @@ from pathlib import Path
 from benchlib import (
     PYTHON,
     REPO,
-    Server,
     build_loadgen,
     call,
     cell,
@@ -51,7 +50,7 @@ from benchlib import (
     machine,
     ratio,
     rpc_line,
-    rpc_ready,
+    start_ipcd,
     start_minimal_rpc,
     table,
     workdir,
@@ -96,22 +95,6 @@ def check_imports(tree: Path) -> None:
         sys.exit(f"{tree}: Python imports ipcd from {found.strip()}, not from this tree")
 
 
-def start_build(tree: Path, d: Path, name: str) -> tuple[Server, Path]:
-    """A fresh daemon of the tree's own code, in `d`; its control socket."""
-    d.mkdir(parents=True)
-    conf = d / "ipcd.toml"
-    conf.write_text("")
-    cmd = [PYTHON, "-m", "ipcd", "--runtime-dir", str(d / "r"), "--state-dir", str(d / "s"), "--config", str(conf)]
-    srv = Server(name, [*cmd, "--log-level", "warning"], log=d / "ipcd.log", cwd=tree, env=env_for(tree))
-    ctl = d / "r" / "ipcd.sock"
-    try:
-        srv.wait_ready(rpc_ready(ctl))
-    except BaseException:
-        srv.stop()
-        raise
-    return srv, ctl
-
-
 def rate(sock: Path, conns: int, seconds: float, warmup: float, request: str) -> float:
     timing = ("--seconds", seconds, "--warmup", warmup)
     r = loadgen("rpc", sock, "--conns", conns, *timing, "--check", "--request", request)
@@ -152,7 +135,7 @@ def main() -> None:
         for i, (build, name) in enumerate(zip(a.builds, names, strict=True)):
             tree = checkout(build, tmp, i, stack)
             check_imports(tree)
-            srv, socks[name] = start_build(tree, tmp / f"d{i}", name)
+            srv, socks[name], _ = start_ipcd(tmp / f"d{i}", name=name, cwd=tree, env=env_for(tree))
             stack.callback(srv.stop)
             call(socks[name], "kv.set", {"key": "k", "value": VALUE})  # the key a kv.get reads
         srv, ceiling = start_minimal_rpc(tmp / "m")

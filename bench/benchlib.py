@@ -189,8 +189,8 @@ def rpc_ready(path: Path) -> Callable[[], bool]:
     return lambda: call(path, "ping", timeout=2)["pong"] is True
 
 
-def start_ipcd(d: Path, config: str = "", name: str = "ipcd") -> tuple[Server, Path, Path]:
-    """A fresh ipcd in `d`; its control and log socket paths."""
+def start_ipcd(d: Path, config: str = "", name: str = "ipcd", **popen: Any) -> tuple[Server, Path, Path]:
+    """A fresh ipcd in `d`; its control and log socket paths (`popen`: e.g. the cwd and env of another tree)."""
     d.mkdir(parents=True, exist_ok=True)
     conf = d / "ipcd.toml"
     conf.write_text(config)
@@ -199,6 +199,7 @@ def start_ipcd(d: Path, config: str = "", name: str = "ipcd") -> tuple[Server, P
         name,
         [PYTHON, "-m", "ipcd", "--runtime-dir", run, "--state-dir", state, "--config", conf, "--log-level", "warning"],
         log=d / "ipcd.log",
+        **popen,
     )
     ctl = run / "ipcd.sock"
     try:
