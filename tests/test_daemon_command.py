@@ -1,4 +1,4 @@
-"""`ipcd.daemon.command`: the `ipcd` command line: --version, config errors (exit 78), --check-config."""
+"""`ipcd.daemon.command`: the `ipcd` command line: --version, config errors (exit 78), --check-config, --log-level."""
 
 from __future__ import annotations
 
@@ -47,3 +47,14 @@ def test_check_config_prints_effective_settings(make_ipcd) -> None:
     assert doc["control"]["max_connections"] == 9
     assert doc["control"]["socket_mode"] == "0660"
     assert doc["runtime_dir"] == str(d.run_dir)
+
+
+def test_log_level_option_wins_over_the_config_across_reloads(make_ipcd) -> None:
+    """`--log-level` outlasts a reload; without it, the config's level is what a reload sets."""
+    on_option: Ipcd = make_ipcd('[daemon]\nlog_level = "info"\n', name="option").start("--log-level", "error")
+    on_config: Ipcd = make_ipcd('[daemon]\nlog_level = "info"\n', name="config").start()
+    for d in (on_option, on_config):
+        assert d.call("reload")["reloaded"]
+        assert d.stop() == 0
+    assert "reloaded config from" in on_config.stderr()
+    assert "INFO" not in on_option.stderr(), on_option.stderr()

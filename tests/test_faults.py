@@ -109,6 +109,28 @@ def test_state_dir_full_then_space_returns(make_ipcd) -> None:
 
 
 @needs_root
+@needs_program("unshare", "mount")
+def test_a_reloaded_log_level_reaches_the_log_process(make_ipcd) -> None:
+    """The log process's own diagnostics follow `[daemon] log_level` on reload, as the control process's do:
+    at "error", its warning that the store is writable again is not shown (the test above sees it at "info")."""
+    d: Ipcd = make_ipcd("[log]\nrate_limit_burst = 0\n[store]\ncommit_interval_ms = 20\n")
+    start_on_tmpfs(d, "4m")
+    filler = Path(f"/proc/{d.proc.pid}/root") / str(d.state_dir).lstrip("/") / "filler"
+    fill(filler)
+    send_many(d.log_sock, 100, b"during")
+    wait_for(lambda: d.call("status")["store"]["writer"] == "failing", 20, "the store to report the failure")
+    d.config.write_text(d.config.read_text() + '[daemon]\nlog_level = "error"\n')
+    assert d.call("reload")["reloaded"]
+    filler.unlink()
+    wait_for(lambda: d.call("status")["store"]["writer"] == "ok", 20, "ipcd to recover by itself")
+    wait_for(lambda: d.call("status")["logs"]["pending"] == 0, 20, "the held entries to be written")
+    assert d.stop() == 0
+    err = d.stderr()
+    assert "cannot write the store" in err  # an error: shown at every level
+    assert "writable again" not in err, err
+
+
+@needs_root
 @pytest.mark.skipif(not os.path.exists("/dev/loop-control"), reason="needs loop devices (ext4 on a loop file)")
 @needs_program("mkfs.ext4", "unshare", "mount", "nsenter", "findmnt")
 def test_state_dir_turning_read_only(make_ipcd, short_tmp) -> None:

@@ -39,7 +39,7 @@ def run(runtime: str | None, state: str | None, config_file: str | None, log_lev
         cfg = config.load(paths.config_path, paths.config_named)
         if log_level is None:
             set_log_level(cfg.daemon.log_level)
-        d = Daemon(cfg, paths, notifier)
+        d = Daemon(cfg, paths, notifier, log_level)
     except ConfigError as e:
         log.error("config error: %s", e)
         notifier.failed_exit(f"config error: {e}", errno.EINVAL)
@@ -71,7 +71,9 @@ def run(runtime: str | None, state: str | None, config_file: str | None, log_lev
 @click.option("--runtime-dir", metavar="DIR", help="Where the sockets go [default: see README].")
 @click.option("--state-dir", metavar="DIR", help="Where the store goes.")
 @click.option("--config", "config_file", metavar="FILE", help="Config file (must exist).")
-@click.option("--log-level", type=click.Choice(config.LOG_LEVELS), help="Overrides daemon.log_level.")
+@click.option(
+    "--log-level", type=click.Choice(config.LOG_LEVELS), help="Overrides daemon.log_level, after a reload too."
+)
 @click.option("--check-config", is_flag=True, help="Load the config, print the effective settings, exit.")
 @click.pass_context
 def cli(

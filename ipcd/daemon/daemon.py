@@ -52,8 +52,11 @@ REGISTRY = Registry.join([control_methods.METHODS, log_methods.METHODS, state_me
 
 
 class Daemon:
-    def __init__(self, cfg: Config, paths: Paths, notifier: Notifier | None = None) -> None:
+    def __init__(
+        self, cfg: Config, paths: Paths, notifier: Notifier | None = None, log_level: str | None = None
+    ) -> None:
         self.cfg = cfg
+        self.log_level = log_level  # `--log-level`: wins over `[daemon] log_level`, reloads included
         self.paths = paths
         self.notifier = notifier or Notifier()
         self.instance = Instance(paths, os.geteuid())
@@ -223,9 +226,10 @@ class Daemon:
     def _apply(self, new: Config) -> None:
         self.cfg = new
         self.app.config = new
-        set_log_level(new.daemon.log_level)
+        level = self.log_level or new.daemon.log_level
+        set_log_level(level)
         if self.logs is not None:
-            self.logs.configure(new)
+            self.logs.configure(new, level)
         forward.reload(self.forward, new)
         metrics.reload(self.metrics, new)
         if self.kv is not None and self.kvdb is not None:

@@ -2,8 +2,8 @@
 
 Under systemd (JOURNAL_STREAM set) each line gets a `<N>` prefix, so that
 journald files it at the right priority (sd-daemon(3)); elsewhere a time,
-the pid and the level.  The level comes from `[daemon] log_level` or
-`--log-level`, and changes on reload.
+the pid and the level.  The level is `--log-level` if given, else
+`[daemon] log_level`, which a reload changes, in the log process too.
 """
 
 from __future__ import annotations

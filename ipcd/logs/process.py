@@ -161,10 +161,10 @@ class LogProcess:
                 return None
             return self._receive(timeout_s, (expect,))
 
-    def configure(self, cfg: Config) -> None:
-        """A reload's log and store settings; returns once the log process uses them."""
+    def configure(self, cfg: Config, log_level: str) -> None:
+        """A reload's log and store settings, and ipcd's own log level; returns once the log process uses them."""
         self.cfg = cfg
-        message = {"op": "configure", "log": cfg.log, "store": cfg.store}
+        message = {"op": "configure", "log": cfg.log, "store": cfg.store, "log_level": log_level}
         reply = self._request(message, REQUEST_TIMEOUT_S, "configured")
         if reply is None:
             log.error("the log process did not take the new settings")

@@ -119,6 +119,7 @@ def run(
         if msg["op"] == "configure":
             intake.configure(msg["log"])
             writer.cfg = msg["store"]
+            log.setLevel(msg["log_level"].upper())  # ipcd's own diagnostics, as the control process's
             send(chan, {"op": "configured"})
         elif msg["op"] == "stop":
             stop()
