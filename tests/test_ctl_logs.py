@@ -434,6 +434,22 @@ def test_follow(make_ipcd: Callable[..., Ipcd]) -> None:
         assert [json.loads(errors.out.next())["message"] for _ in range(2)] == ["live two", "live three"]
 
 
+def test_follow_more_than_a_backlog_holds(make_ipcd: Callable[..., Ipcd]) -> None:
+    """-f -n N past logs.follow's largest backlog (10000), and -f -n all: every one of them, then the live ones."""
+    d = make_ipcd(NO_LIMIT).start()
+    total = 10_050
+    send(d, *[b"<13>f: old %d" % i for i in range(total)])
+    wait_stored(d, total)
+    with (
+        streaming("--socket", d.sock, "logs", "-f", "-n", "10020", "-o", "cat") as some,
+        streaming("--socket", d.sock, "logs", "-f", "-n", "all", "-o", "cat") as every,
+    ):
+        assert [some.out.next() for _ in range(10_020)] == [f"old {i}" for i in range(30, total)]
+        assert [every.out.next() for _ in range(total)] == [f"old {i}" for i in range(total)]
+        send(d, b"<13>f: live")
+        assert (some.out.next(), every.out.next()) == ("live", "live")
+
+
 # --- ipcctl send ----------------------------------------------------------------------------------
 
 

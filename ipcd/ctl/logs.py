@@ -161,7 +161,8 @@ def _emit_json_list(entries: Iterable[Entry]) -> None:
     out.write("]\n")
 
 
-def _follow(opts: Opts, fmt: Formatter, filters: dict[str, Any], backlog: int) -> None:
+def _follow(opts: Opts, fmt: Formatter, filters: dict[str, Any], n: int | None) -> None:
+    """The newest `n` (None: all), then every entry as it is stored, until Ctrl-C."""
     last = {"id": 0}  # the last id shown, or the newest id when we started
 
     def start(c: Client, reconnected: bool) -> Iterable[Any]:
@@ -175,7 +176,11 @@ def _follow(opts: Opts, fmt: Formatter, filters: dict[str, Any], backlog: int) -
                 return c.logs(follow=True, **filters)
         newest = _page(c, {}, limit=1)
         last["id"] = newest[-1]["id"] if newest else 0
-        return c.logs(follow=True, **filters, backlog=backlog)
+        if n is not None and n <= PAGE:
+            return c.logs(follow=True, **filters, backlog=n)
+        # More than logs.follow's backlog holds: from the n-th newest on, as a resumed follow does.
+        nth = collections.deque(newest_first(c, filters, n), maxlen=1) if n is not None else None
+        return c.logs(follow=True, **filters, after_id=nth[0]["id"] - 1 if nth else 0)
 
     def handle(e: dict[str, Any]) -> bool:
         if e.get("lagged"):
@@ -251,7 +256,7 @@ def logs(
     fmt = Formatter("json" if opts.json else output, color=use_color() and not opts.json)
     try:
         if follow:
-            _follow(opts, fmt, filters, PAGE if n is None else min(n, PAGE))
+            _follow(opts, fmt, filters, n)
             return
         with opts.client() as c:
             entries = select(c, filters, n, reverse)
