@@ -49,3 +49,15 @@ def test_nothing_found_names_paths_tried(short_tmp) -> None:
     assert "/run/ipcd/ipcd.sock" in res.stderr
     if not IS_ROOT:
         assert str(short_tmp / "ipcd" / "ipcd.sock") in res.stderr
+
+
+def test_user_means_the_xdg_runtime_dir_whoever_runs_it(make_ipcd, short_tmp: Path) -> None:
+    """`--user`: $XDG_RUNTIME_DIR/ipcd/ipcd.sock (where the user units bind it), for root too."""
+    d: Ipcd = make_ipcd()
+    xdg = short_tmp / "xdg"
+    xdg.mkdir(mode=0o700)
+    d.run_dir = xdg / "ipcd"
+    d.start()
+    res = ipcctl("--user", "--json", "status", env={"XDG_RUNTIME_DIR": str(xdg)})
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["pid"] == d.proc.pid

@@ -1,8 +1,9 @@
 """Finding the daemon's sockets, connecting, and saying what went wrong.
 
 DESIGN.md "Socket resolution in ipcctl": `--socket` > $IPCD_SOCKET >
-$IPCD_RUNTIME_DIR/ipcd.sock > with `user`, the user instance's; else the
-system instance's if it exists, else the user instance's if that exists.
+$IPCD_RUNTIME_DIR/ipcd.sock > with `user`, the user instance's (in
+$XDG_RUNTIME_DIR/ipcd, for root too); else the system instance's if it
+exists, else the user instance's if that exists.
 The log socket is `--log-socket` > $IPCD_LOG_SOCKET > log.sock beside the
 control socket.  `explain` turns an `OSError` on either socket into an
 `Unreachable` or `AccessDenied` that names the socket and says what to do.
@@ -51,8 +52,10 @@ def resolve_socket(
         p = os.path.join(env["IPCD_RUNTIME_DIR"], dirs.CONTROL_SOCKET_NAME)
         return p, (p,)
     mine = user_socket(env, uid)
-    if user:
-        return mine, (mine,)
+    if user:  # the user manager's instance (systemd/user: %t/ipcd), root's too
+        xdg = env.get("XDG_RUNTIME_DIR")
+        p = os.path.join(xdg, "ipcd", dirs.CONTROL_SOCKET_NAME) if xdg else mine
+        return p, (p,)
     tried = (SYSTEM_SOCKET,) if mine == SYSTEM_SOCKET else (SYSTEM_SOCKET, mine)
     for p in tried:
         if os.path.exists(p):
