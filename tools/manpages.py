@@ -143,7 +143,7 @@ def _keys(cls: type, required: tuple[str, ...] = ()) -> Iterator[str]:
 
 def toml_page() -> str:
     lines = head("ipcd.toml", 5, "File Formats", "the ipcd configuration file")
-    lines += [".SH SYNOPSIS", "/etc/ipcd/ipcd.toml, $XDG_CONFIG_HOME/ipcd/ipcd.toml", ".SH DESCRIPTION", _TOML_TEXT]
+    lines += [".SH SYNOPSIS", _TOML_SYNOPSIS, ".SH DESCRIPTION", _TOML_TEXT]
     for section, cls in config.SECTIONS.items():
         lines.append(f'.SH "[{section}]"')
         lines += _keys(cls)
@@ -202,12 +202,23 @@ _IPCD_TAIL = "\n".join(
         ".TP\n.B 78\nconfig error (EX_CONFIG): the message names the file, the line and the key",
         ".SH FILES",
         ".TP\n.I /run/ipcd/ipcd.sock, /run/ipcd/log.sock\nthe sockets of the system instance",
+        ".TP\n.I /run/ipcd/ipcd.lock\nheld with flock(2) while ipcd runs: one instance per runtime directory",
         ".TP\n.I /var/lib/ipcd/ipcd.db, /var/lib/ipcd/kv.db\nthe log store and the key/value state",
+        ".TP\n.I /var/lib/ipcd/forward.db\nthe forwarding targets' cursors, once a [[forward]] target exists",
         ".TP\n.I /etc/ipcd/ipcd.toml\nthe config file, see",
         ".BR ipcd.toml (5)",
+        ".PP",
+        "A user instance keeps the same names in its own directories (see ENVIRONMENT).",
         ".SH ENVIRONMENT",
-        ".TP\n.B IPCD_RUNTIME_DIR, IPCD_STATE_DIR, IPCD_CONFIG\nthe directories and the config file",
-        ".TP\n.B LISTEN_FDS, LISTEN_FDNAMES, NOTIFY_SOCKET, WATCHDOG_USEC\nfrom systemd",
+        ".TP\n.B IPCD_RUNTIME_DIR, IPCD_STATE_DIR, IPCD_CONFIG\nthe directories and the config file, after "
+        "\\-\\-runtime\\-dir, \\-\\-state\\-dir and \\-\\-config",
+        ".TP\n.B RUNTIME_DIRECTORY, STATE_DIRECTORY, CONFIGURATION_DIRECTORY\n"
+        "from systemd (the first, if it names several): the runtime dir, the state dir, the directory of ipcd.toml",
+        ".TP\n.B XDG_RUNTIME_DIR, XDG_STATE_HOME, XDG_CONFIG_HOME, HOME\n"
+        "for a user other than root: $XDG_RUNTIME_DIR/ipcd (else /tmp/ipcd\\-UID), $XDG_STATE_HOME/ipcd "
+        "(else ~/.local/state/ipcd), $XDG_CONFIG_HOME/ipcd/ipcd.toml (else ~/.config/ipcd/ipcd.toml)",
+        ".TP\n.B LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID, NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID\nfrom systemd",
+        ".TP\n.B JOURNAL_STREAM\nset: each diagnostic line on stderr starts with its <N> priority prefix",
         ".SH SEE ALSO",
         ".BR ipcctl (1),",
         ".BR ipcd.toml (5),",
@@ -216,10 +227,26 @@ _IPCD_TAIL = "\n".join(
     ]
 )
 _TOML_TEXT = esc(
+    "ipcd reads the first file of SYNOPSIS that applies, unless ipcd --config or $IPCD_CONFIG names "
+    "one (which must then exist); a missing default file means the defaults. "
     "TOML; every section and every key is optional, but for name and type in a [[forward]] table. "
     "An unknown section or key, or a value of the wrong type or out of range, stops ipcd (a reload keeps the old config) with an error naming the file, the line "
     'and the key. Modes are strings ("0660") or TOML octal (0o660). ipcd --check-config '
     "prints the effective settings."
+)
+_TOML_SYNOPSIS = "\n".join(
+    [
+        ".I $CONFIGURATION_DIRECTORY/ipcd.toml",
+        "(systemd's ConfigurationDirectory=)",
+        ".br",
+        ".I /etc/ipcd/ipcd.toml",
+        "(root)",
+        ".br",
+        ".I $XDG_CONFIG_HOME/ipcd/ipcd.toml",
+        "or, without XDG_CONFIG_HOME,",
+        ".I ~/.config/ipcd/ipcd.toml",
+        "(other users)",
+    ]
 )
 _FORWARD_TEXT = esc(
     "One [[forward]] table per target the log is forwarded to, at least once and in id order; none by default. "
