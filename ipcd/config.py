@@ -317,7 +317,7 @@ def split_address(address: str) -> tuple[str, str, int]:
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    """The effective settings, as `ipcd --print-config` shows them."""
+    """The effective settings, as `ipcd --check-config` shows them."""
     out: dict[str, Any] = {}
     for name in SECTIONS:
         sec = getattr(cfg, name)
