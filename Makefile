@@ -43,7 +43,7 @@ units: $(STAMP)
 	systemd-analyze security --offline=true --threshold=15 .units/ipcd.service | tail -1
 	rm -rf .units
 
-# Every benchmark beside its baselines (bench/README.md); BENCH_ARGS="--seconds 1 -n 100000" for a quick look.
+# Five benchmarks beside their baselines (bench/run_all.py, bench/README.md); BENCH_ARGS="--seconds 1 -n 100000" for a quick look.
 bench: $(STAMP)
 	cc -O2 -Wall -Wextra -o bench/loadgen bench/loadgen.c -lpthread
 	$(BIN)/python bench/run_all.py $(BENCH_ARGS)

@@ -1,11 +1,12 @@
-"""Every ipcd benchmark in turn: control, intake, isolation, kv, forward; each figure beside its baselines.
+"""Five ipcd benchmarks in turn: control, intake, isolation, kv, forward; each figure beside its baselines.
 
     make bench                                   # builds bench/loadgen, then this
     .venv/bin/python bench/run_all.py [--reps 3] [--seconds 3] [-n 1000000] [--only control,kv]
 
 Each runner is a process of its own (bench/control.py, intake.py,
 isolation.py, kv.py, forward.py: see their docstrings and bench/README.md); one that
-fails is reported and the others still run.  Takes a while at the defaults
+fails is reported and the others still run.  overload.py, hotpath.py,
+kv_writer.py and ab.py are not among them: run those on their own.  Takes a while at the defaults
 (about 20 minutes on 2 cores): use --seconds 1 -n 100000 for a quick look.
 """
 

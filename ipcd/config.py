@@ -36,6 +36,7 @@ MiB = 1024 * 1024
 LOG_LEVELS = ("debug", "info", "warning", "error")
 DURABILITY = ("normal", "fsync")
 FORWARD_TYPES = ("syslog", "journald")
+FORWARD_REQUIRED = ("name", "type")  # the keys a [[forward]] table must have
 JOURNAL_SOCKET = "/run/systemd/journal/socket"  # systemd-journald.socket, sd_journal_sendv(3)
 _ADDRESS = re.compile(
     r"(?P<scheme>tcp|tls|udp)://(?:\[(?P<ip6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9_.-]+)):(?P<port>\d{1,5})"
@@ -139,13 +140,25 @@ class MetricsConfig:
 class ForwardConfig:
     """One `[[forward]]` table: a target the log is forwarded to (DESIGN.md "Forwarding")."""
 
-    name: str = _opt("", "target", doc="unique; names the target in status and metrics")
-    type: str = _opt("", "forward_type", doc="syslog or journald", choices=FORWARD_TYPES)
-    address: str = _opt("", "str", doc="tcp://, tls://, udp://HOST:PORT; unix:///path (journald)")
-    priority: int | None = _opt(None, "severity", doc="that level and more severe")
-    ident: list[str] = _opt([], "strs")
-    unit: list[str] = _opt([], "strs", doc="the sender's systemd unit")
-    uid: list[int] = _opt([], "uids", doc="the sender's trusted uid")
+    name: str = _opt(
+        "",
+        "target",
+        doc="unique, 1 to 64 of A-Z a-z 0-9 _ . - (a letter or digit first); "
+        "names the target in status, metrics and forward.db",
+    )
+    type: str = _opt("", "forward_type", doc="RFC 5424 syslog, or journald's native protocol", choices=FORWARD_TYPES)
+    address: str = _opt(
+        "",
+        "str",
+        doc="syslog: tcp://, tls:// or udp://HOST:PORT, required; "
+        f"journald: unix:///path, default unix://{JOURNAL_SOCKET}",
+    )
+    priority: int | None = _opt(
+        None, "severity", doc="a level name (emerg to debug) or 0 to 7: that level and more severe; unset: any level"
+    )
+    ident: list[str] = _opt([], "strs", doc="the sender's ident is one of these; empty: any")
+    unit: list[str] = _opt([], "strs", doc="the sender's systemd unit is one of these; empty: any")
+    uid: list[int] = _opt([], "uids", doc="the sender's trusted uid is one of these; empty: any")
     ca_file: str = _opt("", "path", doc="tls:// only: CA certificates (default: the system's)")
     server_name: str = _opt("", "str", doc="tls:// only: the name the certificate must carry (default: HOST)")
     max_message_bytes: int = _opt(
@@ -255,7 +268,7 @@ def _forwards(value: Any, text: str, path: str) -> list[ForwardConfig]:
     for n, table in enumerate(value, 1):
         key = f"forward[{n}]"
         target = _section(ForwardConfig, key, table, text, path, functools.partial(forward_line, text, n))
-        for required in ("name", "type"):
+        for required in FORWARD_REQUIRED:
             if not getattr(target, required):
                 raise ConfigError("missing (required)", path, forward_line(text, n, None), f"{key}.{required}")
         try:
@@ -304,7 +317,7 @@ def split_address(address: str) -> tuple[str, str, int]:
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:
-    """The effective settings, as `ipcd --print-config` shows them."""
+    """The effective settings, as `ipcd --check-config` shows them."""
     out: dict[str, Any] = {}
     for name in SECTIONS:
         sec = getattr(cfg, name)

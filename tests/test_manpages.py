@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
 import runpy
 import shutil
 import subprocess
 
 import pytest
 from conftest import ROOT
+
+from ipcd import config
 
 PAGES = ROOT / "ipcd" / "manpages"
 GENERATOR = runpy.run_path(str(ROOT / "tools" / "manpages.py"))
@@ -38,6 +41,11 @@ def test_pages_cover_every_command_and_key() -> None:
     toml = (PAGES / "ipcd.toml.5").read_text()
     for key in ("max_connections", "rate_limit_burst", "max_entries", "max_value_bytes", "admin_uids"):
         assert f".B {key.replace('_', '_')}" in toml, key
+    forward = toml.split('.SH "[[forward]]"\n', 1)[1]
+    for f in dataclasses.fields(config.ForwardConfig):
+        assert f".B {f.name}\n" in forward, f.name
+    assert '"info" (one of debug, info, warning, error)' in toml
+    assert '"normal" (one of normal, fsync)' in toml
     assert "install\\-units" in (PAGES / "ipcd.8").read_text()
 
 

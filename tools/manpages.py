@@ -4,9 +4,10 @@
     python tools/manpages.py --check    # exit 1 if a page is not current
 
 The commands' synopses, options and help come from the click commands
-(`ipcd.ctl.cli.cli`, `ipcd.daemon.command.cli`); the config keys, their
-defaults, ranges and docs from `ipcd.config`'s dataclasses.  What the code
-cannot say (exit codes, files, environment, signals) is written here once.
+(`ipcd.ctl.cli.cli`, `ipcd.daemon.command.cli`); the config keys (the
+sections and the `[[forward]]` table), their defaults, ranges, allowed values
+and docs from `ipcd.config`'s dataclasses.  What the code cannot say (exit
+codes, files, environment, signals) is written here once.
 The pages are shipped in the package (`ipcd/manpages`), so that `ipcd
 install-units` can install them; a test checks they are current and that
 `groff -man -ww -z` finds nothing to warn about.
@@ -105,6 +106,8 @@ def ipcd_page() -> str:
 
 def _default(f: dataclasses.Field[object]) -> str:
     value = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    if value is None:
+        return "unset"
     if f.metadata.get("kind") == "mode" and isinstance(value, int):
         return f'"{value:04o}"'
     if isinstance(value, str):
@@ -120,20 +123,31 @@ def _num(value: object) -> str:
     return str(value) if value is not None else "-"
 
 
+_KINDS = {"target": "name", "forward_type": "type", "strs": "strings"}  # kinds whose name says little
+
+
+def _keys(cls: type, required: tuple[str, ...] = ()) -> Iterator[str]:
+    """A section's keys: the kind, the default (or required), the range or the values allowed, the doc."""
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        what = "required" if f.name in required else f"default {_default(f)}"
+        if meta.get("min") is not None or meta.get("max") is not None:
+            what += f" ({_num(meta.get('min'))} to {_num(meta.get('max'))})"
+        if meta.get("choices"):
+            what += f" (one of {', '.join(meta['choices'])})"
+        kind = _KINDS.get(meta.get("kind", ""), meta.get("kind", ""))
+        yield f".TP\n.B {esc(f.name)}\n{esc(kind)}, {esc(what)}"
+        if meta.get("doc"):
+            yield f"\\(em {esc(meta['doc'])}"
+
+
 def toml_page() -> str:
     lines = head("ipcd.toml", 5, "File Formats", "the ipcd configuration file")
-    lines += [".SH SYNOPSIS", "/etc/ipcd/ipcd.toml, $XDG_CONFIG_HOME/ipcd/ipcd.toml", ".SH DESCRIPTION", _TOML_TEXT]
+    lines += [".SH SYNOPSIS", _TOML_SYNOPSIS, ".SH DESCRIPTION", _TOML_TEXT]
     for section, cls in config.SECTIONS.items():
         lines.append(f'.SH "[{section}]"')
-        for f in dataclasses.fields(cls):
-            meta = f.metadata
-            rng = ""
-            if meta.get("min") is not None or meta.get("max") is not None:
-                rng = f" ({_num(meta.get('min'))} to {_num(meta.get('max'))})"
-            doc = meta.get("doc") or ""
-            lines.append(f".TP\n.B {esc(f.name)}\n{esc(meta.get('kind', ''))}, default {esc(_default(f))}{esc(rng)}")
-            if doc:
-                lines.append(f"\\(em {esc(doc)}")
+        lines += _keys(cls)
+    lines += ['.SH "[[forward]]"', _FORWARD_TEXT, *_keys(config.ForwardConfig, config.FORWARD_REQUIRED)]
     lines.append(_TOML_TAIL)
     return "\n".join(lines) + "\n"
 
@@ -188,12 +202,23 @@ _IPCD_TAIL = "\n".join(
         ".TP\n.B 78\nconfig error (EX_CONFIG): the message names the file, the line and the key",
         ".SH FILES",
         ".TP\n.I /run/ipcd/ipcd.sock, /run/ipcd/log.sock\nthe sockets of the system instance",
+        ".TP\n.I /run/ipcd/ipcd.lock\nheld with flock(2) while ipcd runs: one instance per runtime directory",
         ".TP\n.I /var/lib/ipcd/ipcd.db, /var/lib/ipcd/kv.db\nthe log store and the key/value state",
+        ".TP\n.I /var/lib/ipcd/forward.db\nthe forwarding targets' cursors, once a [[forward]] target exists",
         ".TP\n.I /etc/ipcd/ipcd.toml\nthe config file, see",
         ".BR ipcd.toml (5)",
+        ".PP",
+        "A user instance keeps the same names in its own directories (see ENVIRONMENT).",
         ".SH ENVIRONMENT",
-        ".TP\n.B IPCD_RUNTIME_DIR, IPCD_STATE_DIR, IPCD_CONFIG\nthe directories and the config file",
-        ".TP\n.B LISTEN_FDS, LISTEN_FDNAMES, NOTIFY_SOCKET, WATCHDOG_USEC\nfrom systemd",
+        ".TP\n.B IPCD_RUNTIME_DIR, IPCD_STATE_DIR, IPCD_CONFIG\nthe directories and the config file, after "
+        "\\-\\-runtime\\-dir, \\-\\-state\\-dir and \\-\\-config",
+        ".TP\n.B RUNTIME_DIRECTORY, STATE_DIRECTORY, CONFIGURATION_DIRECTORY\n"
+        "from systemd (the first, if it names several): the runtime dir, the state dir, the directory of ipcd.toml",
+        ".TP\n.B XDG_RUNTIME_DIR, XDG_STATE_HOME, XDG_CONFIG_HOME, HOME\n"
+        "for a user other than root: $XDG_RUNTIME_DIR/ipcd (else /tmp/ipcd\\-UID), $XDG_STATE_HOME/ipcd "
+        "(else ~/.local/state/ipcd), $XDG_CONFIG_HOME/ipcd/ipcd.toml (else ~/.config/ipcd/ipcd.toml)",
+        ".TP\n.B LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID, NOTIFY_SOCKET, WATCHDOG_USEC, WATCHDOG_PID\nfrom systemd",
+        ".TP\n.B JOURNAL_STREAM\nset: each diagnostic line on stderr starts with its <N> priority prefix",
         ".SH SEE ALSO",
         ".BR ipcctl (1),",
         ".BR ipcd.toml (5),",
@@ -202,10 +227,31 @@ _IPCD_TAIL = "\n".join(
     ]
 )
 _TOML_TEXT = esc(
-    "TOML; every key is optional. An unknown section or key, or a value of the wrong type or out "
-    "of range, stops ipcd (a reload keeps the old config) with an error naming the file, the line "
+    "ipcd reads the first file of SYNOPSIS that applies, unless ipcd --config or $IPCD_CONFIG names "
+    "one (which must then exist); a missing default file means the defaults. "
+    "TOML; every section and every key is optional, but for name and type in a [[forward]] table. "
+    "An unknown section or key, or a value of the wrong type or out of range, stops ipcd (a reload keeps the old config) with an error naming the file, the line "
     'and the key. Modes are strings ("0660") or TOML octal (0o660). ipcd --check-config '
     "prints the effective settings."
+)
+_TOML_SYNOPSIS = "\n".join(
+    [
+        ".I $CONFIGURATION_DIRECTORY/ipcd.toml",
+        "(systemd's ConfigurationDirectory=)",
+        ".br",
+        ".I /etc/ipcd/ipcd.toml",
+        "(root)",
+        ".br",
+        ".I $XDG_CONFIG_HOME/ipcd/ipcd.toml",
+        "or, without XDG_CONFIG_HOME,",
+        ".I ~/.config/ipcd/ipcd.toml",
+        "(other users)",
+    ]
+)
+_FORWARD_TEXT = esc(
+    "One [[forward]] table per target the log is forwarded to, at least once and in id order; none by default. "
+    "name and type are required. The filters (priority, ident, unit, uid) are optional; all given must match. "
+    "An error names the table by its place, counting from 1 (forward[2].address)."
 )
 _TOML_TAIL = "\n".join([".SH SEE ALSO", ".BR ipcd (8),", ".BR ipcctl (1)"])
 

@@ -293,7 +293,7 @@ class Client:
         return sub
 
     def unsubscribe(self, channels: str | Iterable[str] | None = None) -> list[str]:
-        """Stop listening to `channels` (all if None); the channels left.
+        """Stop listening to `channels` (all if None); the channels unsubscribed from.
 
         Nothing from them is yielded after this returns, even if it was
         already on its way; with no channel left, the iteration ends.

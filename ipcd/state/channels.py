@@ -44,7 +44,7 @@ class Channels:
             return sorted(sub.channels)
 
     def unsubscribe(self, sub: Subscription, channels: list[str] | None = None) -> list[str]:
-        """Drop `channels` (all if None) from `sub`; the channels it left."""
+        """Drop `channels` (all if None) from `sub`; the channels unsubscribed from."""
         with self._lock:
             gone = sorted(sub.channels if channels is None else sub.channels & set(channels))
             for ch in gone:

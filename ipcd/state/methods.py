@@ -176,7 +176,7 @@ MAX_CHANNEL_NAMES = 1000
 @METHODS.method(
     "unsubscribe",
     role="read",
-    doc="Stop receiving from `channels` (all of them if absent); the channels left.",
+    doc="Stop receiving from `channels` (all of them if absent); the channels unsubscribed from.",
     params=(Param("channels", "strings"),),
 )
 def unsubscribe(call: Call, channels: list[str] | None) -> dict[str, Any]:
