@@ -22,6 +22,10 @@ is). Three columns are printed:
 
 - each build's req/s (or deliveries/s), as the median (min-max) of the
   reps;
+- the server process's CPU time per request (the median of the reps; of
+  ipcd, its control process's, not the log process's), from
+  /proc/PID/stat over each figure's warmup and measured seconds, at the
+  measured rate;
 - each build against the ceiling's ping;
 - each build against the first BUILD.
 
@@ -38,7 +42,9 @@ import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from benchlib import (
     PYTHON,
@@ -46,8 +52,11 @@ from benchlib import (
     build_loadgen,
     call,
     cell,
+    cpu_seconds,
+    fmt,
     loadgen,
     machine,
+    median,
     ratio,
     rpc_line,
     start_ipcd,
@@ -130,25 +139,36 @@ def main() -> None:
     build_loadgen()
     names = [f"{i + 1}: {b}" for i, b in enumerate(a.builds)]
     figures: dict[tuple[int, str], list[float]] = {}
+    cpu_us: dict[tuple[int, str], list[float]] = {}  # the server's CPU per request
     with workdir("ib-ab-") as tmp, contextlib.ExitStack() as stack:
         socks: dict[str, Path] = {}
+        pids: dict[str, int] = {}
         for i, (build, name) in enumerate(zip(a.builds, names, strict=True)):
             tree = checkout(build, tmp, i, stack)
             check_imports(tree)
             srv, socks[name], _ = start_ipcd(tmp / f"d{i}", name=name, cwd=tree, env=env_for(tree))
             stack.callback(srv.stop)
+            pids[name] = srv.pid
             call(socks[name], "kv.set", {"key": "k", "value": VALUE})  # the key a kv.get reads
         srv, ceiling = start_minimal_rpc(tmp / "m")
         stack.callback(srv.stop)
+        pids["ceiling"] = srv.pid
+
+        def measure(c: int, name: str, run: Callable[..., float], *args: Any) -> None:
+            before = cpu_seconds(pids[name])
+            got = run(*args)
+            used = cpu_seconds(pids[name]) - before
+            figures.setdefault((c, name), []).append(got)
+            cpu_us.setdefault((c, name), []).append(used / (got * (a.seconds + a.warmup)) * 1e6)
+
         for rep in range(a.reps):
             for c in conns:
-                figures.setdefault((c, "ceiling"), []).append(rate(ceiling, c, a.seconds, a.warmup, REQUESTS["ping"]))
+                measure(c, "ceiling", rate, ceiling, c, a.seconds, a.warmup, REQUESTS["ping"])
                 for name in names:
                     if a.subscribers:
-                        got = deliveries(socks[name], a.subscribers, a.seconds, a.warmup)
+                        measure(c, name, deliveries, socks[name], a.subscribers, a.seconds, a.warmup)
                     else:
-                        got = rate(socks[name], c, a.seconds, a.warmup, request)
-                    figures.setdefault((c, name), []).append(got)
+                        measure(c, name, rate, socks[name], c, a.seconds, a.warmup, request)
             print(f"  (rep {rep + 1}/{a.reps} done)", file=sys.stderr, flush=True)
     print()
     what = a.request if a.request in REQUESTS else request
@@ -160,12 +180,13 @@ def main() -> None:
     rows = []
     for c in conns:
         ping = figures[(c, "ceiling")]
-        rows.append([f"c={c}  ceiling ping", cell(ping), "", ""])
+        rows.append([f"c={c}  ceiling ping", cell(ping), fmt(median(cpu_us[(c, "ceiling")]), 1), "", ""])
         first = figures[(c, names[0])]
         for name in names:
             x = figures[(c, name)]
-            rows.append([f"c={c}  {name}", cell(x), ratio(x, ping), ratio(x, first) if name != names[0] else ""])
-    print(table(["", "per s", "/ ceiling ping", "/ build 1"], rows))
+            cpu = fmt(median(cpu_us[(c, name)]), 1)
+            rows.append([f"c={c}  {name}", cell(x), cpu, ratio(x, ping), ratio(x, first) if name != names[0] else ""])
+    print(table(["", "per s", "CPU us each", "/ ceiling ping", "/ build 1"], rows))
 
 
 if __name__ == "__main__":

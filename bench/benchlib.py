@@ -276,6 +276,13 @@ def pin(pid: int, cpus: set[int]) -> None:
 ALL_CPUS = os.sched_getaffinity(0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """The CPU time (user + system) `pid` has used, its ended threads included (not its children)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (proc(5))
+
+
 @contextlib.contextmanager
 def pinned(pid: int, cpu: int) -> Iterator[None]:
     pin(pid, {cpu})
