@@ -285,6 +285,19 @@ def test_watch_streams_changes_under_its_prefix(ipcd: Ipcd) -> None:
     wait_for(lambda: ipcd.call("status")["kv"]["watchers"] == 0, 2, "the closed watcher to go")
 
 
+def test_a_watch_prefix_is_at_most_a_keys_length(ipcd: Ipcd) -> None:
+    """A watch holds its prefix for as long as it lasts: 256 characters at most, as a key (a longer one matches none)."""
+    longest = "😀" * 256
+    with ipcd.conn() as w, ipcd.conn() as c:
+        err = w.call("kv.watch", {"prefix": longest + "x"})
+        assert err["code"] == -32602 and err["data"] == {"param": "prefix"}, err
+        assert "at most 256 characters" in err["message"]
+        assert c.call("status")["kv"]["watchers"] == 0
+        assert w.call("kv.watch", {"prefix": longest}) == {"watching": longest}
+        set_(c, longest, 1)
+        assert w.recv_json()["params"] == {"key": longest, "op": "set", "value": 1, "version": 1}
+
+
 # -- roles -------------------------------------------------------------------------
 
 

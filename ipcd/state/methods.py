@@ -41,6 +41,12 @@ def _names(values: list[str]) -> list[str]:
     return values
 
 
+def _prefix(value: str) -> str:
+    if len(value) > MAX_KEY_CHARS:  # held for as long as the watch lasts: bounded, as a key is
+        raise ValueError(f"at most {MAX_KEY_CHARS} characters, as a key (a longer prefix matches no key)")
+    return value
+
+
 KEY = Param("key", "string", required=True, check=_key, doc=f"1 to {MAX_KEY_CHARS} printable characters")
 
 
@@ -100,7 +106,7 @@ def kv_delete(call: Call, key: str) -> Deferred:
     role="read",
     stream=True,
     doc="Stream kv.change notifications (key, op: set/delete/expire, value, version) under `prefix`.",
-    params=(Param("prefix", "string", default=""),),
+    params=(Param("prefix", "string", default="", check=_prefix, doc=f"at most {MAX_KEY_CHARS} characters"),),
 )
 def kv_watch(call: Call, prefix: str) -> dict[str, Any]:
     stream = call.conn.open_stream("kv.watch")
