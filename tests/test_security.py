@@ -274,6 +274,19 @@ def test_pipelined_requests_from_a_peer_that_never_reads_cost_little(make_ipcd) 
         assert me.call("ping")["pong"]
 
 
+def test_a_plain_command_line_of_a_mebibyte_is_read_in_linear_time(make_ipcd) -> None:
+    """A plain command (for socat) as long as a request line may be: answered within the connection's
+    deadline of 10 s, where splitting it the way shlex does would take about 18 s."""
+    d: Ipcd = make_ipcd().start()
+    word = "x" * 1_000_000  # a string of 1,000,002 bytes as JSON: under max_value_bytes (1 MiB)
+    with d.conn() as c:
+        c.send(b"kv.set big " + word.encode() + b"\n")
+        assert c.recv_json()["result"]["version"] == 1
+        c.send(b"kv.set big '" + word.encode() + b"' x\n")  # one word too many: the error, as fast
+        assert c.recv_json()["error"]["code"] == -32602
+        assert c.call("kv.get", {"key": "big"})["value"] == word
+
+
 def test_a_connections_channels_count_as_streams(make_ipcd) -> None:
     """#10 item 10: 300k channels on one connection added 160 MB; kv.watch and follows were capped, channels not."""
     d: Ipcd = make_ipcd("[control]\nmax_streams_per_connection = 5\n").start()

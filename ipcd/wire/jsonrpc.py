@@ -27,10 +27,10 @@ from __future__ import annotations
 import json
 import math
 import re
-import shlex
 from typing import Any, NamedTuple
 
 from ipcd.errors import InvalidRequest, LimitReached, ParseError, RpcError
+from ipcd.wire import shellwords
 
 JSONRPC = "2.0"
 
@@ -292,7 +292,7 @@ def _parse_plain(line: bytes) -> Message:
     except UnicodeDecodeError:
         return Invalid(ParseError("parse error: not UTF-8"))
     try:
-        words = shlex.split(text)
+        words = shellwords.split(text)
     except ValueError as e:
         return Invalid(ParseError(f"parse error: {e}"))
     if not words:
