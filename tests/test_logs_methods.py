@@ -442,6 +442,22 @@ def test_followers_do_not_cost_a_thread_each(make_ipcd: Callable[..., Ipcd]) -> 
     assert_clean_log(d)
 
 
+def test_a_follows_filters_count_as_streams_one_per_kib(make_ipcd: Callable[..., Ipcd]) -> None:
+    """A follow holds its filters' texts as long as it lasts: it counts one stream, plus one for each KiB
+    (UTF-8) of its idents, units and pattern, against max_streams_per_connection."""
+    d = make_ipcd("[control]\nmax_streams_per_connection = 4\n").start()
+    kib = [c * 1024 for c in "abcd"]  # names of 1 KiB, all different (the same name twice is kept once)
+    with d.conn() as a, d.conn() as b:
+        follow = {"ident": kib[:2], "unit": kib[2], "grep": "y" * 100}
+        assert a.call("logs.follow", follow) == {"following": True, "backlog": 0}
+        err = a.call("kv.watch")  # 1 + 3 streams: the connection's all
+        assert err["code"] == -32002 and err["data"]["limit"] == "max_streams_per_connection", err
+        err = b.call("logs.follow", {"ident": kib})  # 1 + 4
+        assert err["code"] == -32002 and err["data"]["limit"] == "max_streams_per_connection", err
+        assert b.call("logs.follow", {"ident": [*kib[:3], kib[3][1:]]})["following"]  # 4095 bytes: 1 + 3
+        assert b.call("logs.follow", {"ident": "x"})["code"] == -32002
+
+
 def test_follow_after_id_resumes_with_no_gap_and_no_repeat(make_ipcd: Callable[..., Ipcd]) -> None:
     d = make_ipcd(NO_LIMIT).start()
     send(d, *[b"<13>%s: %d" % (b"odd" if i % 2 else b"even", i) for i in range(1, 31)])

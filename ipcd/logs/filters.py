@@ -125,6 +125,11 @@ class Filters:
     after_id: int | None = None  # only ids above it
     before_id: int | None = None  # only ids below it
 
+    def text_bytes(self) -> int:
+        """The UTF-8 bytes of the filter's texts (idents, units, the pattern): what a follower holds of it."""
+        texts = [*(self.idents or ()), *(self.units or ()), *((self.grep,) if self.grep is not None else ())]
+        return sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+
     def where(self) -> tuple[str, list[Any]]:
         """The SQL for every filter but `grep` and the id bounds.
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from ipcd.control.app import App, Call
 from ipcd.control.registry import Param, Registry
-from ipcd.errors import InvalidParams, PermissionDenied
+from ipcd.errors import InvalidParams, LimitReached, PermissionDenied
 from ipcd.logs.filters import MAX_LIMIT, MAX_NAMES, Filters, make_filters, parse_names, parse_priority, parse_time
 from ipcd.logs.follow import Follower, FollowHub, FollowLimits
 from ipcd.logs.grep import MAX_PATTERN_CHARS, compile_grep
@@ -120,6 +120,9 @@ def logs_query(call: Call, limit: int, after_id: int | None, before_id: int | No
     return jsonrpc.Raw(text)
 
 
+FILTER_BYTES_PER_STREAM = 1024  # streams are budgeted at about 1.2 KiB each (README "Memory")
+
+
 def _limits(app: App) -> Any:
     def limits() -> FollowLimits:
         cfg = app.config  # read at each turn: a reload applies to live followers
@@ -160,7 +163,13 @@ def logs_follow(call: Call, backlog: int, after_id: int | None, **params: Any) -
         first, sent_back = call.app.get(Reader).backlog_start(f, backlog, head, timeout_s, _pool_uid(call))
         if first is not None:
             cursor = first - 1
-    follower = Follower(f, call.conn.open_stream("logs.follow"), cursor, _limits(call.app))
+    stream = call.conn.open_stream("logs.follow")
+    try:  # held as long as the follow lasts: one stream, plus one for each KiB of its filters' texts
+        call.conn.weigh(stream, 1 + f.text_bytes() // FILTER_BYTES_PER_STREAM)
+    except LimitReached:
+        stream.close()
+        raise
+    follower = Follower(f, stream, cursor, _limits(call.app))
     hub.add(follower)
     call.conn.on_close(lambda: hub.remove(follower))
     return {"following": True, "backlog": sent_back}
