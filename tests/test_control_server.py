@@ -559,6 +559,53 @@ class Stalled:
         self.theirs.close()
 
 
+def test_the_queue_budget_bounds_each_uid_and_all_together_at_the_edge() -> None:
+    """A non-admin uid holds at most half of max_queued_bytes, all together at most all of it; an admin is
+    counted, never refused; a uid that holds nothing is bounded by the total only (a long line still goes)."""
+    budget = QueueBudget(lambda: 1000)
+    assert budget.take(1, 500) and not budget.take(1, 1)  # a uid's half, exactly
+    assert budget.take(2, 499) and budget.take(3, 1)  # the total, exactly
+    assert not budget.take(3, 1) and not budget.take(4, 1)  # past it, for every uid
+    assert budget.refused == 3
+    assert budget.take(None, 10) and budget.held == 1010
+    budget.give(2, 499)
+    assert budget.take(4, 489) and not budget.take(5, 1)  # 500 + 1 + 10 + 489: the total again
+    budget.give(1, 500)
+    budget.give(4, 489)
+    assert budget.take(6, 989) and not budget.take(6, 1)  # held nothing: up to the total (11 held), once
+    assert budget.refused == 5
+
+
+def test_status_counts_queue_refusals_and_large_requests_that_waited(serve: Callable[..., Served]) -> None:
+    s = serve()
+    budget, gate = s.server.budget, s.server.gate
+    limit = s.server.app.config.control.max_inflight_request_bytes
+    assert not budget.take(1000, s.server.app.config.control.max_queued_bytes + 1)  # past the total
+    held, entered = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with gate.enter(1000, limit):
+            held.set()
+            entered.wait(10)
+
+    def waiter() -> None:
+        with gate.enter(1001, 1):
+            pass
+
+    first = threading.Thread(target=hold)
+    first.start()
+    held.wait(10)
+    second = threading.Thread(target=waiter)
+    second.start()
+    wait_for(lambda: s.server.connections_status()["large_requests_waited"] == 1, 5, "the second request to wait")
+    entered.set()
+    first.join(10)
+    second.join(10)
+    assert not second.is_alive() and gate.busy == 0
+    st = s.server.connections_status()
+    assert (st["queue_refused"], st["large_requests_waited"]) == (1, 1)
+
+
 def test_an_outbox_counts_what_it_is_writing_and_its_uids_share_of_the_budget() -> None:
     # The issue: a subscriber that never read held 620 MB of 1 MiB publishes. The queue's bound
     # counts the lines the pump is writing too, and the budget bounds all of one uid's outboxes.

@@ -149,6 +149,8 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
             "refused": self.refused,
             "max": cfg.max_connections,
             "queued_bytes": self.budget.held,
+            "queue_refused": self.budget.refused,  # replies, notifications, unfinished lines (max_queued_bytes)
+            "large_requests_waited": self.gate.waited,  # lines over 4 KiB (max_inflight_request_bytes)
         }
 
     def requests_status(self) -> dict[str, int]:

@@ -166,6 +166,24 @@ def _daemon(m: Metrics, st: dict[str, Any]) -> list[Family]:
         _one("ipcd_connections_max", "gauge", "[control] max_connections.", conns.get("max")),
         _one("ipcd_connections", "counter", "Control connections accepted.", conns["total"]),
         _one("ipcd_connections_refused", "counter", "Control connections refused at a limit.", conns.get("refused")),
+        _one(
+            "ipcd_queued_bytes",
+            "gauge",
+            "Bytes held for control readers (max_queued_bytes).",
+            conns.get("queued_bytes"),
+        ),
+        _one(
+            "ipcd_queue_refused",
+            "counter",
+            "Replies, notifications and request lines refused at max_queued_bytes (a uid's half or the total).",
+            conns.get("queue_refused"),
+        ),
+        _one(
+            "ipcd_large_requests_waited",
+            "counter",
+            "Request lines over 4 KiB that waited for max_inflight_request_bytes.",
+            conns.get("large_requests_waited"),
+        ),
         req,
         err,
     ]
