@@ -1020,6 +1020,18 @@ def test_idle_timeout(make_ipcd) -> None:
         assert busy.call("ping")["pong"]
 
 
+def test_a_connection_with_a_stream_open_may_stay_silent_past_the_idle_timeout(make_ipcd) -> None:
+    d: Ipcd = make_ipcd("[control]\nidle_timeout_s = 0.3\n").start()
+    with d.conn() as watcher:
+        assert watcher.call("kv.watch", {"prefix": "w/"}) == {"watching": "w/"}
+        with d.conn() as quiet:  # silent since after the watcher's last word: cut after it would be
+            assert quiet.recv_json()["error"]["data"]["limit"] == "idle_timeout_s"
+            assert quiet.at_eof()
+        d.call("kv.set", {"key": "w/x", "value": 1})
+        assert watcher.recv_json()["params"]["key"] == "w/x"  # still open, still told
+        assert watcher.call("ping")["pong"]
+
+
 def test_half_line_counts_as_idle(make_ipcd) -> None:
     d: Ipcd = make_ipcd("[control]\nidle_timeout_s = 0.2\n").start()
     with d.conn() as c:
