@@ -352,6 +352,8 @@ EDGES = [
     ("logs.query", {"limit": 10_001}, -32602),
     ("logs.query", {"limit": 0}, -32602),
     ("logs.follow", {"after_id": 2**63 - 1}, "follow"),
+    ("logs.follow", {"backlog": 10_000}, "follow 5"),  # all 5 there are, first
+    ("logs.follow", {"backlog": 10_001}, -32602),
     ("logs.follow", {"after_id": 2, "backlog": 2}, -32602),
     ("logs.follow", {"since": "9999-12-31T19:00:00"}, -32602),
     ("logs.follow", {"grep": "a{4294967296}"}, -32602),
@@ -367,6 +369,8 @@ def test_bad_values_at_their_edges(est: Ipcd, method: str, params: dict[str, Any
         assert reply["code"] == -32602, reply
     elif expect == "follow":
         assert reply == {"following": True, "backlog": 0}
+    elif expect == "follow 5":
+        assert reply == {"following": True, "backlog": 5}
     elif isinstance(expect, int):
         assert len(reply["entries"]) == expect, reply
     else:
