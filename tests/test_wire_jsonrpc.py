@@ -974,3 +974,12 @@ def test_encode_round_trip(value: Any) -> None:
     line = jsonrpc.encode(jsonrpc.result(1, value))
     assert line.count(b"\n") == 1
     assert jsonrpc.loads(line)["result"] == value
+
+
+@FUZZ
+@given(st.none() | st.integers() | st.text(max_size=8) | st.floats(allow_nan=False, allow_infinity=False), JSON)
+def test_result_line_is_the_whole_reply_encoded(req_id: Any, value: Any) -> None:
+    """The envelope is written as text, the id and the result encoded: the same text as the whole reply's."""
+    assert jsonrpc.result_line(req_id, value) == jsonrpc.dumps({"jsonrpc": "2.0", "id": req_id, "result": value})
+    raw = jsonrpc.Raw(jsonrpc.dumps(value))
+    assert jsonrpc.result_line(req_id, raw) == jsonrpc.dumps({"jsonrpc": "2.0", "id": req_id, "result": value})
