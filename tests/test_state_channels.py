@@ -128,6 +128,24 @@ def test_unsubscribe_on_the_same_connection(ipcd: Ipcd) -> None:
         for bad in ([], [""], ["x" * 257], ["a\nb"], "a", [1]):
             assert s.call("subscribe", {"channels": bad})["code"] == -32602, bad
         assert p.call("publish", {"channel": "", "message": 1})["code"] == -32602
+        assert s.call("subscribe", {"channels": ["é" * 256]}) == {"channels": ["a", "é" * 256]}  # at the edge
+        assert publish(p, "é" * 256, 5) == 1
+        err = p.call("publish", {"channel": "é" * 257, "message": 1})
+        assert err["code"] == -32602 and err["data"] == {"param": "channel"}, err
+
+
+def test_channels_lists_at_most_1000(ipcd: Ipcd) -> None:
+    names = [f"c{i:04d}" for i in range(1001)]
+    conns = [ipcd.conn() for _ in range(5)]  # 256 streams each at most: a channel counts one
+    try:
+        for k, c in enumerate(conns):
+            assert c.call("subscribe", {"channels": names[k * 250 : (k + 1) * 250]})["channels"]
+        assert ipcd.call("status")["channels"]["channels"] == 1001
+        assert ipcd.call("channels")["channels"] == names[:1000]  # the first 1000, sorted
+        assert ipcd.call("channels", {"prefix": "c1"})["channels"] == ["c1000"]
+    finally:
+        for c in conns:
+            c.close()
 
 
 SUBSCRIBER = """
