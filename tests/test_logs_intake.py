@@ -363,6 +363,8 @@ def test_bad_bytes_are_kept_and_counted(make_ipcd: Callable[..., Ipcd]) -> None:
         "malformed": 2,
         "dropped": 0,
         "pending": 0,
+        "senders": 1,
+        "senders_shared": 0,
         "followers": 0,
     }
     got = [(e["ident"], e["message"], e["format"]) for e in query(d)]
@@ -415,6 +417,8 @@ def test_status_logs_and_store_sections(make_ipcd: Callable[..., Ipcd]) -> None:
         "malformed": 0,
         "dropped": 0,
         "pending": 0,
+        "senders": 0,
+        "senders_shared": 0,
         "followers": 0,
     }
     store = st["store"]
@@ -429,6 +433,8 @@ def test_status_logs_and_store_sections(make_ipcd: Callable[..., Ipcd]) -> None:
         "malformed": 2,
         "dropped": 0,
         "pending": 0,
+        "senders": 1,
+        "senders_shared": 0,
         "followers": 0,
     }
     assert st["store"]["entries"] == 4

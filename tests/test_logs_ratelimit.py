@@ -6,8 +6,11 @@ daemon, the one paced sleep (waiting out a rate-limit window) says so.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from conftest import Ipcd, needs_program, wait_for
@@ -115,6 +118,27 @@ def test_rate_limit_burst_0_is_off_and_configure_applies() -> None:
 
 
 # --- against a real ipcd --------------------------------------------------------------------------
+
+
+SEND_ONE = (
+    "import socket, sys; socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(sys.argv[2].encode(), sys.argv[1])"
+)
+
+
+def test_max_senders_at_its_edge_and_the_senders_past_it_share_their_uids_window(
+    make_ipcd: Callable[..., Ipcd], short_tmp: Path
+) -> None:
+    """16 commands (the least max_senders) get a window each; the 17th shares its uid's, and status says so."""
+    d = make_ipcd(config="[log]\nmax_senders = 16\n").start()
+    for i in range(17):  # a command name of its own each: a link to the interpreter, named for it
+        exe = short_tmp / f"sender-{i:02d}"
+        exe.symlink_to(sys.executable)
+        assert (
+            subprocess.run([str(exe), "-S", "-c", SEND_ONE, d.log_sock, f"<13>s: from {i}"], timeout=30).returncode == 0
+        )
+        st = wait_stored(d, i + 1)["logs"]
+        assert (st["senders"], st["senders_shared"]) == ((i + 1, 0) if i < 16 else (17, 1))  # 16 own, 1 shared, (i, st)
+    assert {e["sender_comm"] for e in query(d, limit=100)} == {f"sender-{i:02d}" for i in range(17)}
 
 
 @needs_program("logger")

@@ -196,6 +196,7 @@ LOG_COUNTERS = {
     "truncated": "Datagrams longer than max_datagram_bytes, stored cut.",
     "malformed": "Datagrams with a bad PRI or empty.",
     "dropped": "Entries dropped while the store could not be written.",
+    "senders_shared": "Senders put in their uid's rate-limit window: the windows were at max_senders.",
 }
 
 
@@ -205,6 +206,11 @@ def _logs(m: Metrics, st: dict[str, Any]) -> list[Family]:
     if lg is not None:
         out += [_one(f"ipcd_log_{k}", "counter", h, lg.get(k)) for k, h in LOG_COUNTERS.items()]
         out.append(_one("ipcd_log_pending", "gauge", "Entries read and not committed yet.", lg.get("pending")))
+        out.append(
+            _one(
+                "ipcd_log_senders", "gauge", "Rate-limit windows kept (max_senders, then one a uid).", lg.get("senders")
+            )
+        )
     sto = st.get("store")
     if sto is not None:
         out += [

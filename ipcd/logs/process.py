@@ -184,7 +184,17 @@ class LogProcess:
 
     def logs_status(self) -> dict[str, int]:
         s = self.shared.snapshot()
-        keys = ("received", "stored", "rate_limited", "truncated", "malformed", "dropped", "pending")
+        keys = (
+            "received",
+            "stored",
+            "rate_limited",
+            "truncated",
+            "malformed",
+            "dropped",
+            "pending",
+            "senders",
+            "senders_shared",
+        )
         return {**{k: s[k] for k in keys}, "followers": len(self.hub)}
 
     def store_status(self) -> dict[str, Any]:

@@ -28,7 +28,7 @@ CRIT_FACTOR = 4
 
 
 class RateLimiter:
-    __slots__ = ("burst", "interval_s", "max_windows", "_windows", "suppressed_total")
+    __slots__ = ("burst", "interval_s", "max_windows", "_windows", "suppressed_total", "shared")
 
     def __init__(self, burst: int, interval_s: float, max_windows: int = 16384) -> None:
         self.burst = burst  # 0: no limit
@@ -37,6 +37,7 @@ class RateLimiter:
         # key -> [window start, messages in window, suppressed in window, crit messages in window]
         self._windows: dict[Hashable, list[float]] = {}
         self.suppressed_total = 0
+        self.shared = 0  # senders given `fallback` by `key_for`: the table was full
 
     def configure(self, burst: int, interval_s: float, max_windows: int = 16384) -> None:
         self.burst = burst
@@ -47,7 +48,13 @@ class RateLimiter:
         """`key`, unless it has no window and the table is full: then `fallback`."""
         if len(self._windows) < self.max_windows or key in self._windows:
             return key
+        self.shared += 1
         return fallback
+
+    @property
+    def windows(self) -> int:
+        """The windows kept now (at most `max_windows`, fallbacks included)."""
+        return len(self._windows)
 
     def check(self, key: Hashable, priority: int, now: float) -> tuple[bool, int]:
         """(let this message through?, suppressed count of the window just ended)."""

@@ -30,6 +30,8 @@ COUNTERS: tuple[str, ...] = (
     "writer_state",  # 0 ok, 1 failing (retrying), 2 dead
     "failures",
     "oldest_us",  # the time the oldest entry was received, in microseconds (0: the store is empty)
+    "senders",  # rate-limit windows kept now
+    "senders_shared",  # senders put in their uid's window since start: the windows were at max_senders
 )
 # Histograms (metrics): a slot per bucket (not cumulative), the last one +Inf, and the sum in ns.
 HISTOGRAMS = (

@@ -64,6 +64,8 @@ class Publisher:
                 "writer_state": state,
                 "failures": w.failures,
                 "oldest_us": int(w.oldest() * 1e6),
+                "senders": i.limiter.windows,
+                "senders_shared": i.limiter.shared,
             }
         )
         self.shared.beat()
