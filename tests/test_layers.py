@@ -167,6 +167,7 @@ CLIENT_SIDE = {
     "ipcd.wire",
     "ipcd.wire.jsonrpc",
     "ipcd.wire.priority",
+    "ipcd.wire.shellwords",
 }
 
 
@@ -211,6 +212,7 @@ CTL_SIDE = {
     "ipcd.wire",
     "ipcd.wire.jsonrpc",
     "ipcd.wire.priority",
+    "ipcd.wire.shellwords",
 }
 
 
