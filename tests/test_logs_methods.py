@@ -491,6 +491,14 @@ def test_follow_after_id_too_far_back_skips_ahead_and_says_so(make_ipcd: Callabl
         lagged, *rest = notes(c, 6)
         assert lagged["method"] == "lagged" and lagged["params"] == {"stream": "logs.follow", "missed": 15}
         assert entry_ids(rest) == [16, 17, 18, 19, 20]
+    with d.conn() as c:  # follow_max_lag behind, exactly: nothing skipped
+        assert c.call("logs.follow", {"after_id": 15})["following"]
+        assert entry_ids(notes(c, 5)) == [16, 17, 18, 19, 20]
+        assert c.call("ping")["pong"]  # the next line is the reply: no lagged came
+    with d.conn() as c:  # one more: one skipped
+        assert c.call("logs.follow", {"after_id": 14})["following"]
+        lagged, *rest = notes(c, 6)
+        assert lagged["params"] == {"stream": "logs.follow", "missed": 1} and entry_ids(rest) == [16, 17, 18, 19, 20]
 
 
 # --- the params, against a live daemon ------------------------------------------------------------
