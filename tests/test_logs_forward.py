@@ -292,6 +292,22 @@ def test_udp_one_message_per_datagram(make_ipcd: Callable[..., Ipcd]) -> None:
         rx.close()
 
 
+def test_a_message_cut_at_max_message_bytes_is_counted(make_ipcd: Callable[..., Ipcd]) -> None:
+    rx = UdpReceiver()
+    try:
+        d = make_ipcd(target("cut", f"udp://127.0.0.1:{rx.port}", "max_message_bytes = 2048\n")).start()
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(d.log_sock)
+            s.send(b"<13>tag: " + b"x" * 3000)
+            s.send(b"<13>tag: short")
+        long, short = rx.receive(2)
+        assert len(long) == 2048 and long.endswith(b"x" * 100) and short.endswith(b" short")
+        wait_for(lambda: fstatus(d, "cut")["cursor"] == 2, 10, "both sent")
+        assert fstatus(d, "cut")["cut"] == 1
+    finally:
+        rx.close()
+
+
 def test_journald_protocol_with_a_memfd_for_a_big_entry(make_ipcd: Callable[..., Ipcd], short_tmp: Path) -> None:
     path = short_tmp / "journal.sock"
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as journal:

@@ -73,6 +73,21 @@ def test_rfc5424_cuts_the_message_at_a_character_boundary() -> None:
     assert len(msg) >= 2046
 
 
+def test_a_cut_is_counted_once_at_its_edge() -> None:
+    cuts: list[int] = []
+
+    def fmt(**fields: object) -> bytes:
+        return rfc5424.format_entry(entry(**fields), "h", 2048, lambda: cuts.append(1))
+
+    head = len(fmt(message=""))
+    exact = fmt(message="x" * (2048 - head - 1))  # the MSG fills max_message_bytes to the byte
+    assert len(exact) == 2048 and not cuts
+    assert len(fmt(message="x" * (2048 - head))) == 2048 and len(cuts) == 1  # one byte more: cut
+    sd = json.dumps({"ex@1": {"a": "v" * 3000}})
+    assert b"ex@1" not in fmt(message="short", structured_data=sd) and len(cuts) == 2  # left out whole
+    assert len(fmt(message="y" * 5000, structured_data=sd)) == 2048 and len(cuts) == 3  # both: once
+
+
 def test_octet_counting_frame() -> None:
     assert rfc5424.frame(b"<13>1 - - - - - - hi") == b"20 <13>1 - - - - - - hi"
     assert rfc5424.frame("é".encode()) == b"2 \xc3\xa9"  # octets, not characters

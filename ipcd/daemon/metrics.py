@@ -244,6 +244,9 @@ def _forward(m: Metrics, st: dict[str, Any]) -> list[Family]:
         "sent": Family("ipcd_forward_sent", "counter", "Entries written to the target (resent ones too)."),
         "errors": Family("ipcd_forward_errors", "counter", "Failed connections and sends."),
         "missed": Family("ipcd_forward_missed", "counter", "Entries removed by retention before they were forwarded."),
+        "cut": Family(
+            "ipcd_forward_cut", "counter", "Messages sent cut at max_message_bytes (MSG or structured data)."
+        ),
     }
     for t in targets:
         labels = (("target", t["name"]), ("type", t["type"]))

@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ipcd.logs.store import StoredEntry
@@ -104,9 +105,10 @@ def timestamp(claimed: str | None, received: float) -> str:
     return _utc(received)
 
 
-def format_entry(e: StoredEntry, hostname: str, max_bytes: int) -> bytes:
+def format_entry(e: StoredEntry, hostname: str, max_bytes: int, on_cut: Callable[[], None] | None = None) -> bytes:
     """One RFC 5424 message, at most `max_bytes` (>= 2048, so that the header always fits;
-    the MSG is cut at a character boundary)."""
+    the MSG is cut at a character boundary).  `on_cut` is called if something was left out:
+    the end of the MSG, or the sender's structured data."""
     pri = e.facility * 8 + e.priority  # §6.2.1
     trusted = "".join(
         f' {name}="{sd_value(value)}"'
@@ -125,15 +127,17 @@ def format_entry(e: StoredEntry, hostname: str, max_bytes: int) -> bytes:
         f'[{SD_ID} id="{e.id}"{trusted}]'
     ).encode("utf-8", "replace")
     theirs = _original_sd(e.structured_data).encode("utf-8", "replace")
-    if len(head) + len(theirs) < max_bytes:  # else the sender's own structured data is left out, never cut
+    cut = len(head) + len(theirs) >= max_bytes
+    if not cut:  # else the sender's own structured data is left out, never cut
         head += theirs
-    if not e.message:
-        return head
-    msg = e.message.encode("utf-8", "replace")
+    msg = e.message.encode("utf-8", "replace") if e.message else b""
     room = max_bytes - len(head) - 1
     if len(msg) > room:
         msg = msg[: max(room, 0)].decode("utf-8", "ignore").encode("utf-8")  # never half a character
-    return head + b" " + msg
+        cut = True
+    if cut and on_cut is not None:
+        on_cut()
+    return head + b" " + msg if msg else head
 
 
 def frame(message: bytes) -> bytes:

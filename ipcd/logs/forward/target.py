@@ -79,6 +79,7 @@ class Target:
         self.sent = 0
         self.errors = 0
         self.missed = 0
+        self.cut = 0  # messages sent without the end of their MSG or the sender's structured data
         self.failures = 0  # in a row, since the last delivery
         self.last_error: str | None = None
         self.where, self.args = _where(cfg)
@@ -136,7 +137,11 @@ class Target:
             "errors": self.errors,
             "last_error": self.last_error,
             "missed": self.missed,
+            "cut": self.cut,
         }
+
+    def _count_cut(self) -> None:
+        self.cut += 1
 
     def close(self) -> None:
         if self.link is not None:
@@ -261,7 +266,8 @@ class Target:
             if rows is None:
                 return
             data = b"".join(
-                rfc5424.frame(rfc5424.format_entry(e, self.hostname, self.cfg.max_message_bytes)) for e in rows
+                rfc5424.frame(rfc5424.format_entry(e, self.hostname, self.cfg.max_message_bytes, self._count_cut))
+                for e in rows
             )
             self._out, self._pos, self._out_count = memoryview(data), 0, len(rows)
 
@@ -303,7 +309,9 @@ class Target:
             if self.scheme == "unix":
                 self._dgrams.extend((e.id, journald.format_entry(e)) for e in rows)
             else:
-                self._dgrams.extend((e.id, rfc5424.format_entry(e, self.hostname, max_bytes)) for e in rows)
+                self._dgrams.extend(
+                    (e.id, rfc5424.format_entry(e, self.hostname, max_bytes, self._count_cut)) for e in rows
+                )
             self._dgrams.append((self.read_pos, None))
 
     def _next_rows(self, head: int, store: Store) -> list[StoredEntry] | None:
