@@ -285,6 +285,9 @@ def test_a_plain_command_line_of_a_mebibyte_is_read_in_linear_time(make_ipcd) ->
         c.send(b"kv.set big '" + word.encode() + b"' x\n")  # one word too many: the error, as fast
         assert c.recv_json()["error"]["code"] == -32602
         assert c.call("kv.get", {"key": "big"})["value"] == word
+        c.send(b"kv.set" + b" a" * 500_000 + b"\n")  # each word would be tried as JSON: refused first
+        err = c.recv_json()["error"]
+        assert err["code"] == -32700 and "at most 1024 arguments" in err["message"], err
 
 
 def test_a_connections_channels_count_as_streams(make_ipcd) -> None:

@@ -10,6 +10,7 @@ import json
 import os
 import random
 import sys
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -983,3 +984,22 @@ def test_result_line_is_the_whole_reply_encoded(req_id: Any, value: Any) -> None
     assert jsonrpc.result_line(req_id, value) == jsonrpc.dumps({"jsonrpc": "2.0", "id": req_id, "result": value})
     raw = jsonrpc.Raw(jsonrpc.dumps(value))
     assert jsonrpc.result_line(req_id, raw) == jsonrpc.dumps({"jsonrpc": "2.0", "id": req_id, "result": value})
+
+
+def test_a_plain_command_takes_at_most_max_plain_args_arguments() -> None:
+    msg = parse_line(b"subscribe" + b" c" * jsonrpc.MAX_PLAIN_ARGS)
+    assert isinstance(msg, Request) and len(msg.params) == jsonrpc.MAX_PLAIN_ARGS
+    over = parse_line(b"subscribe" + b" c" * (jsonrpc.MAX_PLAIN_ARGS + 1))
+    assert isinstance(over, Invalid) and over.error.code == PARSE_ERROR
+    assert f"at most {jsonrpc.MAX_PLAIN_ARGS} arguments" in over.error.message
+
+
+def test_too_deep_costs_no_memory_per_escape() -> None:
+    data = b"[" + b"[]," * 70 + b'"' + b"\\n" * (1 << 19) + b'"]'  # brackets enough to be read: 2 deep
+    tracemalloc.start()
+    try:
+        assert jsonrpc.too_deep(data) is False
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 << 20, peak

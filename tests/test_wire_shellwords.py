@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import shlex
+import tracemalloc
 
 import pytest
 
@@ -57,3 +58,22 @@ def test_a_word_of_a_mebibyte() -> None:
     assert shellwords.split("kv.set k '" + "x" * n + "'") == ["kv.set", "k", "x" * n]
     assert shellwords.split("kv.set k " + "\\y" * (n // 2)) == ["kv.set", "k", "y" * (n // 2)]
     assert shellwords.split("a " * (n // 2)) == ["a"] * (n // 2)
+
+
+def test_a_limit_reads_the_first_words_only() -> None:
+    assert shellwords.split("a b 'c d' e", 3) == ["a", "b", "c d"]
+    assert shellwords.split("a b 'never closed", 2) == ["a", "b"]  # the rest is not read
+    assert shellwords.split("a b", 3) == ["a", "b"]
+
+
+def test_escapes_in_quotes_cost_no_memory_each() -> None:
+    """A regular expression that may backtrack keeps a record per escape: 150 MB for a MiB of them."""
+    text = 'kv.set k "' + "\\a" * (1 << 19) + '"'
+    tracemalloc.start()
+    try:
+        words = shellwords.split(text)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert words[2] == "\\a" * (1 << 19)  # in "...", \a stays as typed
+    assert peak < 8 << 20, peak

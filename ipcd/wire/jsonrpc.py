@@ -168,8 +168,9 @@ def dumps(value: Any) -> str:
     return "".join(_c_encode(value, 0))
 
 
-# A JSON string, escapes and all (the unrolled form: no alternation per character).
-_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+# A JSON string, escapes and all (the unrolled form: no alternation per character; possessive, so
+# that the engine keeps no backtracking record per escape: 150 bytes each, a MiB line's worth of them).
+_JSON_STRING = re.compile(rb'"[^"\\]*+(?:\\.[^"\\]*+)*+"')
 # Everything but the brackets, deleted; what is left: "(" for [ and {, ")" for ] and }.
 _BRACKETS = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[{]}"))
@@ -227,6 +228,10 @@ def parse_line(line: bytes) -> Parsed | None:
 
 
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+# Each argument of a plain command is tried as JSON, and a failed try costs an exception: the
+# words are bounded, so that a MiB of `a a a ...` costs milliseconds, not seconds.  No method
+# takes more than a dozen params; a plain `subscribe` takes its channels as the rest.
+MAX_PLAIN_ARGS = 1024
 
 
 def has_lone_surrogate(value: Any) -> bool:
@@ -292,11 +297,13 @@ def _parse_plain(line: bytes) -> Message:
     except UnicodeDecodeError:
         return Invalid(ParseError("parse error: not UTF-8"))
     try:
-        words = shellwords.split(text)
+        words = shellwords.split(text, MAX_PLAIN_ARGS + 2)  # the method, the arguments, one too many
     except ValueError as e:
         return Invalid(ParseError(f"parse error: {e}"))
     if not words:
         return Invalid(ParseError("parse error: empty command"))
+    if len(words) > MAX_PLAIN_ARGS + 1:
+        return Invalid(ParseError(f"parse error: a plain command takes at most {MAX_PLAIN_ARGS} arguments; send JSON"))
     method, args = words[0], words[1:]
     values = []
     for word in args:
