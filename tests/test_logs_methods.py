@@ -18,6 +18,7 @@ import sqlite3
 import tempfile
 import threading
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,8 @@ from conftest import Conn, Ipcd, ipcctl_in_process, needs_root, run_as, wait_for
 from helpers_logs import NO_LIMIT, entry_ids, notes, query, send, status, wait_stored
 
 from ipcd.config import StoreConfig
+from ipcd.logs.filters import make_filters
+from ipcd.logs.methods import FILTER_BYTES_PER_STREAM
 from ipcd.logs.writer import Received, Writer
 from ipcd.wire.logparse import LogEntry
 
@@ -446,20 +449,48 @@ def test_followers_do_not_cost_a_thread_each(make_ipcd: Callable[..., Ipcd]) -> 
     assert_clean_log(d)
 
 
+def follow_weight(**params: Any) -> int:
+    """The streams a follow with these filters counts for (ipcd's own estimate, for the test's edges)."""
+    return 1 + make_filters(params, time.time()).held_bytes() // FILTER_BYTES_PER_STREAM
+
+
+@pytest.mark.parametrize(
+    "names",
+    [
+        [f"{i:04d}" for i in range(64)],  # short names: what each costs beyond its characters counts most
+        [f"\U0001f600{i:03d}" for i in range(64)],  # 4 bytes a character, as Python keeps them
+        [f"{i:04d}" + "y" * 1000 for i in range(64)],
+    ],
+)
+def test_a_follows_filters_are_weighed_at_least_as_they_are_held(names: list[str]) -> None:
+    """The estimate covers what the decoded filters take in memory (the follow's own stream counts one more)."""
+    text = json.dumps({"ident": names, "unit": names, "grep": "y" * 100})
+    tracemalloc.start()
+    try:
+        params = json.loads(text)
+        f = make_filters(params, time.time())
+        del params
+        held = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert held <= f.held_bytes() + FILTER_BYTES_PER_STREAM, (held, f.held_bytes())
+
+
 def test_a_follows_filters_count_as_streams_one_per_kib(make_ipcd: Callable[..., Ipcd]) -> None:
     """A follow holds its filters' texts as long as it lasts: it counts one stream, plus one for each KiB
-    (UTF-8) of its idents, units and pattern, against max_streams_per_connection."""
+    they take, against max_streams_per_connection."""
     d = make_ipcd("[control]\nmax_streams_per_connection = 4\n").start()
-    kib = [c * 1024 for c in "abcd"]  # names of 1 KiB, all different (the same name twice is kept once)
+    filters = {"ident": ["a" * 942, "b" * 942], "unit": ["c" * 942, "d" * 942]}  # just under 4 KiB held
+    assert follow_weight(**filters) == 4
+    assert follow_weight(**filters, grep="y") == 5  # the edge: a pattern of one character more
     with d.conn() as a, d.conn() as b:
-        follow = {"ident": kib[:2], "unit": kib[2], "grep": "y" * 100}
-        assert a.call("logs.follow", follow) == {"following": True, "backlog": 0}
-        err = a.call("kv.watch")  # 1 + 3 streams: the connection's all
+        assert a.call("logs.follow", filters) == {"following": True, "backlog": 0}
+        err = a.call("kv.watch")  # 4 streams: the connection's all
         assert err["code"] == -32002 and err["data"]["limit"] == "max_streams_per_connection", err
-        err = b.call("logs.follow", {"ident": kib})  # 1 + 4
+        err = b.call("logs.follow", {**filters, "grep": "y"})
         assert err["code"] == -32002 and err["data"]["limit"] == "max_streams_per_connection", err
-        assert b.call("logs.follow", {"ident": [*kib[:3], kib[3][1:]]})["following"]  # 4095 bytes: 1 + 3
-        assert b.call("logs.follow", {"ident": "x"})["code"] == -32002
+        assert b.call("logs.follow", filters)["following"]  # the refused one left nothing held
+        assert b.call("logs.follow")["code"] == -32002
 
 
 def test_follow_after_id_resumes_with_no_gap_and_no_repeat(make_ipcd: Callable[..., Ipcd]) -> None:

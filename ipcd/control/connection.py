@@ -177,16 +177,17 @@ class ClientConnection:
             if stream not in self.streams:
                 return
             if weight > stream.weight:
-                self._check_streams(weight - stream.weight)
+                self._check_streams(weight - stream.weight, weight)
             self._weight += weight - stream.weight
             stream.weight = weight
 
-    def _check_streams(self, more: int) -> None:
+    def _check_streams(self, more: int, asked: int = 1) -> None:
+        """Room for `more` streams; else -32002 saying how many are open besides the one that asks `asked`."""
         cap = self.server.app.config.control.max_streams_per_connection
         if self._weight + more > cap:
             raise LimitReached(
-                f"{self._weight} streams open on this connection (a subscription's channels count one each), "
-                f"{more} more asked; max_streams_per_connection = {cap}",
+                f"{self._weight + more - asked} streams open on this connection (a subscription counts one a "
+                f"channel, a follow one more a KiB of filters), {asked} asked; max_streams_per_connection = {cap}",
                 "max_streams_per_connection",
                 cap,
             )

@@ -23,6 +23,7 @@ from __future__ import annotations
 import datetime as dt
 import math
 import re
+import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,10 +126,12 @@ class Filters:
     after_id: int | None = None  # only ids above it
     before_id: int | None = None  # only ids below it
 
-    def text_bytes(self) -> int:
-        """The UTF-8 bytes of the filter's texts (idents, units, the pattern): what a follower holds of it."""
+    def held_bytes(self) -> int:
+        """About the memory its texts (idents, units, the pattern) take, what a follower holds of them:
+        each string as Python keeps it (1, 2 or 4 bytes a character, and its header), and its place in
+        the lists and the query's arguments."""
         texts = [*(self.idents or ()), *(self.units or ()), *((self.grep,) if self.grep is not None else ())]
-        return sum(len(t.encode("utf-8", "surrogatepass")) for t in texts)
+        return sum(sys.getsizeof(t) + 32 for t in texts)
 
     def where(self) -> tuple[str, list[Any]]:
         """The SQL for every filter but `grep` and the id bounds.

@@ -164,8 +164,8 @@ def logs_follow(call: Call, backlog: int, after_id: int | None, **params: Any) -
         if first is not None:
             cursor = first - 1
     stream = call.conn.open_stream("logs.follow")
-    try:  # held as long as the follow lasts: one stream, plus one for each KiB of its filters' texts
-        call.conn.weigh(stream, 1 + f.text_bytes() // FILTER_BYTES_PER_STREAM)
+    try:  # held as long as the follow lasts: one stream, plus one for each KiB its filters' texts take
+        call.conn.weigh(stream, 1 + f.held_bytes() // FILTER_BYTES_PER_STREAM)
     except LimitReached:
         stream.close()
         raise
