@@ -435,14 +435,15 @@ def test_follow(make_ipcd: Callable[..., Ipcd]) -> None:
 
 
 def test_follow_more_than_a_backlog_holds(make_ipcd: Callable[..., Ipcd]) -> None:
-    """-f -n N past logs.follow's largest backlog (10000), and -f -n all: every one of them, then the live ones."""
-    d = make_ipcd(NO_LIMIT).start()
+    """-f -n N past logs.follow's largest backlog (10000), and -f -n all: every one of them, then the live ones,
+    even when they lie further back than follow_max_lag ids (which count the entries the filter leaves out)."""
+    d = make_ipcd(NO_LIMIT + "follow_max_lag = 100\n").start()
     total = 10_050
-    send(d, *[b"<13>f: old %d" % i for i in range(total)])
-    wait_stored(d, total)
+    send(d, *[b"<13>f: old %d" % i for i in range(total)], *[b"<13>other: %d" % i for i in range(300)])
+    wait_stored(d, total + 300)
     with (
-        streaming("--socket", d.sock, "logs", "-f", "-n", "10020", "-o", "cat") as some,
-        streaming("--socket", d.sock, "logs", "-f", "-n", "all", "-o", "cat") as every,
+        streaming("--socket", d.sock, "logs", "-f", "-n", "10020", "-t", "f", "-o", "cat") as some,
+        streaming("--socket", d.sock, "logs", "-f", "-n", "all", "-t", "f", "-o", "cat") as every,
     ):
         assert [some.out.next() for _ in range(10_020)] == [f"old {i}" for i in range(30, total)]
         assert [every.out.next() for _ in range(total)] == [f"old {i}" for i in range(total)]

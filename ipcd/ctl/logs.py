@@ -165,6 +165,14 @@ def _follow(opts: Opts, fmt: Formatter, filters: dict[str, Any], n: int | None) 
     """The newest `n` (None: all), then every entry as it is stored, until Ctrl-C."""
     last = {"id": 0}  # the last id shown, or the newest id when we started
 
+    def handle(e: dict[str, Any]) -> bool:
+        if e.get("lagged"):
+            note(f"-- {e.get('missed', '?')} entries missed: this reader fell behind --")
+            return True
+        last["id"] = max(last["id"], e["id"])
+        click.echo(fmt.render(e))
+        return True
+
     def start(c: Client, reconnected: bool) -> Iterable[Any]:
         if reconnected:  # everything after what we showed, then the live ones
             try:
@@ -178,17 +186,12 @@ def _follow(opts: Opts, fmt: Formatter, filters: dict[str, Any], n: int | None) 
         last["id"] = newest[-1]["id"] if newest else 0
         if n is not None and n <= PAGE:
             return c.logs(follow=True, **filters, backlog=n)
-        # More than logs.follow's backlog holds: from the n-th newest on, as a resumed follow does.
-        nth = collections.deque(newest_first(c, filters, n), maxlen=1) if n is not None else None
-        return c.logs(follow=True, **filters, after_id=nth[0]["id"] - 1 if nth else 0)
-
-    def handle(e: dict[str, Any]) -> bool:
-        if e.get("lagged"):
-            note(f"-- {e.get('missed', '?')} entries missed: this reader fell behind --")
-            return True
-        last["id"] = max(last["id"], e["id"])
-        click.echo(fmt.render(e))
-        return True
+        # More than logs.follow's backlog holds: those first, a page at a time as `logs -n N` reads
+        # them, then a follow from the last one (or from the newest id there was, if later). A follow
+        # from further back would skip ahead past `follow_max_lag` ids, which count every entry.
+        for entry in select(c, filters, n, reverse=False):
+            handle(entry)
+        return c.logs(follow=True, **filters, after_id=last["id"])
 
     until_interrupted(lambda: run_stream(opts, start, handle))
 
