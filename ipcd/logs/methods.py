@@ -14,7 +14,7 @@ from typing import Any
 
 from ipcd.control.app import App, Call
 from ipcd.control.registry import Param, Registry
-from ipcd.errors import InvalidParams, LimitReached, PermissionDenied
+from ipcd.errors import InvalidParams, PermissionDenied
 from ipcd.logs.filters import MAX_LIMIT, MAX_NAMES, Filters, make_filters, parse_names, parse_priority, parse_time
 from ipcd.logs.follow import Follower, FollowHub, FollowLimits
 from ipcd.logs.grep import MAX_PATTERN_CHARS, compile_grep
@@ -156,17 +156,17 @@ def logs_follow(call: Call, backlog: int, after_id: int | None, **params: Any) -
     hub = call.app.get(FollowHub)
     head = hub.head  # committed up to here: ids are given in commit order
     cursor, sent_back = head, 0
-    if after_id is not None:
-        cursor = after_id
-    elif backlog:
-        timeout_s = call.app.config.control.query_timeout_s
-        first, sent_back = call.app.get(Reader).backlog_start(f, backlog, head, timeout_s, _pool_uid(call))
-        if first is not None:
-            cursor = first - 1
-    stream = call.conn.open_stream("logs.follow")
+    stream = call.conn.open_stream("logs.follow")  # room for it first: a refused follow reads nothing
     try:  # held as long as the follow lasts: one stream, plus one for each KiB its filters' texts take
         call.conn.weigh(stream, 1 + f.held_bytes() // FILTER_BYTES_PER_STREAM)
-    except LimitReached:
+        if after_id is not None:
+            cursor = after_id
+        elif backlog:
+            timeout_s = call.app.config.control.query_timeout_s
+            first, sent_back = call.app.get(Reader).backlog_start(f, backlog, head, timeout_s, _pool_uid(call))
+            if first is not None:
+                cursor = first - 1
+    except Exception:
         stream.close()
         raise
     follower = Follower(f, stream, cursor, _limits(call.app))
