@@ -152,7 +152,10 @@ def _blast(path: str, n: int, start: Any) -> None:
 @pytest.mark.slow
 def test_overload_256_clients_while_50000_datagrams_arrive(make_ipcd, capsys) -> None:
     n_dgrams, n_clients, per_client = 50_000, 256, 20
-    d: Ipcd = make_ipcd("[log]\nrate_limit_burst = 0\n").start()
+    # While intake is this busy the control threads run below it ([daemon] control_nice), and on a loaded
+    # 2-core machine one of the 1280 queries once waited past the default query_timeout_s (5 s) for its
+    # turn: what this test checks is that nothing fails or is lost and memory stays bounded, not latency.
+    d: Ipcd = make_ipcd("[log]\nrate_limit_burst = 0\n[control]\nquery_timeout_s = 60\n").start()
     before = rss_kib(d.proc.pid)
     ctx = mp.get_context("fork")
     start = ctx.Event()
