@@ -175,3 +175,9 @@ class UdpReceiver:
 
     def close(self) -> None:
         self.sock.close()
+
+    def __enter__(self) -> UdpReceiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -24,6 +24,7 @@ from typing import Any
 import pytest
 from conftest import IS_ROOT, Ipcd, ipcctl, wait_for
 from helpers_forward import parse_native
+from helpers_logs import send
 from receivers import GTLS_MODULE, HAVE_OPENSSL, HAVE_RSYSLOGD, Rsyslogd, UdpReceiver, free_port, make_certs
 
 needs_rsyslogd = pytest.mark.skipif(not HAVE_RSYSLOGD, reason="needs rsyslogd (Debian package rsyslog)")
@@ -277,35 +278,24 @@ def test_tls_to_rsyslog_gtls_and_certificate_checks(
 
 
 def test_udp_one_message_per_datagram(make_ipcd: Callable[..., Ipcd]) -> None:
-    rx = UdpReceiver()
-    try:
+    with UdpReceiver() as rx:
         d = make_ipcd(target("udp", f"udp://127.0.0.1:{rx.port}", 'priority = "warning"\n')).start()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(d.log_sock)
-            for pri in (11, 13, 12, 14, 10):  # err, notice, warning, info, crit: three pass the filter
-                s.send(f"<{pri}>tag: priority {pri}".encode())
+        # err, notice, warning, info, crit: three pass the filter
+        send(d, *[f"<{pri}>tag: priority {pri}".encode() for pri in (11, 13, 12, 14, 10)])
         got = rx.receive(3)
         assert [g.split(b" ", 1)[0] for g in got] == [b"<11>1", b"<12>1", b"<10>1"]  # no octet count over UDP
         assert all(b"[ipcd@32473 id=" in g and g.endswith(b" priority " + g[1:3]) for g in got)
         wait_for(lambda: fstatus(d, "udp")["cursor"] == 5, 10, "the cursor past the filtered entries")
-    finally:
-        rx.close()
 
 
 def test_a_message_cut_at_max_message_bytes_is_counted(make_ipcd: Callable[..., Ipcd]) -> None:
-    rx = UdpReceiver()
-    try:
+    with UdpReceiver() as rx:
         d = make_ipcd(target("cut", f"udp://127.0.0.1:{rx.port}", "max_message_bytes = 2048\n")).start()
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(d.log_sock)
-            s.send(b"<13>tag: " + b"x" * 3000)
-            s.send(b"<13>tag: short")
+        send(d, b"<13>tag: " + b"x" * 3000, b"<13>tag: short")
         long, short = rx.receive(2)
         assert len(long) == 2048 and long.endswith(b"x" * 100) and short.endswith(b" short")
         wait_for(lambda: fstatus(d, "cut")["cursor"] == 2, 10, "both sent")
         assert fstatus(d, "cut")["cut"] == 1
-    finally:
-        rx.close()
 
 
 def test_journald_protocol_with_a_memfd_for_a_big_entry(make_ipcd: Callable[..., Ipcd], short_tmp: Path) -> None:
