@@ -120,7 +120,7 @@ def logs_query(call: Call, limit: int, after_id: int | None, before_id: int | No
     return jsonrpc.Raw(text)
 
 
-FILTER_BYTES_PER_STREAM = 1024  # streams are budgeted at about 1.2 KiB each (README "Memory")
+FILTER_BYTES_PER_STREAM = 1024  # streams are budgeted at about 1.5 KiB each (README "Memory")
 
 
 def _limits(app: App) -> Any:
