@@ -22,11 +22,13 @@ is). Three columns are printed:
 
 - each build's req/s (or deliveries/s), as the median (min-max) of the
   reps;
+- the 99th percentile of a request's latency, the median of the reps
+  (not for --subscribers);
 - the server process's CPU time per request (the median of the reps; of
   ipcd, its control process's, not the log process's), from
   /proc/PID/stat over each figure's warmup and measured seconds, at the
   measured rate;
-- each build against the ceiling's ping;
+- each build against the ceiling's ping (its rate, then its p99);
 - each build against the first BUILD.
 
 Each ratio is the ratio of the medians and, in brackets, the median of
@@ -104,20 +106,22 @@ def check_imports(tree: Path) -> None:
         sys.exit(f"{tree}: Python imports ipcd from {found.strip()}, not from this tree")
 
 
-def rate(sock: Path, conns: int, seconds: float, warmup: float, request: str) -> float:
+def rate(sock: Path, conns: int, seconds: float, warmup: float, request: str) -> tuple[float, float]:
+    """Requests per second and the p99 latency in us."""
     timing = ("--seconds", seconds, "--warmup", warmup)
     r = loadgen("rpc", sock, "--conns", conns, *timing, "--check", "--request", request)
     if r.get("errors") or r.get("check_failed"):
         raise RuntimeError(f"failed requests: {r}")
-    return float(r["requests_per_s"])
+    return float(r["requests_per_s"]), float(r["p99_us"])
 
 
-def deliveries(sock: Path, subscribers: int, seconds: float, warmup: float) -> float:
+def deliveries(sock: Path, subscribers: int, seconds: float, warmup: float) -> tuple[float, float]:
+    """Deliveries per second (no latency: nan)."""
     timing = ("--seconds", seconds, "--warmup", warmup)
     r = loadgen("pubsub", sock, "--subscribers", subscribers, *timing)
     if r.get("errors") or r.get("lagged") or r.get("closed"):
         raise RuntimeError(f"failed or lost deliveries: {r}")
-    return float(r["deliveries_per_s"])
+    return float(r["deliveries_per_s"]), float("nan")
 
 
 def main() -> None:
@@ -140,6 +144,7 @@ def main() -> None:
     names = [f"{i + 1}: {b}" for i, b in enumerate(a.builds)]
     figures: dict[tuple[int, str], list[float]] = {}
     cpu_us: dict[tuple[int, str], list[float]] = {}  # the server's CPU per request
+    p99: dict[tuple[int, str], list[float]] = {}
     with workdir("ib-ab-") as tmp, contextlib.ExitStack() as stack:
         socks: dict[str, Path] = {}
         pids: dict[str, int] = {}
@@ -154,11 +159,12 @@ def main() -> None:
         stack.callback(srv.stop)
         pids["ceiling"] = srv.pid
 
-        def measure(c: int, name: str, run: Callable[..., float], *args: Any) -> None:
+        def measure(c: int, name: str, run: Callable[..., tuple[float, float]], *args: Any) -> None:
             before = cpu_seconds(pids[name])
-            got = run(*args)
+            got, p99_us = run(*args)
             used = cpu_seconds(pids[name]) - before
             figures.setdefault((c, name), []).append(got)
+            p99.setdefault((c, name), []).append(p99_us)
             cpu_us.setdefault((c, name), []).append(used / (got * (a.seconds + a.warmup)) * 1e6)
 
         for rep in range(a.reps):
@@ -179,14 +185,18 @@ def main() -> None:
     print(machine())
     rows = []
     for c in conns:
-        ping = figures[(c, "ceiling")]
-        rows.append([f"c={c}  ceiling ping", cell(ping), fmt(median(cpu_us[(c, "ceiling")]), 1), "", ""])
+        ping, ping_p99 = figures[(c, "ceiling")], p99[(c, "ceiling")]
+        cpu = fmt(median(cpu_us[(c, "ceiling")]), 1)
+        rows.append([f"c={c}  ceiling ping", cell(ping), fmt(median(ping_p99)), cpu, "", "", ""])
         first = figures[(c, names[0])]
         for name in names:
-            x = figures[(c, name)]
+            x, lat = figures[(c, name)], p99[(c, name)]
             cpu = fmt(median(cpu_us[(c, name)]), 1)
-            rows.append([f"c={c}  {name}", cell(x), cpu, ratio(x, ping), ratio(x, first) if name != names[0] else ""])
-    print(table(["", "per s", "CPU us each", "/ ceiling ping", "/ build 1"], rows))
+            vs_first = ratio(x, first) if name != names[0] else ""
+            lat_ratio = "" if a.subscribers else ratio(lat, ping_p99)
+            rows.append([f"c={c}  {name}", cell(x), fmt(median(lat)), cpu, ratio(x, ping), lat_ratio, vs_first])
+    header = ["", "per s", "p99 us", "CPU us each", "/ ceiling ping", "p99 / ceiling's", "/ build 1"]
+    print(table(header, rows))
 
 
 if __name__ == "__main__":
