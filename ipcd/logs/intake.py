@@ -89,15 +89,15 @@ class Intake:
             s = senders.get(pid)
             if s is None or s.expires < now or s.uid != uid:
                 s = self._sender(pid, uid, now)
-            key = s.key
+            comm, unit, key, _, _ = s  # at once: a NamedTuple's fields read by name cost a lookup each
             allowed, ended = check(key, entry.priority, now)
             if ended:
                 append(self._suppressed_row(key, ended, now))
             if not allowed:
                 limited += 1
-                self._display[key] = f"{s.comm}[{pid}]" if isinstance(key, tuple) else str(key)
+                self._display[key] = f"{comm}[{pid}]" if isinstance(key, tuple) else str(key)
                 continue
-            append(_new(Received, (now, entry, truncated, pid, uid, gid, s.comm, s.unit)))
+            append(_new(Received, (now, entry, truncated, pid, uid, gid, comm, unit)))
         self.received += len(batch)
         self.malformed += malformed
         self.truncated += truncated_n

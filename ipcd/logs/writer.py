@@ -21,6 +21,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable
+from itertools import chain
 from typing import Any, NamedTuple
 
 from ipcd.config import StoreConfig
@@ -95,6 +96,7 @@ INSERT = {cols: _insert_for(cols) for cols in (PLAIN, UNIT, COLUMNS)}  # in the 
 # batches of 64).  A chunk's size is one of these, largest first, so that few statements
 # are prepared (and cached); rows wait for a whole chunk of the largest, or the commit.
 CHUNKS = (256, 64, 16, 4, 1)
+flatten = chain.from_iterable  # a chunk's rows as one list of values, in C (0.1 against 0.16 us a row)
 INSERT_MANY = {(cols, n): _insert_for(cols, n) for cols in INSERT for n in CHUNKS}
 
 
@@ -119,33 +121,34 @@ def split(first_id: int, rows: list[Received]) -> Split:
     sizes: dict[int | None, int] = {}
     size = ROW_OVERHEAD * len(rows)
     for entry_id, r in enumerate(rows, first_id):
-        e = r.entry
-        n = len(e.message)
+        # Unpacked at once: a NamedTuple's fields read by name cost a lookup each, 20 a row.
+        now, e, truncated, sender_pid, uid, sender_gid, comm, sender_unit = r
+        priority, facility, ident, pid, hostname, msgid, timestamp, sd, fields, message, fmt, _ = e
+        n = len(message)
         size += n
-        uid = r.sender_uid
         by_uid[uid] = by_uid.get(uid, 0) + 1
         sizes[uid] = sizes.get(uid, 0) + n
-        if e.hostname is None and e.msgid is None and e.structured_data is None and e.fields is None:
+        if hostname is None and msgid is None and sd is None and fields is None:
             values = (
                 entry_id,
-                r.time,
-                e.timestamp,
-                e.priority,
-                e.facility,
-                e.ident,
-                e.pid,
-                e.message,
-                e.format,
-                1 if r.truncated else 0,  # an int: sqlite3 binds a bool through its adapters, slowly
-                r.sender_pid,
+                now,
+                timestamp,
+                priority,
+                facility,
+                ident,
+                pid,
+                message,
+                fmt,
+                1 if truncated else 0,  # an int: sqlite3 binds a bool through its adapters, slowly
+                sender_pid,
                 uid,
-                r.sender_gid,
-                r.sender_comm,
+                sender_gid,
+                comm,
             )
-            if r.sender_unit is None:
+            if sender_unit is None:
                 plain.append(values)
             else:
-                unit.append((*values, r.sender_unit))
+                unit.append((*values, sender_unit))
         else:
             full.append(row_values(entry_id, r))
     return Split(plain, unit, full, size, by_uid, sizes)
@@ -345,7 +348,7 @@ class Writer:
         for n in CHUNKS:
             sql = INSERT_MANY[cols, n]
             while left >= n:
-                execute(sql, [value for row in rows[at : at + n] for value in row])
+                execute(sql, list(flatten(rows[at : at + n])))
                 at += n
                 left -= n
 
