@@ -225,6 +225,35 @@ def test_a_reply_larger_than_the_socket_takes_at_once_arrives_whole_and_in_order
             ClientConnection(a, None, None).send(b"x")  # type: ignore[arg-type]
 
 
+def test_a_connection_is_not_closed_while_another_thread_writes_to_it() -> None:
+    """The fd's number may go to the next accepted client the moment it is closed: a writer
+    that has read it (a publisher's direct write, a committing thread's reply) must be done first."""
+    a, b = socket.socketpair()
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        conn = ClientConnection(a, None, None)  # type: ignore[arg-type]
+        data = b"n" * (1 << 20)
+        sent = conn.try_send(data)  # the socket takes part: the write lock stays held for the rest
+        assert 0 < sent < len(data)
+        closer = threading.Thread(target=conn.close)
+        closer.start()
+
+        def peer_shut_down() -> bool:  # close() has begun: it aborts the connection first
+            try:
+                b.send(b"x")
+            except BrokenPipeError:
+                return True
+            return False
+
+        wait_for(peer_shut_down, 5, "close() to abort the connection")
+        closer.join(0.5)
+        assert closer.is_alive(), "the socket was closed while a write held it"
+        assert a.fileno() != -1
+        conn.finish_send(None)  # the writer gives up (the connection is going): then it closes
+        closer.join(5)
+        assert not closer.is_alive() and a.fileno() == -1
+
+
 def test_a_reply_that_cannot_be_finished_in_the_send_timeout_aborts_the_connection() -> None:
     a, b = socket.socketpair()
     with a, b:

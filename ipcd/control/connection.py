@@ -40,6 +40,7 @@ _send = _libc.send
 _send.restype = ctypes.c_ssize_t
 _NOWAIT = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
 _NOWAIT_MAX = 1 << 30  # more than any socket takes at once
+CLOSE_WAIT_S = 5.0  # how long closing waits for a stream's pump, then for a write under way
 
 
 def send_nowait(fd: int, data: bytes) -> int:
@@ -289,5 +290,14 @@ class ClientConnection:
         if self.outbox is not None:
             self.outbox.close()
             self.abort()
-            self.outbox.join(5.0)
-        self.sock.close()
+            self.outbox.join(CLOSE_WAIT_S)
+        # Not while a write is under way on another thread (a publisher's direct write, a
+        # committing thread's reply): it has read the fd's number, which the next accept may
+        # get the moment it is closed, and its bytes would go to that other client.
+        self.abort()  # a write blocked on a full socket fails now
+        writing = not self._wlock.acquire(timeout=CLOSE_WAIT_S)
+        try:
+            self.sock.close()
+        finally:
+            if not writing:
+                self._wlock.release()
