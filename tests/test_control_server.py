@@ -27,6 +27,7 @@ import pytest
 from conftest import Conn, Ipcd, needs_program, wait_for, wait_only_connection
 
 from ipcd.config import Config, parse
+from ipcd.control import connection
 from ipcd.control.access import Peer, Policy, make_policy
 from ipcd.control.app import App, Call, Deferred
 from ipcd.control.budget import SMALL_BYTES, QueueBudget
@@ -225,6 +226,19 @@ def test_a_reply_larger_than_the_socket_takes_at_once_arrives_whole_and_in_order
             ClientConnection(a, None, None).send(b"x")  # type: ignore[arg-type]
 
 
+def test_a_send_that_keeps_the_gil_takes_bytes_only_and_a_length_a_c_int_holds() -> None:
+    """libc's send is called without ctypes argtypes: a str would go as wchar_t *, and a length
+    of 2**31 or more would be sign-extended into a huge size_t."""
+    assert connection._NOWAIT_MAX < 2**31
+    a, b = socket.socketpair()
+    with a, b:
+        for wrong in ("text", bytearray(b"x"), memoryview(b"x")):
+            with pytest.raises(TypeError):
+                connection.send_nowait(a.fileno(), wrong)  # type: ignore[arg-type]
+        assert connection.send_nowait(a.fileno(), b"sent") == 4
+        assert b.recv(16) == b"sent"
+
+
 def test_a_connection_is_not_closed_while_another_thread_writes_to_it() -> None:
     """The fd's number may go to the next accepted client the moment it is closed: a writer
     that has read it (a publisher's direct write, a committing thread's reply) must be done first."""
@@ -252,6 +266,23 @@ def test_a_connection_is_not_closed_while_another_thread_writes_to_it() -> None:
         conn.finish_send(None)  # the writer gives up (the connection is going): then it closes
         closer.join(5)
         assert not closer.is_alive() and a.fileno() == -1
+
+
+def test_a_write_that_outlasts_close_wait_s_is_logged_and_the_socket_closed_all_the_same(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(connection, "CLOSE_WAIT_S", 0.1)
+    a, b = socket.socketpair()
+    with a, b:
+        a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        conn = ClientConnection(a, None, None)  # type: ignore[arg-type]
+        data = b"n" * (1 << 20)
+        assert 0 < conn.try_send(data) < len(data)  # the write lock stays held, and nobody finishes it
+        with caplog.at_level(logging.WARNING, logger="ipcd"):
+            conn.close()
+        assert a.fileno() == -1
+        assert "whose write did not end in 0.1 s" in caplog.text
+        conn.finish_send(None)  # the writer lets go at last: nothing left to write to
 
 
 def test_a_reply_that_cannot_be_finished_in_the_send_timeout_aborts_the_connection() -> None:

@@ -35,16 +35,19 @@ T = TypeVar("T")
 _libc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the call keeps the GIL (a send that cannot block)
 _send = _libc.send
 # No argtypes: converting through them costs 0.45 us a call, more than the call itself.  Unconverted,
-# the fd and flags go as C ints and the bytes as their char *, as send(2) takes them; the length goes
-# as a C int too, which libffi widens to the size_t register, so it is kept below 2**31 (`send_nowait`).
+# the fd and flags go as C ints and bytes as their char *, as send(2) takes them (`send_nowait` takes
+# bytes only: ctypes would pass a str as wchar_t *).  The length goes as a C int too, which libffi
+# sign-extends into the size_t register: right below 2**31 only, so it is kept below `_NOWAIT_MAX`.
 _send.restype = ctypes.c_ssize_t
 _NOWAIT = socket.MSG_DONTWAIT | socket.MSG_NOSIGNAL
-_NOWAIT_MAX = 1 << 30  # more than any socket takes at once
+_NOWAIT_MAX = 1 << 30  # more than any socket takes at once, and below 2**31 (a test holds it there)
 CLOSE_WAIT_S = 5.0  # how long closing waits for a stream's pump, then for a write under way
 
 
 def send_nowait(fd: int, data: bytes) -> int:
     """Send what the socket takes at once, without giving up the GIL: the bytes sent (0: none fit)."""
+    if type(data) is not bytes:
+        raise TypeError(f"send_nowait takes bytes, not {type(data).__name__}")
     size = min(len(data), _NOWAIT_MAX)
     while True:
         n: int = _send(fd, data, size, _NOWAIT)
@@ -296,6 +299,8 @@ class ClientConnection:
         # get the moment it is closed, and its bytes would go to that other client.
         self.abort()  # a write blocked on a full socket fails now
         writing = not self._wlock.acquire(timeout=CLOSE_WAIT_S)
+        if writing:
+            log.warning("closing a control connection whose write did not end in %g s", CLOSE_WAIT_S)
         try:
             self.sock.close()
         finally:
