@@ -1,7 +1,8 @@
 """The control server: accepts connections, counts them, stops them.
 
-`ControlServer` is a `ThreadingUnixStreamServer`: a thread per connection,
-each running `handler.ControlHandler`, which reads and answers its lines.
+`ControlServer` is a `ThreadingUnixStreamServer`: a thread per connection
+(kept for the next one when it ends: `threads`), each running
+`handler.ControlHandler`, which reads and answers its lines.
 The server admits a connection against the connection limits, keeps what
 closed connections counted, and owns what all connections share: the
 `budget` of queued bytes and the `gate` for requests being handled.  A connection
@@ -26,16 +27,19 @@ from ipcd.control.app import App
 from ipcd.control.budget import QueueBudget, RequestGate
 from ipcd.control.connection import ClientConnection
 from ipcd.control.handler import ControlHandler, error_line, timeval
+from ipcd.control.threads import ConnectionThreads
 from ipcd.errors import LimitReached
 from ipcd.wire import jsonrpc
 
 log = logging.getLogger("ipcd")
 
 
+THREADS_CLOSE_S = 5.0  # how long closing waits for the connection threads to end
+
+
 class ControlServer(socketserver.ThreadingUnixStreamServer):
-    # Drain on stop: handlers are told to stop (SHUT_RD) and joined.
-    block_on_close = True
-    daemon_threads = False
+    # Drain on stop: handlers are told to stop (SHUT_RD), and `stop` waits until their
+    # connections are closed; `server_close` then ends the threads (`threads`).
     # DESIGN.md: listen with SOMAXCONN, as systemd's Backlog= default.
     request_queue_size = socket.SOMAXCONN
 
@@ -54,6 +58,9 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
         self._closed_counts = [0, 0]
         self._closed_by_method: dict[str, list[int]] = {}
         self.last_loop = time.monotonic()  # the accept loop turned (the watchdog's health check)
+        # A thread per connection, as ThreadingMixIn's, but kept for the next one: starting
+        # a thread makes the accept loop wait for it (`threads`).
+        self.threads = ConnectionThreads(self.process_request_thread, "ipcd-conn")
         super().__init__(sock.getsockname(), ControlHandler, bind_and_activate=False)
         self.socket.close()  # the placeholder socketserver made
         self.socket = sock
@@ -84,7 +91,7 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
             return
         # A peer that stops reading gets its writes timed out, not the daemon stuck.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval(self.app.config.control.idle_timeout_s))
-        super().process_request(conn, client_address)  # type: ignore[arg-type]  # the request is the connection
+        self.threads.submit(conn, client_address)  # the request is the connection
 
     def _admit(self, conn: ClientConnection) -> LimitReached | None:
         """Count `conn` in, or say which limit it hits (DESIGN.md "Limits")."""
@@ -170,6 +177,12 @@ class ControlServer(socketserver.ThreadingUnixStreamServer):
                     before = out.get(name, (0, 0))
                     out[name] = (before[0] + calls, before[1] + errors)
         return out
+
+    def server_close(self) -> None:
+        """Close the listening socket and end the connection threads (`stop` has ended their connections)."""
+        socketserver.UnixStreamServer.server_close(self)
+        if not self.threads.close(THREADS_CLOSE_S):
+            log.warning("control connection threads still running after %g s", THREADS_CLOSE_S)
 
     def service_actions(self) -> None:
         self.last_loop = time.monotonic()
