@@ -9,7 +9,7 @@
  *
  *   loadgen rpc     --socket P --conns N --seconds S [--request LINE] [--pipeline D]
  *                   [--warmup S] [--check] [--redis]
- *   loadgen connect --socket P --seconds S [--request LINE] [--warmup S] [--redis]
+ *   loadgen connect --socket P --seconds S [--request LINE] [--warmup S] [--drop] [--rate R] [--redis]
  *   loadgen dgram   --socket P --count N [--size B] [--conns K] [--rate R]
  *   loadgen pubsub  --socket P --subscribers N --seconds S [--warmup S] [--redis]
  *   common: --pin CPU (sched_setaffinity before anything else)
@@ -23,7 +23,9 @@
  * on blanks ("SET k v", "GET k"), so ipcd and redis are driven by the same
  * loop.
  *
- * connect: connect, one request, read its reply, close; in a loop.
+ * connect: connect, one request, read its reply, close; in a loop.  With --drop,
+ *   close as soon as the request is written, without waiting for the reply (a
+ *   client that churns connections: they queue for the server's accept).
  *
  * dgram: K sender processes, each a blocking send() on a connected
  * SOCK_DGRAM socket (as glibc's syslog(3): blocking, so nothing is lost),
@@ -181,6 +183,7 @@ typedef struct {
     int size;
     int subscribers;
     int check;
+    int drop;
     int redis;
     int pin;
     long count;
@@ -193,7 +196,8 @@ static void usage(void)
 {
     fputs("usage: loadgen rpc     --socket P [--conns N] [--seconds S] [--request LINE] [--pipeline D]\n"
           "                       [--warmup S] [--check] [--redis] [--pin CPU]\n"
-          "       loadgen connect --socket P [--seconds S] [--request LINE] [--warmup S] [--redis] [--pin CPU]\n"
+          "       loadgen connect --socket P [--seconds S] [--request LINE] [--warmup S] [--drop] [--rate R] [--redis]\n"
+          "                       [--pin CPU]\n"
           "       loadgen dgram   --socket P [--count N] [--size B] [--conns K] [--rate R] [--pin CPU]\n"
           "       loadgen pubsub  --socket P [--subscribers N] [--seconds S] [--warmup S] [--redis] [--pin CPU]\n",
           stderr);
@@ -241,6 +245,10 @@ static opts_t parse(int argc, char **argv)
         }
         if (!strcmp(a, "--redis")) {
             o.redis = 1;
+            continue;
+        }
+        if (!strcmp(a, "--drop")) {
+            o.drop = 1;
             continue;
         }
         if (!strcmp(a, "-h") || !strcmp(a, "--help"))
@@ -867,7 +875,14 @@ static int cmd_connect(const opts_t *o)
     hist_t *lat = xmalloc(sizeof *lat);
     memset(lat, 0, sizeof *lat);
     int measuring = o->warmup <= 0;
+    double per_ns = (double)o->rate / 1e9; /* --rate: connections per second, paced */
+    uint64_t begun = 0;
     for (;;) {
+        while (per_ns > 0 && (double)(now_ns() - start) * per_ns < (double)begun && !g_sig_stop) {
+            struct timespec pause = {0, 100000};
+            nanosleep(&pause, NULL);
+        }
+        begun++;
         uint64_t t0 = now_ns();
         if (!measuring && t0 >= measure_at) {
             measuring = 1;
@@ -875,7 +890,7 @@ static int cmd_connect(const opts_t *o)
             conns = errors = failed = 0;
             memset(lat, 0, sizeof *lat);
         }
-        if (t0 >= end)
+        if (t0 >= end || g_sig_stop)
             break;
         int fd = unix_connect(o->socket, SOCK_STREAM);
         int ok = 0;
@@ -890,7 +905,9 @@ static int cmd_connect(const opts_t *o)
                 off += (size_t)w;
             }
             in.len = 0;
-            while (off == r.len) {
+            if (o->drop && off == r.len)
+                ok = 1; /* written: closed without its reply */
+            while (off == r.len && !o->drop) {
                 buf_reserve(&in, 4096);
                 ssize_t got = read(fd, in.p + in.len, in.cap - in.len);
                 if (got < 0 && errno == EINTR)
