@@ -3,10 +3,10 @@
 socketserver's `ThreadingMixIn` starts a new thread for each connection, in
 the accept loop, and `Thread.start` waits there until the new thread has run.
 While other threads keep the GIL busy (a flood of publishes, say), that wait
-is a few turns at the GIL, milliseconds, and the accept loop takes a hundred
-connections a second: a user who opens and drops connections as fast as it
-can then fills the kernel's queue (SOMAXCONN) with them, and every other
-client's connection waits behind it, for seconds.  Here a connection goes to
+is a few turns at the GIL, milliseconds, and the accept loop falls behind a
+user who opens and drops 1,000 connections a second: the kernel's queue
+(SOMAXCONN) fills with them, and every other client's connection waits
+behind them, for seconds (`bench/churn.py`).  Here a connection goes to
 a thread that waits for one, which the accept loop only wakes; a new thread
 is started only when none waits, and a thread that has waited `KEEP_S` for a
 connection ends.
