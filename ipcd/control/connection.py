@@ -290,14 +290,13 @@ class ClientConnection:
                 fn()
             except Exception:
                 log.exception("error while closing a connection's subscriptions")
+        self.abort()  # a write blocked on a full socket (the pump's, another thread's) fails now
         if self.outbox is not None:
             self.outbox.close()
-            self.abort()
             self.outbox.join(CLOSE_WAIT_S)
         # Not while a write is under way on another thread (a publisher's direct write, a
         # committing thread's reply): it has read the fd's number, which the next accept may
         # get the moment it is closed, and its bytes would go to that other client.
-        self.abort()  # a write blocked on a full socket fails now
         writing = not self._wlock.acquire(timeout=CLOSE_WAIT_S)
         if writing:
             log.warning("closing a control connection whose write did not end in %g s", CLOSE_WAIT_S)
